@@ -1,0 +1,388 @@
+"""Score every neuron of a decoder LLM over a dataset: one forward and one backward per batch.
+
+For an item with prompt x and gold answer y, a neuron's item score is ``max over the item's real tokens t of
+a_t * dP(y|x)/da_t``; the dataset score of a group is ``sum over its items of P(y|x) * item score``.
+
+How it stays small and fast:
+- Weights are frozen for the call and the embedding output is the only tensor made to require grad, so the
+  backward pass computes activation gradients only: no weight-gradient matmuls, nothing written to ``.grad``.
+- A forward hook on each site's module registers a gradient hook on the module's output. When the backward pass
+  reaches that output, the fused op (``culnig_ext.ops``) multiplies activation and gradient, takes the running max
+  over real tokens and adds ``P * max`` into the site's ``[G, N]`` float64 accumulator, and the activation is
+  released. No ``[B, T, N]`` product is ever materialised.
+- Logits are computed only at the positions that predict a target token (``logits_to_keep``), never ``[B, T, V]``.
+- Items are sorted by length and left-padded, with explicit ``position_ids``, so padding changes nothing but
+  float rounding: results do not depend on batch size or order.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import ops
+from .items import ScoreItem, as_score_items, group_names
+from .sites import Site, select_sites
+from .table import ScoreTable
+
+ItemLike = ScoreItem | Mapping[str, Any]
+
+
+# --------------------------------------------------------------------------------------------------- batching
+@dataclass
+class Batch:
+    """A left-padded batch on the embedding's device.
+
+    Attributes:
+        positions: indices of the batch's items in the validated item list.
+        input_ids, attention_mask, position_ids: ``[B, T]`` int64.
+        targets: ``[B, L]`` int64 target ids right-aligned (L = longest target), 0 where ``target_mask`` is False.
+        target_mask: ``[B, L]`` bool.
+        group: ``[B]`` int64 group row of each item.
+        num_tokens: real (unpadded) tokens in the batch.
+    """
+
+    positions: list[int]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    targets: torch.Tensor
+    target_mask: torch.Tensor
+    group: torch.Tensor
+    num_tokens: int
+
+
+def make_batches(
+    items: Sequence[ScoreItem], group_rows: Mapping[str, int], batch_size: int, device: torch.device, pad_id: int
+) -> Iterator[Batch]:
+    """Yield batches of length-sorted items (stable sort, so ties keep input order), left-padded."""
+    order = sorted(range(len(items)), key=lambda i: len(items[i].fed_ids))
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size]
+        fed = [items[i].fed_ids for i in positions]
+        width = max(len(f) for f in fed)
+        n_targets = max(len(items[i].target_ids) for i in positions)
+        ids = torch.full((len(fed), width), pad_id, dtype=torch.int64)
+        mask = torch.zeros((len(fed), width), dtype=torch.int64)
+        targets = torch.zeros((len(fed), n_targets), dtype=torch.int64)
+        target_mask = torch.zeros((len(fed), n_targets), dtype=torch.bool)
+        for row, (i, f) in enumerate(zip(positions, fed)):
+            ids[row, width - len(f) :] = torch.tensor(f, dtype=torch.int64)
+            mask[row, width - len(f) :] = 1
+            t = items[i].target_ids
+            targets[row, n_targets - len(t) :] = torch.tensor(t, dtype=torch.int64)
+            target_mask[row, n_targets - len(t) :] = True
+        position_ids = (mask.cumsum(1) - 1).clamp_(min=0)
+        group = torch.tensor([group_rows[items[i].group] for i in positions], dtype=torch.int64)
+        yield Batch(
+            positions,
+            ids.to(device),
+            mask.to(device),
+            position_ids.to(device),
+            targets,
+            target_mask,
+            group,
+            int(mask.sum()),
+        )
+
+
+# ------------------------------------------------------------------------------------------- model plumbing
+def _vocab_size(model: nn.Module) -> int | None:
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and hasattr(head, "out_features"):
+        return int(head.out_features)
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    return getattr(text, "vocab_size", None)
+
+
+def _pad_id(model: nn.Module) -> int:
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
+    pad = getattr(text, "pad_token_id", None)
+    if isinstance(pad, int) and pad >= 0:
+        return pad
+    return 0  # any id works: padded positions are masked out of attention and of the max
+
+
+def _takes_logits_to_keep(model: nn.Module) -> bool:
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Eval mode and ``requires_grad=False`` on every parameter for the duration; both restored on exit."""
+    was_training = model.training
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+def target_log_probs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+    """``log P(y|x)`` per item, ``[B]`` float32 (float64 for a float64 model), from ``logits [B, L, V]`` at the L
+    target-predicting positions."""
+    targets = batch.targets.to(logits.device)
+    mask = batch.target_mask.to(logits.device)
+    log_probs = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+    picked = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return (picked * mask).sum(dim=1)
+
+
+# ----------------------------------------------------------------------------------------------- the engine
+GradCallback = Callable[[Site, torch.Tensor, torch.Tensor, "BatchState"], None]
+
+
+@dataclass
+class BatchState:
+    """What the gradient hooks need about the current batch, moved lazily to each site's device."""
+
+    token_mask: torch.Tensor  # [B, T] bool
+    group: torch.Tensor  # [B] int64
+    weight: torch.Tensor | None = None  # [B] float32, P(y|x), known after the forward pass
+    _cache: dict = field(default_factory=dict)
+
+    def on(self, name: str, device: torch.device) -> torch.Tensor:
+        key = (name, device)
+        if key not in self._cache:
+            self._cache[key] = getattr(self, name).to(device, non_blocking=True)
+        return self._cache[key]
+
+
+class _Hooks:
+    """Forward hooks on site modules that attach the gradient callback; removed by ``close`` (always called)."""
+
+    def __init__(self, model: nn.Module, sites: Sequence[Site], on_grad: GradCallback) -> None:
+        self.state: BatchState | None = None
+        self.embeds: torch.Tensor | None = None
+        self.handles = []
+        by_module: dict[int, list[Site]] = {}
+        modules: dict[int, nn.Module] = {}
+        for site in sites:
+            by_module.setdefault(id(site.module), []).append(site)
+            modules[id(site.module)] = site.module
+        try:
+            embedding = model.get_input_embeddings()
+            self.handles.append(embedding.register_forward_hook(self._embedding_hook))
+            for key, module in modules.items():
+                self.handles.append(module.register_forward_hook(self._site_hook(by_module[key], on_grad)))
+        except BaseException:
+            self.close()
+            raise
+
+    def _embedding_hook(self, module, args, output):
+        # The only tensor that requires grad: the backward pass then computes activation gradients only.
+        leaf = output.detach().requires_grad_(True)
+        self.embeds = leaf
+        return leaf
+
+    def _site_hook(self, sites: list[Site], on_grad: GradCallback):
+        def hook(module, args, output):
+            if not output.requires_grad:
+                return None
+            act = output.detach()
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                # One hook per module output: fused projections are sliced here, with no copy.
+                for site in sites:
+                    on_grad(site, site.view(act), site.view(grad), self.state)
+
+            output.register_hook(grad_hook)
+            return None
+
+        return hook
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+        self.state = None
+        self.embeds = None
+
+
+def _validated(model: nn.Module, items: Iterable[ItemLike]) -> list[ScoreItem]:
+    return as_score_items(items, vocab_size=_vocab_size(model))
+
+
+def _run(
+    model: nn.Module,
+    items: list[ScoreItem],
+    sites: Sequence[Site],
+    group_rows: Mapping[str, int],
+    on_grad: GradCallback,
+    on_probs: Callable[[Batch, torch.Tensor], None],
+    batch_size: int,
+    progress: bool,
+    desc: str,
+) -> None:
+    """One forward + one backward per batch; ``on_grad`` runs in each site's gradient hook."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = model.get_input_embeddings().weight.device
+    keep_kw = _takes_logits_to_keep(model)
+    bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
+    tokens, started = 0, time.perf_counter()
+    with frozen(model):
+        hooks = _Hooks(model, sites, on_grad)
+        try:
+            for batch in make_batches(items, group_rows, batch_size, device, _pad_id(model)):
+                hooks.state = BatchState(token_mask=batch.attention_mask.bool(), group=batch.group)
+                n_keep = batch.targets.shape[1]
+                kwargs = {"logits_to_keep": n_keep} if keep_kw else {}
+                with torch.enable_grad():
+                    out = model(
+                        input_ids=batch.input_ids,
+                        attention_mask=batch.attention_mask,
+                        position_ids=batch.position_ids,
+                        use_cache=False,
+                        **kwargs,
+                    )
+                    logits = out.logits[:, -n_keep:, :]
+                    del out
+                    probs = target_log_probs(logits, batch).exp()
+                    del logits
+                    hooks.state.weight = probs.detach().float()  # the ops take float32 weights
+                    on_probs(batch, probs.detach())
+                    if hooks.embeds is None:
+                        raise RuntimeError("the input embedding hook did not run; cannot attribute this model")
+                    torch.autograd.grad(probs.sum(), [hooks.embeds])
+                hooks.embeds = None
+                tokens += batch.num_tokens
+                bar.update(len(batch.positions))
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+        finally:
+            hooks.close()
+            bar.close()
+
+
+def dataset_fingerprint(items: Sequence[ScoreItem]) -> str:
+    """A short hash of the items' ids, groups and token ids (order-independent)."""
+    h = hashlib.sha256()
+    for item in sorted(items, key=lambda it: it.id):
+        h.update(repr((item.id, item.group, item.input_ids, item.target_ids)).encode())
+    return h.hexdigest()[:16]
+
+
+def _model_metadata(model: nn.Module) -> dict[str, str]:
+    config = getattr(model, "config", None)
+    return {
+        "model": str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__),
+        "revision": str(getattr(config, "_commit_hash", None) or ""),
+    }
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def score(
+    model: nn.Module,
+    items: Iterable[ItemLike],
+    *,
+    batch_size: int = 16,
+    sites: Sequence[str] | None = None,
+    clamp_min: float | None = None,
+    groups: Sequence[str] | None = None,
+    progress: bool = True,
+) -> ScoreTable:
+    """Attribution scores of every neuron over ``items``, summed per group.
+
+    Args:
+        model: a Hugging Face decoder LM on any device(s) (``device_map`` works), any float dtype.
+        items: dicts ``{"id", "input_ids", "answer_id" | "target_ids", "group"}`` or ``ScoreItem``.
+        batch_size: items per forward/backward pass.
+        sites: site names to score (all MLP gate and attention q/k/v sites when None).
+        clamp_min: clamp each item's max at this value before weighting (0 for control sets, as the paper does).
+        groups: row order of the table (default: order of first appearance); must cover every item's group.
+        progress: show a tqdm bar with items/s and tokens/s.
+
+    Returns:
+        A ``ScoreTable`` with ``table[site] = Tensor[G, N] float64`` = sum over the group's items of
+        ``P(y|x) * max(clamp_min, max_t a_t * dP/da_t)``, plus item counts and summed P per group.
+    """
+    checked = _validated(model, items)
+    chosen = select_sites(model, list(sites) if sites is not None else None)
+    names = list(groups) if groups is not None else group_names(checked)
+    rows = {g: i for i, g in enumerate(names)}
+    unknown = sorted({it.group for it in checked} - set(rows))
+    if unknown:
+        raise ValueError(f"items have group(s) {unknown} not in groups={names}")
+    g = len(names)
+    sums = {site.name: torch.zeros(g, site.width, dtype=torch.float64, device=site.device) for site in chosen}
+    counts = torch.zeros(g, dtype=torch.int64)
+    prob_sums = torch.zeros(g, dtype=torch.float64)
+
+    def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
+        dev = act.device
+        ops.max_attribution_accumulate_(
+            sums[site.name], act, grad, state.on("token_mask", dev), state.on("weight", dev), state.on("group", dev),
+            clamp_min,
+        )
+
+    def on_probs(batch: Batch, probs: torch.Tensor) -> None:
+        counts.index_add_(0, batch.group, torch.ones_like(batch.group))
+        prob_sums.index_add_(0, batch.group, probs.detach().to("cpu", torch.float64))
+
+    _run(model, checked, chosen, rows, on_grad, on_probs, batch_size, progress, "scoring")
+    metadata = _model_metadata(model)
+    metadata.update(
+        dataset_fingerprint=dataset_fingerprint(checked),
+        clamp_min="" if clamp_min is None else repr(float(clamp_min)),
+    )
+    return ScoreTable(names, counts, {k: v.cpu() for k, v in sums.items()}, prob_sums, metadata)
+
+
+def item_scores(
+    model: nn.Module,
+    items: Iterable[ItemLike],
+    neurons,
+    *,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Per-item scores ``max_t a_t * dP/da_t`` (unweighted) of chosen neurons: ``Tensor[I, K] float32``.
+
+    Rows follow ``items``; columns follow the iteration order of ``neurons`` (a ``NeuronSet`` or ``(site, index)``
+    pairs). Used for the instance view: on what share of items is each neuron's score positive.
+    """
+    checked = _validated(model, items)
+    pairs = [(n.site, int(n.index)) if hasattr(n, "site") else (str(n[0]), int(n[1])) for n in neurons]
+    if not pairs:
+        raise ValueError("no neurons given")
+    chosen = select_sites(model, list(dict.fromkeys(site for site, _ in pairs)))
+    columns: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for site in chosen:
+        cols = [(k, idx) for k, (s, idx) in enumerate(pairs) if s == site.name]
+        bad = [idx for _, idx in cols if not 0 <= idx < site.width]
+        if bad:
+            raise ValueError(f"site {site.name!r}: neuron index {bad[0]} outside [0, {site.width})")
+        columns[site.name] = (
+            torch.tensor([k for k, _ in cols], dtype=torch.int64),
+            torch.tensor([idx for _, idx in cols], dtype=torch.int64),
+        )
+    result = torch.zeros(len(checked), len(pairs), dtype=torch.float32)
+    current: dict[str, torch.Tensor] = {}
+
+    def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
+        out_cols, idx = columns[site.name]
+        maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device))
+        rows = current["rows"]
+        result[rows.unsqueeze(1), out_cols.unsqueeze(0)] = maxima[:, idx.to(maxima.device)].float().cpu()
+
+    def on_probs(batch: Batch, probs: torch.Tensor) -> None:
+        current["rows"] = torch.tensor(batch.positions, dtype=torch.int64)
+
+    rows_by_group = {g: 0 for g in group_names(checked)}
+    _run(model, checked, chosen, rows_by_group, on_grad, on_probs, batch_size, progress, "item scores")
+    return result
