@@ -247,7 +247,7 @@ def specific(
     r: float = 0.01,
     z_min: float | None = 0.5,
     *,
-    normalize: str = "count",
+    normalize: str = "total",
 ) -> NeuronSet:
     """Culture-specific neurons of one group (country).
 
@@ -262,10 +262,9 @@ def specific(
     ``4 * G * eps * max_g |S[g]|`` counts as 0, because the mean of G equal floats need not round back to them and a
     rounding-noise sd would otherwise give an arbitrary z-score.
 
-    Note: the reference code (``decide_culture_specific_neuron.py``) divides each group's sums by the *whole*
-    dataset's item count rather than the group's own; ``normalize="total"`` reproduces that. The default per-group
-    division (a per-country mean) differs from it in ranking and z-scores only when groups differ in size
-    (relative to the control's).
+    The default, ``normalize="total"``, is the paper's ``neur[g] / N_neur - ctrl[g] / N_ctrl`` with N the table's
+    whole item count, as the reference code (``decide_culture_specific_neuron.py``) does. ``"count"`` divides by the
+    group's own count (a per-country mean); it differs in ranking and z-scores only when groups differ in size.
 
     Args:
         neur, ctrl, crc: score tables; ``ctrl`` must hold every group of ``neur``; ``crc`` must hold ``group``.

@@ -313,12 +313,12 @@ def test_specific_matches_reference(tables, group, normalize):
 def test_specific_filters_and_removal_are_active(tables):
     neur, ctrl, crc = tables["neur"], tables["ctrl"], tables["crc"]
     # Without the z filter (z_min None) the set is exactly the top minus the CountryRC neurons: not replaced.
-    loose = specific(neur.table, ctrl.table, crc.table, "Iran", t=0.25, r=0.1, z_min=None)
+    loose = specific(neur.table, ctrl.table, crc.table, "Iran", t=0.25, r=0.1, z_min=None, normalize="count")
     expected, info = ref_specific(neur, ctrl, crc, "Iran", 0.25, 0.1, -math.inf)
     assert_same(loose, expected)
     assert info["removed"] > 0
     assert len(loose) == 36 - info["removed"]
-    strict = specific(neur.table, ctrl.table, crc.table, "Iran", t=0.25, r=0.1, z_min=1.5)
+    strict = specific(neur.table, ctrl.table, crc.table, "Iran", t=0.25, r=0.1, z_min=1.5, normalize="count")
     assert 0 < len(strict) < len(loose)
     assert set(strict.pairs) <= set(loose.pairs)
     # Per-group normalization matters: count and prob select different neurons.
@@ -350,24 +350,24 @@ def test_specific_known_z_scores():
     # Equal values again, alone in their site: here float rounding gives a tiny non-zero sd (naively z = +-1).
     q_sums = torch.tensor([[0.7], [0.7], [0.7]], dtype=torch.float64)
     table = ScoreTable(["A", "B", "C"], [1, 1, 1], {gate: sums, q: q_sums})
-    got = specific(table, None, None, "A", t=1.0, r=0.0, z_min=0.5)
+    got = specific(table, None, None, "A", t=1.0, r=0.0, z_min=0.5, normalize="count")
     assert got.pairs == [(gate, 0), (gate, 4), (gate, 7)]
     assert [n.score for n in got] == [10.0, 3.0, 5.0]
-    at_zero = specific(table, None, None, "A", t=1.0, r=0.0, z_min=0.0)
+    at_zero = specific(table, None, None, "A", t=1.0, r=0.0, z_min=0.0, normalize="count")
     assert at_zero.pairs == [(gate, i) for i in (0, 1, 3, 4, 6, 7)] + [(q, 0)]
     # Item counts divide per group: B's count of 2 halves its scores. Column 1 becomes [.1, .05, .1] (z = +0.71),
     # column 3 [2, .5, 3] (z = +0.16), column 5 [2.2, 1, 3] (z = +0.16), column 7 [5, 2, 0] (z = +1.30), q's
     # column [.7, .35, .7] (z = +0.71).
     halved = ScoreTable(["A", "B", "C"], [1, 2, 1], {gate: sums, q: q_sums})
-    assert specific(halved, None, None, "A", t=1.0, r=0.0, z_min=0.5).pairs == [
+    assert specific(halved, None, None, "A", t=1.0, r=0.0, z_min=0.5, normalize="count").pairs == [
         (gate, i) for i in (0, 1, 4, 7)
     ] + [(q, 0)]
-    assert specific(halved, None, None, "A", t=1.0, r=0.0, z_min=0.0).pairs == [
+    assert specific(halved, None, None, "A", t=1.0, r=0.0, z_min=0.0, normalize="count").pairs == [
         (gate, i) for i in (0, 1, 3, 4, 5, 6, 7)
     ] + [(q, 0)]
     # t = 0.5 keeps the top floor(9 * .5) = 4 by A's score (10, 5, 3, 2.2) before the z filter.
-    assert specific(table, None, None, "A", t=0.5, r=0.0, z_min=0.5).pairs == [(gate, 0), (gate, 4), (gate, 7)]
-    assert specific(table, None, None, "A", t=0.5, r=0.0, z_min=None).pairs == [(gate, i) for i in (0, 4, 5, 7)]
+    assert specific(table, None, None, "A", t=0.5, r=0.0, z_min=0.5, normalize="count").pairs == [(gate, 0), (gate, 4), (gate, 7)]
+    assert specific(table, None, None, "A", t=0.5, r=0.0, z_min=None, normalize="count").pairs == [(gate, i) for i in (0, 4, 5, 7)]
 
 
 def test_large_ties_keep_global_order():
@@ -378,7 +378,7 @@ def test_large_ties_keep_global_order():
     assert got.pairs == [("layers.0.mlp.gate_proj", i) for i in range(3000)] + [
         ("layers.0.self_attn.k_proj", i) for i in range(500)
     ] + [("layers.1.mlp.gate_proj", i) for i in range(600)]
-    spec = specific(table, None, None, "B", t=0.5, z_min=None)
+    spec = specific(table, None, None, "B", t=0.5, z_min=None, normalize="count")
     assert spec.pairs == [("layers.0.mlp.gate_proj", i) for i in range(3000)] + [
         ("layers.0.self_attn.k_proj", i) for i in range(1000)
     ]
@@ -406,7 +406,7 @@ def test_specific_errors(tables):
         specific(neur, bad, None, "China")
     empty_group = ScoreTable(["A", "B"], [2, 0], {s: torch.zeros(2, w) for s, w in WIDTHS.items()})
     with pytest.raises(ValueError, match="group 'B'"):
-        specific(empty_group, None, None, "A")
+        specific(empty_group, None, None, "A", normalize="count")
     with pytest.raises(ValueError, match="z_min must be a finite number, or None"):
         specific(neur, ctrl, crc, "China", z_min=-math.inf)
     with pytest.raises(ValueError, match=r"\bt must be"):
