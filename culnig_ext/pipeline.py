@@ -1,0 +1,316 @@
+"""The whole CULNIG pipeline in one call: score -> identify -> inhibit/evaluate -> report, into a run folder.
+
+``culnig run`` is a thin wrapper over ``run_pipeline``. Layout of a run folder::
+
+    RUN/config.json                 the resolved configuration
+    RUN/scores/{neur,ctrl,crc,general}.safetensors   score tables (reused on re-run when model and items match)
+    RUN/neurons/general.json        culture-general neurons
+    RUN/neurons/specific/<group>.json   culture-specific neurons per group
+    RUN/summary.md                  neuron counts per layer and kind
+    RUN/eval/*.json                 per-item evaluation records of every condition
+    RUN/results.json, report.md, kinship.png, layers.png   the report (``culnig report RUN`` rebuilds it)
+
+Re-running into the same folder resumes: a score table whose model and dataset fingerprint match is loaded instead
+of being recomputed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from scipy.stats import binomtest
+
+from . import select
+from .analysis import kinship_matrix_encoded, layer_counts
+from .atomic import atomic_write_text
+from .data import encode, encode_choices, load_items, split_items
+from .data.schema import MCItem
+from .evaluate import EvalResult, evaluate_encoded
+from .inhibit import inhibit
+from .neurons import NeuronSet
+from .report import ReportResults, accuracy_row, write_report
+from .scorer import dataset_fingerprint, score
+from .sites import neuron_sites
+from .table import ScoreTable
+
+log = logging.getLogger("culnig")
+
+
+@dataclass
+class RunConfig:
+    """Everything ``run_pipeline`` needs; every fraction and threshold defaults to the paper's value.
+
+    Attributes:
+        model: embedded alias (``smollm2``), GGUF file, local folder or hub id.
+        data: cultural item source (``culnig_ext.data.load_items``); split by topic into scoring/test halves.
+        crc, crc_test: CountryRC sources for scoring (neurons that fire on country names) and for evaluation.
+        general: a non-cultural set evaluated beside the cultural ones (specificity); None to skip.
+        format: ``letter``, ``cloze`` or ``auto`` (letter when the model answers letters above chance, else cloze).
+        control: the control prompt: ``empty`` (question removed, the paper's) or ``frame`` (keeps the question frame).
+        normalize: ``count`` (paper: divide by item counts) or ``prob`` (divide by summed P, see ScoreTable).
+        contrast_general: also subtract a general-ability table (half of ``general``; the other half is evaluated).
+        n_random: random neuron sets (same count per site) to compare against.
+        max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
+    """
+
+    out: str = "culnig_runs/default"
+    model: str = "smollm2"
+    data: str = "builtin:cultural"
+    crc: str = "builtin:countryrc"
+    crc_test: str = "builtin:countryrc-test"
+    general: str | None = "builtin:general"
+    format: str = "auto"
+    control: str = "empty"
+    normalize: str = "count"
+    contrast_general: bool = False
+    t_mlp: float = 0.01
+    t_attn: float = 0.002
+    r_mlp: float = 0.01
+    r_attn: float = 0.01
+    t_specific: float = 0.003
+    r_specific: float = 0.01
+    z_min: float = 0.5
+    n_random: int = 3
+    kinship: bool = True
+    max_test_items: int | None = 120
+    batch_size: int = 16
+    dtype: str = "float32"
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class RunOutputs:
+    run_dir: Path
+    format: str
+    general: NeuronSet
+    specific: dict[str, NeuronSet]
+    report: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _sample(items: list[MCItem], cap: int | None, seed: int) -> list[MCItem]:
+    if cap is None or len(items) <= cap:
+        return items
+    g = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(items), generator=g)[:cap].tolist())
+    return [items[i] for i in keep]
+
+
+def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, progress: bool) -> tuple[str, str]:
+    """``letter`` if the model answers letter-format items above chance (one-sided binomial test at 0.05 against
+    the mean of 1/n_choices), else ``cloze``. Returns the format and a sentence saying why."""
+    encodings = [encode_choices(it, tokenizer, format="letter") for it in items]
+    res = evaluate_encoded(model, list(items), encodings, format="letter", batch_size=batch_size, progress=progress)
+    chance = sum(1 / len(it.choices) for it in items) / len(items)
+    hits = int(res.correct.sum())
+    p = binomtest(hits, len(items), chance, alternative="greater").pvalue
+    fmt = "letter" if p < 0.05 else "cloze"
+    why = (f"letter-format accuracy {hits}/{len(items)} = {hits / len(items):.1%} vs chance {chance:.1%} "
+           f"(binomial p = {p:.3g}): using the {fmt} format")
+    return fmt, why
+
+
+def score_cached(
+    path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str
+) -> ScoreTable:
+    """Score ``items`` into ``path``, or load ``path`` when it holds the same model, items and clamp (resume)."""
+    from .items import as_score_items
+
+    checked = as_score_items(items)
+    if path.is_file():
+        table = ScoreTable.load(path)
+        expected_clamp = "" if clamp_min is None else repr(float(clamp_min))
+        if (table.metadata.get("dataset_fingerprint") == dataset_fingerprint(checked)
+                and table.metadata.get("model") == str(model.config._name_or_path)
+                and table.metadata.get("clamp_min") == expected_clamp):
+            log.info("reusing %s (same model and items)", path)
+            print(f"[culnig] {desc}: reusing {path}")
+            return table
+    print(f"[culnig] {desc}: scoring {len(checked)} items")
+    table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress)
+    table.save(path)
+    return table
+
+
+@dataclass
+class Condition:
+    name: str
+    neurons: NeuronSet | None
+
+
+def evaluate_conditions(
+    model, tokenizer, eval_sets: dict[str, list[MCItem]], conditions: Sequence[Condition], *, fmt: str,
+    batch_size: int, progress: bool, save_dir: Path | None = None,
+) -> dict[str, dict[str, EvalResult]]:
+    """``{eval set: {condition: EvalResult}}``; prompts are encoded once per set."""
+    results: dict[str, dict[str, EvalResult]] = {}
+    for set_name, items in eval_sets.items():
+        encodings = [encode_choices(it, tokenizer, format=fmt) for it in items]
+        results[set_name] = {}
+        for cond in conditions:
+            if cond.neurons is None:
+                res = evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size, progress=progress)
+            else:
+                with inhibit(model, cond.neurons):
+                    res = evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size,
+                                           progress=progress)
+            results[set_name][cond.name] = res
+            if save_dir is not None:
+                res.save(save_dir / f"{_slug(set_name)}__{_slug(cond.name)}.json")
+            print(f"[culnig] eval {set_name:<28} {cond.name:<12} accuracy {res.accuracy:.3f}")
+    return results
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_").lower()
+
+
+def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers: int) -> str:
+    """Markdown: neuron counts per layer and kind for the general set, and per group for the specific sets."""
+    counts = layer_counts(general, num_layers)
+    lines = ["# Neuron counts", "", f"Culture-general neurons: {len(general)}", "",
+             "| layer | MLP gate | attention q/k/v |", "|---:|---:|---:|"]
+    for layer in range(num_layers):
+        lines.append(f"| {layer} | {counts['mlp'][layer]} | {counts['attn'][layer]} |")
+    lines.append(f"| all | {sum(counts['mlp'])} | {sum(counts['attn'])} |")
+    if specific:
+        lines += ["", "Culture-specific neurons per group:", "", "| group | MLP gate | attention q/k/v | total |",
+                  "|---|---:|---:|---:|"]
+        for group, ns in specific.items():
+            by_kind = ns.counts_by_kind()
+            lines.append(f"| {group} | {by_kind.get('mlp', 0)} | {by_kind.get('attn', 0)} | {len(ns)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> RunOutputs:
+    """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
+    from .models import load_model
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.out)
+    (run_dir / "scores").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+
+    # data ------------------------------------------------------------------------------------------------
+    neur_items = load_items(cfg.data, split="neur", seed=cfg.seed)
+    test_items = _sample(load_items(cfg.data, split="test", seed=cfg.seed), cfg.max_test_items, cfg.seed)
+    # CountryRC only for the groups of the cultural set: its top neurons are removed per group.
+    groups = list(dict.fromkeys(it.group for it in neur_items))
+    crc_items = load_items(cfg.crc, seed=cfg.seed, countries=groups)
+    crc_test = _sample(load_items(cfg.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
+    general_eval: list[MCItem] = []
+    general_contrast: list[MCItem] = []
+    if cfg.general:
+        general_items = load_items(cfg.general, seed=cfg.seed)
+        if cfg.contrast_general:  # disjoint halves: never evaluate on the items used to pick the neurons
+            general_contrast, general_eval = general_items[0::2], general_items[1::2]
+        else:
+            general_eval = general_items
+        general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
+    log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
+           f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
+
+    # model -----------------------------------------------------------------------------------------------
+    log_fn(f"[culnig] loading model {cfg.model!r}")
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    timings["load"] = time.perf_counter() - t0
+    notes: list[str] = []
+    fmt = cfg.format
+    if fmt == "auto":
+        fmt, why = choose_format(model, tokenizer, neur_items, cfg.batch_size, cfg.progress)
+        log_fn(f"[culnig] {why}")
+        notes.append(f"Format chosen automatically: {why}.")
+
+    # score -----------------------------------------------------------------------------------------------
+    t = time.perf_counter()
+    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress)
+    scores = run_dir / "scores"
+    neur = score_cached(scores / "neur.safetensors", model, encode(neur_items, tokenizer, format=fmt),
+                        clamp_min=None, desc="culture items", **opts)
+    ctrl = score_cached(scores / "ctrl.safetensors", model,
+                        encode(neur_items, tokenizer, format=fmt, control=cfg.control),
+                        clamp_min=0.0, desc=f"control items ({cfg.control})", **opts)
+    crc = score_cached(scores / "crc.safetensors", model, encode(crc_items, tokenizer, format=fmt),
+                       clamp_min=None, desc="CountryRC items", **opts)
+    contrast = None
+    if general_contrast:
+        contrast = score_cached(scores / "general.safetensors", model,
+                                encode(general_contrast, tokenizer, format=fmt), clamp_min=0.0,
+                                desc="general-ability contrast items", **opts)
+    timings["score"] = time.perf_counter() - t
+
+    # identify --------------------------------------------------------------------------------------------
+    general = select.general(neur, ctrl, crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp, cfg.r_attn,
+                             normalize=cfg.normalize, contrast=contrast)
+    general.save(run_dir / "neurons" / "general.json")
+    specific: dict[str, NeuronSet] = {}
+    for group in neur.groups:
+        if crc is not None and group not in crc.groups:
+            log_fn(f"[culnig] no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
+        ns = select.specific(neur, ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
+                             cfg.r_specific, cfg.z_min)
+        ns.save(run_dir / "neurons" / "specific" / f"{_slug(group)}.json")
+        specific[group] = ns
+    num_layers = len({s.layer for s in neuron_sites(model)})
+    summary = summary_table(general, specific, num_layers)
+    atomic_write_text(run_dir / "summary.md", summary)
+    log_fn(f"[culnig] {len(general)} culture-general neurons; specific: "
+           + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
+
+    # inhibit and evaluate ---------------------------------------------------------------------------------
+    t = time.perf_counter()
+    conditions = [Condition("original", None), Condition("general", general)]
+    conditions += [Condition(f"random{i}", select.random_like(general, model, seed=cfg.seed + i, match="site"))
+                   for i in range(cfg.n_random)]
+    eval_sets = {"Cultural test (BLEnD-style)": test_items, "CountryRC test": crc_test}
+    if general_eval:
+        eval_sets["Non-cultural (specificity)"] = general_eval
+    results = evaluate_conditions(model, tokenizer, eval_sets, conditions, fmt=fmt, batch_size=cfg.batch_size,
+                                  progress=cfg.progress, save_dir=run_dir / "eval")
+    rows = []
+    for set_name, by_cond in results.items():
+        randoms = [by_cond[c.name] for c in conditions if c.name.startswith("random")]
+        rows.append(accuracy_row(set_name, by_cond["original"], by_cond["general"], randoms,
+                                 cultural=not set_name.startswith("Non-cultural"), seed=cfg.seed))
+    timings["evaluate"] = time.perf_counter() - t
+
+    kin = None
+    if cfg.kinship and any(len(s) for s in specific.values()):
+        t = time.perf_counter()
+        sets = {g: s for g, s in specific.items() if len(s)}
+        encodings = [encode_choices(it, tokenizer, format=fmt) for it in test_items]
+        run = kinship_matrix_encoded(model, test_items, encodings, sets, format=fmt, batch_size=cfg.batch_size,
+                                     progress=cfg.progress)
+        kin = {"targets": list(run.result.targets), "groups": list(run.result.groups),
+               "matrix": run.result.matrix.tolist()}
+        timings["kinship"] = time.perf_counter() - t
+
+    notes.append(f"Neurons: top {cfg.t_mlp:g} of MLP gate and {cfg.t_attn:g} of attention q/k/v neurons by "
+                 f"neur/N - ctrl/N (normalize={cfg.normalize}, control={cfg.control}), minus the top "
+                 f"{cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons.")
+    notes.append(f"Random baselines: {cfg.n_random} sets with the same number of neurons per site (seeds "
+                 f"{cfg.seed}..{cfg.seed + cfg.n_random - 1}); p: paired bootstrap over items, one-sided.")
+    timings["total"] = time.perf_counter() - t0
+    results_obj = ReportResults(
+        title=f"CULNIG run: {model.config._name_or_path}",
+        model=str(model.config._name_or_path),
+        neuron_set=f"culture-general neurons ({fmt} format)",
+        n_neurons=len(general),
+        rows=rows,
+        kinship=kin,
+        layers={"num_layers": num_layers, "counts": layer_counts(general, num_layers)},
+        notes=notes,
+        metadata={"format": fmt, "data": cfg.data, "seconds": f"{timings['total']:.0f}",
+                  **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
+    )
+    report = write_report(run_dir, results_obj)
+    return RunOutputs(run_dir, fmt, general, specific, report, timings)
