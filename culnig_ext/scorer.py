@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
@@ -33,6 +36,7 @@ from .sites import Site, select_sites
 from .table import ScoreTable
 
 ItemLike = ScoreItem | Mapping[str, Any]
+log = logging.getLogger("culnig")
 
 
 # --------------------------------------------------------------------------------------------------- batching
@@ -227,10 +231,18 @@ def _run(
     batch_size: int,
     progress: bool,
     desc: str,
+    skip_batches: int = 0,
+    on_batch_end: Callable[[int], None] | None = None,
 ) -> None:
-    """One forward + one backward per batch; ``on_grad`` runs in each site's gradient hook."""
+    """One forward + one backward per batch; ``on_grad`` runs in each site's gradient hook.
+
+    ``skip_batches`` batches (in the deterministic length-sorted order) are skipped, to resume from a checkpoint;
+    ``on_batch_end(number of batches done)`` runs after each batch.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("culnig_ext.score needs gradients: call it outside torch.inference_mode()")
     device = model.get_input_embeddings().weight.device
     keep_kw = _takes_logits_to_keep(model)
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
@@ -238,7 +250,11 @@ def _run(
     with frozen(model):
         hooks = _Hooks(model, sites, on_grad)
         try:
-            for batch in make_batches(items, group_rows, batch_size, device, _pad_id(model)):
+            batches = make_batches(items, group_rows, batch_size, device, _pad_id(model))
+            for number, batch in enumerate(batches, start=1):
+                if number <= skip_batches:
+                    bar.update(len(batch.positions))
+                    continue
                 hooks.state = BatchState(token_mask=batch.attention_mask.bool(), group=batch.group)
                 n_keep = batch.targets.shape[1]
                 kwargs = {"logits_to_keep": n_keep} if keep_kw else {}
@@ -264,6 +280,8 @@ def _run(
                 bar.update(len(batch.positions))
                 elapsed = max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
+                if on_batch_end is not None:
+                    on_batch_end(number)
         finally:
             hooks.close()
             bar.close()
@@ -295,6 +313,9 @@ def score(
     clamp_min: float | None = None,
     groups: Sequence[str] | None = None,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 20,
 ) -> ScoreTable:
     """Attribution scores of every neuron over ``items``, summed per group.
 
@@ -306,12 +327,24 @@ def score(
         clamp_min: clamp each item's max at this value before weighting (0 for control sets, as the paper does).
         groups: row order of the table (default: order of first appearance); must cover every item's group.
         progress: show a tqdm bar with items/s and tokens/s.
+        shard: ``(k, n)``: score only items ``k, k+n, k+2n, ...`` (by input position), e.g. one shard per GPU or
+            machine; ``ScoreTable.merge`` of all n shards equals the unsharded table (up to float rounding).
+        checkpoint: a file to save the partial table to every ``checkpoint_every`` batches. If it exists and was
+            written for the same model, items, sites, clamp and batch size, scoring resumes after the batches it
+            holds. Removed once the table is complete.
 
     Returns:
         A ``ScoreTable`` with ``table[site] = Tensor[G, N] float64`` = sum over the group's items of
         ``P(y|x) * max(clamp_min, max_t a_t * dP/da_t)``, plus item counts and summed P per group.
     """
     checked = _validated(model, items)
+    if shard is not None:
+        k, n = shard
+        if not (isinstance(k, int) and isinstance(n, int) and 0 <= k < n):
+            raise ValueError(f"shard must be (k, n) with 0 <= k < n, got {shard!r}")
+        checked = checked[k::n]
+        if not checked:
+            raise ValueError(f"shard {shard} has no items ({len(checked)} items in all)")
     chosen = select_sites(model, list(sites) if sites is not None else None)
     names = list(groups) if groups is not None else group_names(checked)
     rows = {g: i for i, g in enumerate(names)}
@@ -334,13 +367,63 @@ def score(
         counts.index_add_(0, batch.group, torch.ones_like(batch.group))
         prob_sums.index_add_(0, batch.group, probs.detach().to("cpu", torch.float64))
 
-    _run(model, checked, chosen, rows, on_grad, on_probs, batch_size, progress, "scoring")
     metadata = _model_metadata(model)
     metadata.update(
         dataset_fingerprint=dataset_fingerprint(checked),
         clamp_min="" if clamp_min is None else repr(float(clamp_min)),
     )
-    return ScoreTable(names, counts, {k: v.cpu() for k, v in sums.items()}, prob_sums, metadata)
+
+    def snapshot(extra: Mapping[str, str] | None = None) -> ScoreTable:
+        return ScoreTable(names, counts, {k: v.cpu() for k, v in sums.items()}, prob_sums, {**metadata, **(extra or {})})
+
+    skip, on_batch_end = 0, None
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        resume_key = {"batch_size": str(batch_size), "sites_hash": _sites_hash(chosen)}
+        if checkpoint.is_file():
+            skip = _restore(checkpoint, metadata, resume_key, names, sums, counts, prob_sums)
+            log.info("resuming from %s after %d batches", checkpoint, skip)
+
+        def on_batch_end(done: int) -> None:
+            if done % checkpoint_every == 0:
+                snapshot({**resume_key, "batches_done": str(done)}).save(checkpoint)
+
+    _run(model, checked, chosen, rows, on_grad, on_probs, batch_size, progress, "scoring", skip, on_batch_end)
+    table = snapshot()
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
+    return table
+
+
+def _sites_hash(sites: Sequence[Site]) -> str:
+    return hashlib.sha256(repr([(s.name, s.width) for s in sites]).encode()).hexdigest()[:16]
+
+
+def _restore(
+    path: Path,
+    metadata: Mapping[str, str],
+    resume_key: Mapping[str, str],
+    groups: list[str],
+    sums: dict[str, torch.Tensor],
+    counts: torch.Tensor,
+    prob_sums: torch.Tensor,
+) -> int:
+    """Load a checkpoint into the accumulators; returns the number of batches it holds. A checkpoint written for
+    other items, model, sites, clamp or batch size is refused (it cannot be resumed from, and must not be mixed in)."""
+    saved = ScoreTable.load(path)
+    for key, want in {**resume_key, **{k: metadata[k] for k in ("model", "dataset_fingerprint", "clamp_min")}}.items():
+        if saved.metadata.get(key) != want:
+            raise ValueError(
+                f"checkpoint {path} was written with {key}={saved.metadata.get(key)!r}, this call has {want!r}; "
+                f"delete it or pass another checkpoint path"
+            )
+    if saved.groups != groups or set(saved.sites) != set(sums):
+        raise ValueError(f"checkpoint {path} has other groups or sites than this call")
+    for name, acc in sums.items():
+        acc.copy_(saved[name].to(acc.device))
+    counts.copy_(saved.counts)
+    prob_sums.copy_(saved.prob_sums)
+    return int(saved.metadata["batches_done"])
 
 
 def item_scores(

@@ -222,3 +222,64 @@ def test_item_scores_match_reference_maxima():
             expected = (sums[site][0, idx] / probs[0]).item()
             assert math.isclose(got[row, col].item(), expected, rel_tol=1e-5, abs_tol=1e-9)
     assert modules  # the site map covered the requested sites
+
+
+def test_shards_merge_to_the_full_table():
+    model = tiny_model("qwen3")
+    items = random_items(9, seed=11, multi_token=True)
+    full = culnig_ext.score(model, items, batch_size=4, progress=False)
+    shards = [culnig_ext.score(model, items, batch_size=4, progress=False, shard=(k, 3)) for k in range(3)]
+    assert [t.num_items for t in shards] == [3, 3, 3]
+    merged = ScoreTable.merge(shards)
+    assert merged.counts.tolist() == full.counts.tolist()
+    for name in full.sites:
+        torch.testing.assert_close(merged[name], full[name], rtol=1e-9, atol=1e-15)
+    with pytest.raises(ValueError, match="shard"):
+        culnig_ext.score(model, items, shard=(3, 3), progress=False)
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_checkpoint_resumes_after_an_interruption(tmp_path):
+    model = tiny_model("llama")
+    items = random_items(10, seed=12)
+    full = culnig_ext.score(model, items, batch_size=2, progress=False)
+    ckpt = tmp_path / "partial.safetensors"
+    calls = {"n": 0}
+
+    def crash_on_fourth_batch(module, args):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise _Interrupt()
+
+    handle = model.model.embed_tokens.register_forward_pre_hook(crash_on_fourth_batch)
+    try:
+        with pytest.raises(_Interrupt):
+            culnig_ext.score(model, items, batch_size=2, progress=False, checkpoint=ckpt, checkpoint_every=1)
+    finally:
+        handle.remove()
+    assert ckpt.is_file()
+    partial = ScoreTable.load(ckpt)
+    assert partial.metadata["batches_done"] == "3" and partial.num_items == 6
+    # A different batch size cannot resume from it (the batches would not line up).
+    with pytest.raises(ValueError, match="batch_size"):
+        culnig_ext.score(model, items, batch_size=3, progress=False, checkpoint=ckpt)
+    seen = []
+    handle = model.model.embed_tokens.register_forward_pre_hook(lambda m, a: seen.append(a[0].shape[0]))
+    try:
+        resumed = culnig_ext.score(model, items, batch_size=2, progress=False, checkpoint=ckpt, checkpoint_every=1)
+    finally:
+        handle.remove()
+    assert len(seen) == 2, "only the two missing batches should run"
+    assert not ckpt.exists(), "the checkpoint is removed once the table is complete"
+    assert resumed.counts.tolist() == full.counts.tolist()
+    for name in full.sites:
+        torch.testing.assert_close(resumed[name], full[name], rtol=1e-12, atol=0)
+
+
+def test_refuses_inference_mode():
+    model = tiny_model("llama")
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        culnig_ext.score(model, random_items(2), progress=False)
