@@ -22,7 +22,6 @@ item's values); a prediction that is no option scores 0, as an unparseable answe
 """
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .atomic import atomic_write_text
+from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .data.prompts import encode_choices
 
 FORMATS = ("letter", "cloze")
@@ -246,29 +246,6 @@ def _item_alignment(item: Any, pred: int | None, where: str) -> float | None:
         raise ValueError(f"{where}: {exc}") from None
 
 
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    try:
-        return "logits_to_keep" in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _vocab_size(model: nn.Module) -> int | None:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "out_features"):
-        return int(head.out_features)
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    return getattr(text, "vocab_size", None)
-
-
-def _pad_id(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    pad = getattr(text, "pad_token_id", None)
-    return pad if isinstance(pad, int) and pad >= 0 else 0  # any id: padded positions are masked out
-
-
 def _ids(seq: Any, where: str, vocab: int | None) -> tuple[int, ...]:
     try:
         ids = tuple(int(t) for t in seq)
@@ -332,9 +309,8 @@ def _sequences(items: Sequence[Any], encodings: Sequence[Any], fmt: str, vocab: 
 
 
 def _batches(seqs: list[_Seq], batch_size: int):
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].fed))  # stable: ties keep input order
-    for start in range(0, len(order), batch_size):
-        yield [seqs[i] for i in order[start : start + batch_size]]
+    for rows in length_sorted_batches([len(s.fed) for s in seqs], batch_size):
+        yield [seqs[i] for i in rows]
 
 
 def _upcast(logits: torch.Tensor) -> torch.Tensor:
@@ -344,13 +320,7 @@ def _upcast(logits: torch.Tensor) -> torch.Tensor:
 
 def _forward(model: nn.Module, batch: list[_Seq], n_keep: int, device, pad: int, keep_kw: bool) -> torch.Tensor:
     """Logits ``[B, n_keep, V]`` at the last ``n_keep`` positions of the left-padded batch."""
-    width = max(len(s.fed) for s in batch)
-    ids = torch.full((len(batch), width), pad, dtype=torch.int64)
-    mask = torch.zeros((len(batch), width), dtype=torch.int64)
-    for row, s in enumerate(batch):
-        ids[row, width - len(s.fed) :] = torch.tensor(s.fed, dtype=torch.int64)
-        mask[row, width - len(s.fed) :] = 1
-    position_ids = (mask.cumsum(1) - 1).clamp_(min=0)
+    ids, mask, position_ids = left_pad([s.fed for s in batch], pad)
     kwargs = {"logits_to_keep": n_keep} if keep_kw else {}
     out = model(
         input_ids=ids.to(device),
@@ -393,11 +363,11 @@ def evaluate_encoded(
         raise ValueError(f"{len(items)} items but {len(encodings)} encodings")
     if not items:
         raise ValueError("no items to evaluate")
-    seqs, letters = _sequences(items, encodings, format, _vocab_size(model))
+    seqs, letters = _sequences(items, encodings, format, vocab_size(model))
 
     device = model.get_input_embeddings().weight.device
-    keep_kw = _takes_logits_to_keep(model)
-    pad = _pad_id(model)
+    keep_kw = takes_logits_to_keep(model)
+    pad = pad_id(model)
     # per item: letter -> (scores [K], predicted token, pred); cloze -> scores [K]
     scores: list[list[float]] = [[math.nan] * len(it.choices) for it in items]
     tokens: list[int | None] = [None] * len(items)

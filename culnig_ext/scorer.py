@@ -17,7 +17,6 @@ How it stays small and fast:
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import time
@@ -31,6 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import ops
+from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .items import ScoreItem, as_score_items, group_names
 from .sites import Site, select_sites
 from .table import ScoreTable
@@ -64,26 +64,18 @@ class Batch:
 
 
 def make_batches(
-    items: Sequence[ScoreItem], group_rows: Mapping[str, int], batch_size: int, device: torch.device, pad_id: int
+    items: Sequence[ScoreItem], group_rows: Mapping[str, int], batch_size: int, device: torch.device, pad: int
 ) -> Iterator[Batch]:
     """Yield batches of length-sorted items (stable sort, so ties keep input order), left-padded."""
-    order = sorted(range(len(items)), key=lambda i: len(items[i].fed_ids))
-    for start in range(0, len(order), batch_size):
-        positions = order[start : start + batch_size]
-        fed = [items[i].fed_ids for i in positions]
-        width = max(len(f) for f in fed)
+    for positions in length_sorted_batches([len(item.fed_ids) for item in items], batch_size):
+        ids, mask, position_ids = left_pad([items[i].fed_ids for i in positions], pad)
         n_targets = max(len(items[i].target_ids) for i in positions)
-        ids = torch.full((len(fed), width), pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(fed), width), dtype=torch.int64)
-        targets = torch.zeros((len(fed), n_targets), dtype=torch.int64)
-        target_mask = torch.zeros((len(fed), n_targets), dtype=torch.bool)
-        for row, (i, f) in enumerate(zip(positions, fed)):
-            ids[row, width - len(f) :] = torch.tensor(f, dtype=torch.int64)
-            mask[row, width - len(f) :] = 1
+        targets = torch.zeros((len(positions), n_targets), dtype=torch.int64)
+        target_mask = torch.zeros((len(positions), n_targets), dtype=torch.bool)
+        for row, i in enumerate(positions):
             t = items[i].target_ids
             targets[row, n_targets - len(t) :] = torch.tensor(t, dtype=torch.int64)
             target_mask[row, n_targets - len(t) :] = True
-        position_ids = (mask.cumsum(1) - 1).clamp_(min=0)
         group = torch.tensor([group_rows[items[i].group] for i in positions], dtype=torch.int64)
         yield Batch(
             positions,
@@ -98,28 +90,6 @@ def make_batches(
 
 
 # ------------------------------------------------------------------------------------------- model plumbing
-def _vocab_size(model: nn.Module) -> int | None:
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if head is not None and hasattr(head, "out_features"):
-        return int(head.out_features)
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    return getattr(text, "vocab_size", None)
-
-
-def _pad_id(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
-    pad = getattr(text, "pad_token_id", None)
-    if isinstance(pad, int) and pad >= 0:
-        return pad
-    return 0  # any id works: padded positions are masked out of attention and of the max
-
-
-def _takes_logits_to_keep(model: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(model.forward).parameters
-
-
 @contextmanager
 def frozen(model: nn.Module) -> Iterator[None]:
     """Eval mode and ``requires_grad=False`` on every parameter for the duration; both restored on exit."""
@@ -218,7 +188,7 @@ class _Hooks:
 
 
 def _validated(model: nn.Module, items: Iterable[ItemLike]) -> list[ScoreItem]:
-    return as_score_items(items, vocab_size=_vocab_size(model))
+    return as_score_items(items, vocab_size=vocab_size(model))
 
 
 def _run(
@@ -244,13 +214,13 @@ def _run(
     if torch.is_inference_mode_enabled():
         raise RuntimeError("culnig_ext.score needs gradients: call it outside torch.inference_mode()")
     device = model.get_input_embeddings().weight.device
-    keep_kw = _takes_logits_to_keep(model)
+    keep_kw = takes_logits_to_keep(model)
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     tokens, started = 0, time.perf_counter()
     with frozen(model):
         hooks = _Hooks(model, sites, on_grad)
         try:
-            batches = make_batches(items, group_rows, batch_size, device, _pad_id(model))
+            batches = make_batches(items, group_rows, batch_size, device, pad_id(model))
             for number, batch in enumerate(batches, start=1):
                 if number <= skip_batches:
                     bar.update(len(batch.positions))
