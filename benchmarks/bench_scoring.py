@@ -59,7 +59,7 @@ def load_model(use_config: bool, device: str, dtype: torch.dtype):
         num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=100000.0,
     )
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype).to(device).eval()
     return model, "random weights, SmolLM2-135M shape"
 
 

@@ -1,0 +1,116 @@
+"""Fused attribution ops: typed wrappers over ``torch.ops.culnig.*`` with a pure-PyTorch fallback.
+
+The rest of the package calls only :func:`max_attribution_accumulate_`, :func:`max_attribution` and
+:func:`backend`. Importing this module loads the C++/CUDA extension (see ``culnig_ext._build``): the
+ahead-of-time module if installed, else a cached JIT build (built once, ~1 min; later imports reuse it).
+If no extension can be had, a one-line warning says why and the reference ops
+(``culnig_ext.ops_reference``) are used.
+
+Set CULNIG_FORCE_REFERENCE=1 to use the reference ops (and skip loading the extension).
+
+For tests, the two implementations are reachable explicitly:
+``torch.ops.culnig.max_attribution`` / ``torch.ops.culnig.max_attribution_accumulate_`` (extension) and
+``culnig_ext.ops_reference.max_attribution`` / ``..._accumulate_`` (reference).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import torch
+
+from culnig_ext import _build, ops_reference
+
+FORCE_REFERENCE: bool = os.environ.get("CULNIG_FORCE_REFERENCE") == "1"
+
+if FORCE_REFERENCE:
+    LOAD: _build.LoadResult = _build.LoadResult("none", "CULNIG_FORCE_REFERENCE=1", False)
+else:
+    LOAD = _build.load()
+    if LOAD.kind == "none":
+        warnings.warn(
+            f"culnig_ext: fused C++ ops unavailable ({LOAD.detail}); using the slower pure-PyTorch reference. "
+            "Fix: install g++ and ninja, then reimport (JIT build) or run `pip install --no-build-isolation -e .`",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+
+EXTENSION_LOADED: bool = LOAD.kind in ("aot", "jit")
+
+
+def _register_fakes() -> None:
+    """Fake (meta) kernels so the ops trace under FakeTensorMode / torch.compile. They run the checks that
+    need no tensor data (dims, dtypes, shapes, devices); the value checks (empty mask rows, group range)
+    need data and run in the real kernels."""
+
+    @torch.library.register_fake("culnig::max_attribution")
+    def _max_attribution_fake(act: torch.Tensor, grad: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+        ops_reference.check_structure("culnig.max_attribution", act, grad, token_mask)
+        dtype = torch.float64 if act.dtype == torch.float64 else torch.float32
+        return act.new_empty((act.shape[0], act.shape[2]), dtype=dtype)
+
+    @torch.library.register_fake("culnig::max_attribution_accumulate_")
+    def _accumulate_fake(acc, act, grad, token_mask, weight, group, clamp_min=None) -> None:
+        ops_reference.check_accumulate_structure(acc, act, grad, token_mask, weight, group)
+
+
+if EXTENSION_LOADED:
+    _register_fakes()
+
+# Device type -> backend name, filled lazily (the answer cannot change within a process).
+_BACKENDS: dict[str, str] = {}
+
+
+def backend(device: torch.device | str) -> str:
+    """Which implementation runs for tensors on ``device``: "cpu-ext", "cuda-ext" or "reference"."""
+    kind = torch.device(device).type
+    name = _BACKENDS.get(kind)
+    if name is None:
+        if not EXTENSION_LOADED:
+            name = "reference"
+        elif kind == "cpu":
+            name = "cpu-ext"
+        elif kind == "cuda" and LOAD.with_cuda:
+            name = "cuda-ext"
+        else:
+            name = "reference"
+        _BACKENDS[kind] = name
+    return name
+
+
+def max_attribution(act: torch.Tensor, grad: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Per sample and neuron, the max over masked tokens of act * grad.
+
+    act, grad: [B, T, N], float32 / bfloat16 / float16 / float64, same dtype and device; last-dim stride 1
+        is read in place (column slices of a fused projection need no copy).
+    token_mask: [B, T] bool, at least one True per sample.
+    Returns [B, N] float32 (float64 for float64 input); the product is formed in float32 (float64).
+    Raises TypeError / ValueError naming the argument on bad input.
+    """
+    if backend(act.device) == "reference":
+        return ops_reference.max_attribution(act, grad, token_mask)
+    return torch.ops.culnig.max_attribution(act, grad, token_mask)
+
+
+def max_attribution_accumulate_(
+    acc: torch.Tensor,
+    act: torch.Tensor,
+    grad: torch.Tensor,
+    token_mask: torch.Tensor,
+    weight: torch.Tensor,
+    group: torch.Tensor,
+    clamp_min: float | None = None,
+) -> None:
+    """In place: ``acc[group[b], n] += weight[b] * max(clamp_min, max_t act[b,t,n] * grad[b,t,n])``.
+
+    acc: [G, N] float64, on act's device; act, grad: [B, T, N] (as in :func:`max_attribution`);
+    token_mask: [B, T] bool, at least one True per sample; weight: [B] float32; group: [B] int64 in [0, G).
+    No clamp when clamp_min is None. Samples sharing a group add in sample order (deterministic).
+    Raises TypeError / ValueError / IndexError naming the argument (and sample) on bad input; acc is then
+    left untouched.
+    """
+    if backend(act.device) == "reference":
+        ops_reference.max_attribution_accumulate_(acc, act, grad, token_mask, weight, group, clamp_min)
+    else:
+        torch.ops.culnig.max_attribution_accumulate_(acc, act, grad, token_mask, weight, group, clamp_min)
