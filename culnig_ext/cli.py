@@ -239,12 +239,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    restore_bars = None
+    if getattr(args, "no_progress", False):
+        # --no-progress hides transformers' model-loading bars too (they would bury a one-line error on stderr).
+        from transformers.utils import logging as hf_logging
+
+        if hf_logging.is_progress_bar_enabled():
+            hf_logging.disable_progress_bar()
+            restore_bars = hf_logging.enable_progress_bar
     try:
         print(COMMANDS[args.command](args))
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.
+    except (ValueError, KeyError, OSError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"culnig {args.command}: error: {message}", file=sys.stderr)
         return 1
+    finally:
+        if restore_bars is not None:
+            restore_bars()
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +75,26 @@ def resolve(name: str) -> tuple[str, dict[str, Any], str]:
         return str(path.parent), {"gguf_file": path.name}, path.name
     if path.exists() and not path.is_dir():
         raise ValueError(f"{path} is a file but not a .gguf model; give a model folder, a .gguf file or a hub id")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"{path} is a folder without config.json, not a model folder; give a model folder "
+                         "(save_pretrained), a .gguf file or a hub id")
+    if not path.exists() and _is_local_path(name):
+        # Not a hub id either: without this, the hub client would answer with a confusing repo-id error.
+        raise FileNotFoundError(f"model folder not found: {path} (embedded aliases: {', '.join(EMBEDDED)})")
     return name, {}, name
+
+
+def _is_local_path(name: str) -> bool:
+    """True for names that can only be a filesystem path (a hub id is ``name`` or ``owner/name``)."""
+    return Path(name).is_absolute() or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+
+
+def _dtype(dtype: torch.dtype | str) -> torch.dtype:
+    resolved = getattr(torch, dtype, None) if isinstance(dtype, str) else dtype
+    # Integer dtypes are torch.dtype too, but the weights must be floating point to be scored.
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
+    return resolved
 
 
 def load_model(
@@ -95,10 +115,7 @@ def load_model(
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if isinstance(dtype, str):
-        if not isinstance(getattr(torch, dtype, None), torch.dtype):
-            raise ValueError(f"unknown dtype {dtype!r}; use float32, bfloat16 or float16")
-        dtype = getattr(torch, dtype)
+    dtype = _dtype(dtype)
     path, kwargs, display = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
@@ -108,12 +125,18 @@ def load_model(
         if device_map is not None:
             model_kwargs["device_map"] = device_map
         model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
-    except OSError as exc:
-        raise ValueError(f"cannot load model {name!r}: {exc}") from exc
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        # Name the model: transformers' messages often do not (a GGUF's missing key; struct.error: a truncated GGUF).
+        raise ValueError(f"cannot load model {name!r}: {type(exc).__name__}: {exc}") from exc
     if device_map is None and device is not None:
         model = model.to(device)
     model.eval()
-    model.config._name_or_path = display if name in EMBEDDED else model.config._name_or_path
+    if name in EMBEDDED:
+        model.config._name_or_path = display
+    elif "gguf_file" in kwargs:
+        # from_pretrained records only the folder; two GGUF files of one folder (e.g. two quantisations) must not
+        # share a name, since score tables are reused on resume when the model name matches.
+        model.config._name_or_path = name
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

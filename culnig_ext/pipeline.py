@@ -29,7 +29,7 @@ from scipy.stats import binomtest
 from . import select
 from .analysis import kinship_matrix_encoded, layer_counts
 from .atomic import atomic_write_text
-from .data import encode, encode_choices, load_items, split_items
+from .data import TokenizerError, encode, encode_choices, load_items, split_items
 from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
@@ -106,8 +106,12 @@ def _sample(items: list[MCItem], cap: int | None, seed: int) -> list[MCItem]:
 
 def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, progress: bool) -> tuple[str, str]:
     """``letter`` if the model answers letter-format items above chance (one-sided binomial test at 0.05 against
-    the mean of 1/n_choices), else ``cloze``. Returns the format and a sentence saying why."""
-    encodings = [encode_choices(it, tokenizer, format="letter") for it in items]
+    the mean of 1/n_choices), else ``cloze`` (also when the tokenizer cannot encode the letter format, e.g. the
+    letters are not single tokens). Returns the format and a sentence saying why."""
+    try:
+        encodings = [encode_choices(it, tokenizer, format="letter") for it in items]
+    except TokenizerError as exc:
+        return "cloze", f"the tokenizer cannot encode the letter format ({exc}): using the cloze format"
     res = evaluate_encoded(model, list(items), encodings, format="letter", batch_size=batch_size, progress=progress)
     chance = sum(1 / len(it.choices) for it in items) / len(items)
     hits = int(res.correct.sum())
@@ -137,7 +141,9 @@ def score_cached(
     print(f"[culnig] {desc}: scoring {len(checked)} items")
     table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress)
     table.save(path)
-    return table
+    # Continue with the table as saved: saving adds metadata (format, package version) that enters its fingerprint,
+    # and the neuron sets' sources must name the files on disk, the same in a fresh run and in a resumed one.
+    return ScoreTable.load(path)
 
 
 @dataclass

@@ -107,6 +107,12 @@ def _looks_like_layers(module: nn.Module) -> bool:
     )
 
 
+def _has_gate(mlp: nn.Module) -> bool:
+    return isinstance(getattr(mlp, "gate_proj", None), nn.Linear) or isinstance(
+        getattr(mlp, "gate_up_proj", None), nn.Linear
+    )
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a Hugging Face causal LM, from the architecture table or the generic rule."""
     config = getattr(model, "config", None)
@@ -116,10 +122,16 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         layers = _get_path(model, path)
         if layers is not None and _looks_like_layers(layers):
             return layers
-    # Generic rule: the first ModuleList whose every block has .self_attn and .mlp.
-    for _, module in model.named_modules():
-        if _looks_like_layers(module):
+    # Generic rule: the first ModuleList whose every block has .self_attn and .mlp, preferring one whose MLPs are
+    # gated: a multimodal model's vision encoder (CLIP, SigLIP) also has .self_attn/.mlp blocks, often registered
+    # before the language model, but its MLP (fc1/fc2) has no gate. Without a gated candidate the first one is
+    # returned, so that the per-layer check names what its MLP lacks.
+    candidates = [module for _, module in model.named_modules() if _looks_like_layers(module)]
+    for module in candidates:
+        if all(_has_gate(block.mlp) for block in module):
             return module
+    if candidates:
+        return candidates[0]
     raise ValueError(
         f"cannot find the decoder layers of {type(model).__name__} (model_type={model_type!r}): looked for "
         f"{', '.join(dict.fromkeys(tried))} and any nn.ModuleList of blocks that have .self_attn and .mlp"
