@@ -27,7 +27,7 @@ import torch
 from scipy.stats import binomtest
 
 from . import select
-from .analysis import kinship_matrix_encoded, layer_counts
+from .analysis import kinship_matrix_encoded, layer_counts, positive_share
 from .atomic import atomic_write_text
 from .data import TokenizerError, encode, encode_choices, load_items, split_items
 from .data.schema import MCItem
@@ -35,7 +35,7 @@ from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
 from .neurons import NeuronSet
 from .report import ReportResults, accuracy_row, write_report
-from .scorer import dataset_fingerprint, score
+from .scorer import dataset_fingerprint, item_scores, score
 from .sites import neuron_sites
 from .table import ScoreTable
 
@@ -78,6 +78,7 @@ class RunConfig:
     z_min: float = 0.5
     n_random: int = 3
     kinship: bool = True
+    instance_view: bool = True
     max_test_items: int | None = 120
     batch_size: int = 16
     dtype: str = "float32"
@@ -179,6 +180,24 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_").lower()
 
 
+def instance_view(general: NeuronSet, shares: torch.Tensor, n_items: int, top: int = 15) -> str:
+    """Markdown: on what share of the scoring items each culture-general neuron's item score is positive
+    (``shares[k]`` for the k-th neuron of ``general``, from ``scorer.item_scores`` and ``analysis.positive_share``)."""
+    if len(general) == 0:
+        return ""
+    lines = ["", "## Instance view", "",
+             f"Share of the {n_items} scoring items on which a culture-general neuron's item score "
+             f"(max over tokens of a * dP/da) is positive: mean {shares.mean().item():.1%}, "
+             f"median {shares.median().item():.1%}, min {shares.min().item():.1%}, max {shares.max().item():.1%}.",
+             "", f"Top {min(top, len(general))} neurons by score:", "",
+             "| neuron | score | share of items positive |", "|---|---:|---:|"]
+    order = sorted(range(len(general)), key=lambda k: -general[k].score)[:top]
+    for k in order:
+        n = general[k]
+        lines.append(f"| {n.site}[{n.index}] | {n.score:.4g} | {shares[k].item():.1%} |")
+    return "\n".join(lines) + "\n"
+
+
 def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers: int) -> str:
     """Markdown: neuron counts per layer and kind for the general set, and per group for the specific sets."""
     counts = layer_counts(general, num_layers)
@@ -268,6 +287,12 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         specific[group] = ns
     num_layers = len({s.layer for s in neuron_sites(model)})
     summary = summary_table(general, specific, num_layers)
+    if cfg.instance_view and len(general):
+        t = time.perf_counter()
+        per_item = item_scores(model, encode(neur_items, tokenizer, format=fmt), general,
+                               batch_size=cfg.batch_size, progress=cfg.progress)
+        summary += instance_view(general, positive_share(per_item), len(neur_items))
+        timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
     log_fn(f"[culnig] {len(general)} culture-general neurons; specific: "
            + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
@@ -279,14 +304,14 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                    for i in range(cfg.n_random)]
     eval_sets = {"Cultural test (BLEnD-style)": test_items, "CountryRC test": crc_test}
     if general_eval:
-        eval_sets["Non-cultural (specificity)"] = general_eval
+        eval_sets["General knowledge"] = general_eval
     results = evaluate_conditions(model, tokenizer, eval_sets, conditions, fmt=fmt, batch_size=cfg.batch_size,
                                   progress=cfg.progress, save_dir=run_dir / "eval")
     rows = []
     for set_name, by_cond in results.items():
         randoms = [by_cond[c.name] for c in conditions if c.name.startswith("random")]
         rows.append(accuracy_row(set_name, by_cond["original"], by_cond["general"], randoms,
-                                 cultural=not set_name.startswith("Non-cultural"), seed=cfg.seed))
+                                 cultural=set_name != "General knowledge", seed=cfg.seed))
     timings["evaluate"] = time.perf_counter() - t
 
     kin = None

@@ -266,8 +266,11 @@ def dataset_fingerprint(items: Sequence[ScoreItem]) -> str:
 
 
 def _model_metadata(model: nn.Module) -> dict[str, str]:
+    from . import __version__
+
     config = getattr(model, "config", None)
     return {
+        "package_version": __version__,
         "model": str(getattr(config, "_name_or_path", "") or getattr(model, "name_or_path", "") or type(model).__name__),
         "revision": str(getattr(config, "_commit_hash", None) or ""),
     }

@@ -189,7 +189,10 @@ class ScoreTable:
     def fingerprint(self) -> str:
         """A short content hash of the table (sums, counts, groups, metadata): names the source of a neuron set."""
         h = hashlib.sha256()
-        h.update(json.dumps([self.groups, self.sites, sorted(self.metadata.items())]).encode())
+        # "format" is stamped by save(): leaving it out gives a table the same fingerprint before and after a
+        # save/load round trip.
+        meta = sorted((k, v) for k, v in self.metadata.items() if k != "format")
+        h.update(json.dumps([self.groups, self.sites, meta]).encode())
         h.update(self.counts.numpy().tobytes())
         h.update(self.prob_sums.numpy().tobytes())
         for t in self.table.values():

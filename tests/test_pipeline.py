@@ -38,8 +38,8 @@ ATTN_SITES = [s for s in WIDTHS if ".self_attn." in s]
 N_MLP = LAYERS * INTERMEDIATE  # 96
 N_ATTN = LAYERS * (HEADS + 2 * KV_HEADS) * HEAD_DIM  # 128
 GROUPS = ["US", "UK", "South_Korea", "China", "Mexico", "Spain", "Iran", "Ethiopia"]  # builtin:cultural
-EVAL_SETS = ["Cultural test (BLEnD-style)", "CountryRC test", "Non-cultural (specificity)"]
-EVAL_SLUGS = ["cultural_test__blend-style", "countryrc_test", "non-cultural__specificity"]
+EVAL_SETS = ["Cultural test (BLEnD-style)", "CountryRC test", "General knowledge"]
+EVAL_SLUGS = ["cultural_test__blend-style", "countryrc_test", "general_knowledge"]
 TABLES = ["neur", "ctrl", "crc", "general"]
 
 # Fractions large enough for a tiny model to get neurons: floor(96*0.1)=9 and floor(128*0.05)=6 general neurons
@@ -244,7 +244,7 @@ def test_run_writes_every_file(run, model_dir):
         randoms = [evals[slug, "random0"].accuracy, evals[slug, "random1"].accuracy]
         assert (row["original"], row["inhibited"], row["random"]) == (original, inhibited, randoms)
         assert row["n_items"] == MAX_TEST
-        assert row["cultural"] == (slug != "non-cultural__specificity")
+        assert row["cultural"] == (slug != "general_knowledge")
         name = row["eval_set"] + ("" if row["cultural"] else " (non-cultural)")
         line = f"| {name} | accuracy | {MAX_TEST} | {100 * original:.2f} | {100 * inhibited:.2f} | "
         assert line in report
@@ -268,6 +268,13 @@ def test_run_writes_every_file(run, model_dir):
     for group in GROUPS:
         by_kind = result.specific[group].counts_by_kind()
         assert f"| {group} | {by_kind['mlp']} | {by_kind['attn']} | {len(result.specific[group])} |" in summary
+    # Instance view: one row per top neuron (by score), each with a share in [0, 100] %.
+    assert "## Instance view" in summary
+    rows = [line for line in summary.splitlines() if line.startswith("| layers.")]
+    top = sorted(general, key=lambda n: -n.score)[:15]
+    assert [r.split(" | ")[0][2:] for r in rows] == [f"{n.site}[{n.index}]" for n in top]
+    shares = [float(r.rstrip(" |").rsplit("| ", 1)[1].rstrip("%")) for r in rows]
+    assert all(0.0 <= x <= 100.0 for x in shares)
     for what in ("culture items", "control items (empty)", "CountryRC items", "general-ability contrast items"):
         assert f"[culnig] {what}: scoring" in printed
 

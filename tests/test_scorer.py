@@ -283,3 +283,12 @@ def test_refuses_inference_mode():
     model = tiny_model("llama")
     with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
         culnig_ext.score(model, random_items(2), progress=False)
+
+
+def test_fingerprint_survives_save_and_load(tmp_path):
+    table = culnig_ext.score(tiny_model("llama"), random_items(3), batch_size=3, progress=False)
+    path = tmp_path / "t.safetensors"
+    table.save(path)
+    assert ScoreTable.load(path).fingerprint() == table.fingerprint()
+    other = culnig_ext.score(tiny_model("llama"), random_items(3, seed=1), batch_size=3, progress=False)
+    assert other.fingerprint() != table.fingerprint()
