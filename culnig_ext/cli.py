@@ -113,6 +113,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="divide by item counts (paper) or by summed P (sets answered with different confidence)")
     p.add_argument("--contrast-general", action="store_true",
                    help="also subtract a general-ability table (half of --general; the other half is evaluated)")
+    for name, help_text in (("t_mlp", "top fraction of MLP gate neurons"), ("t_attn", "top fraction of q/k/v neurons"),
+                            ("r_mlp", "CountryRC removal fraction, MLP"), ("r_attn", "CountryRC removal fraction, q/k/v"),
+                            ("t_specific", "top fraction for culture-specific neurons"),
+                            ("r_specific", "CountryRC removal fraction for culture-specific neurons"),
+                            ("z_min", "minimum z-score of a culture-specific neuron")):
+        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
+                       help=f"{help_text} (default: %(default)s, the paper's)")
     p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
     p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
     p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
@@ -141,6 +148,7 @@ def _cmd_score(args) -> str:
 
 def _cmd_identify(args) -> str:
     from . import select
+    from .pipeline import slug
     from .table import ScoreTable
 
     if args.which is None:
@@ -160,7 +168,7 @@ def _cmd_identify(args) -> str:
     written = []
     for group in groups:
         ns = select.specific(neur, ctrl, crc, group, args.t, args.r, args.z_min, normalize=args.normalize or "total")
-        path = Path(args.out) / f"{group}.json" if args.all_groups else Path(args.out)
+        path = Path(args.out) / f"{slug(group)}.json" if args.all_groups else Path(args.out)
         ns.save(path)
         written.append(f"{group}: {len(ns)}")
     return f"wrote {args.out}: culture-specific neurons " + ", ".join(written)
@@ -216,6 +224,8 @@ def _cmd_run(args) -> str:
         general=args.general or None, format=args.format, control=args.control, normalize=args.normalize,
         contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
         max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
+        r_specific=args.r_specific, z_min=args.z_min,
         seed=args.seed, progress=not args.no_progress,
     )
     out = run_pipeline(cfg)

@@ -171,12 +171,13 @@ def evaluate_conditions(
                                            progress=progress)
             results[set_name][cond.name] = res
             if save_dir is not None:
-                res.save(save_dir / f"{_slug(set_name)}__{_slug(cond.name)}.json")
+                res.save(save_dir / f"{slug(set_name)}__{slug(cond.name)}.json")
             print(f"[culnig] eval {set_name:<28} {cond.name:<12} accuracy {res.accuracy:.3f}")
     return results
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """A file-name-safe form of a group or set name (no path separators)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_").lower()
 
 
@@ -281,9 +282,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     for group in neur.groups:
         if crc is not None and group not in crc.groups:
             log_fn(f"[culnig] no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
+        # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
+        # group is divided by its own summed P, so groups answered with different confidence compare fairly.
         ns = select.specific(neur, ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
-                             cfg.r_specific, cfg.z_min)
-        ns.save(run_dir / "neurons" / "specific" / f"{_slug(group)}.json")
+                             cfg.r_specific, cfg.z_min, normalize="prob" if cfg.normalize == "prob" else "total")
+        ns.save(run_dir / "neurons" / "specific" / f"{slug(group)}.json")
         specific[group] = ns
     num_layers = len({s.layer for s in neuron_sites(model)})
     summary = summary_table(general, specific, num_layers)

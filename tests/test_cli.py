@@ -260,16 +260,16 @@ def test_identify_specific_all_groups_and_one_group(tmp_path, capsys):
     common = ["--neur", neur, "--ctrl", ctrl, "--crc", crc, "--t", "0.03", "--r", "0.01", "--z-min", "0.5"]
     assert cli.main(["identify", "specific", *common, "--all-groups", "--out", str(folder)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {folder}: culture-specific neurons US: 3, Japan: 4, Kenya: 3"
-    assert sorted(p.name for p in folder.iterdir()) == ["Japan.json", "Kenya.json", "US.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["japan.json", "kenya.json", "us.json"]
     for group in GROUPS:
-        ns = NeuronSet.load(folder / f"{group}.json")
+        ns = NeuronSet.load(folder / f"{group.lower()}.json")
         assert ns.method == "specific" and ns.params["group"] == group and ns.params["normalize"] == "total"
         assert_neurons(ns, SPECIFIC_EXPECTED[group])
 
     one = tmp_path / "japan.json"
     assert cli.main(["identify", "specific", *common, "--group", "Japan", "--out", str(one)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {one}: culture-specific neurons Japan: 4"
-    assert NeuronSet.load(one) == NeuronSet.load(folder / "Japan.json")
+    assert NeuronSet.load(one) == NeuronSet.load(folder / "japan.json")
 
 
 def test_identify_specific_unknown_group(tmp_path, capsys):
