@@ -166,6 +166,31 @@ def test_nan_in_a_counted_token_propagates_masked_one_does_not(impl):
     assert math.isnan(out[0, 1]) and out[0, [0, 2, 3]].tolist() == [1.0, 1.0, 1.0]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_inside_the_vectorised_part_propagates(impl, dtype):
+    """NaN (and 0 * inf) at neuron indices past the first vector widths, in counted tokens of several samples,
+    must come out NaN like torch.amax; NaN in masked tokens must not; every other neuron matches the oracle."""
+    max_fn, _ = impl
+    g = torch.Generator().manual_seed(5)
+    act = torch.randn(3, 9, 300, generator=g).to(dtype)
+    grad = torch.randn(3, 9, 300, generator=g).to(dtype)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, :3] = False
+    act[0, 5, 37] = float("nan")     # counted
+    act[1, 8, 130] = float("nan")    # counted, last token
+    act[2, 0, 257] = 0.0             # 0 * inf = NaN, counted
+    grad[2, 0, 257] = float("inf")
+    act[0, 1, 64] = float("nan")     # masked token: no effect
+    out = max_fn(act, grad, mask).double()
+    nan_at = {(0, 37), (1, 130), (2, 257)}
+    assert {tuple(i) for i in torch.isnan(out).nonzero().tolist()} == nan_at
+    expected = _oracle_max(act, grad, mask)
+    keep = ~torch.isnan(expected)
+    # bf16/fp16/fp64 products are exact in the op's accumulation type; a float32 product is rounded once.
+    rtol = 1e-6 if dtype == torch.float32 else 0.0
+    torch.testing.assert_close(out[keep], expected[keep], rtol=rtol, atol=0)
+
+
 def test_empty_batch(impl):
     max_fn, acc_fn = impl
     act = torch.randn(0, 3, 5)
