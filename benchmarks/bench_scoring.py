@@ -193,7 +193,11 @@ def peak_of(variant, args):
     """Run one variant alone in a fresh process and return its peak memory in bytes."""
     cmd = [sys.executable, __file__, "--peak-only", variant, "--batch", str(args.batch), "--device", args.device,
            "--dtype", args.dtype] + (["--config"] if args.config else [])
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    # glibc keeps freed large blocks in its heap under a threshold that grows at run time, so the peak RSS of two
+    # identical runs differed by 0.5 GB here; a fixed mmap threshold returns every freed tensor to the OS at once,
+    # so the RSS follows live memory and the peak repeats to within a few MB. Same setting for every variant.
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
     got = json.loads(out.stdout.strip().splitlines()[-1])
     return got["peak"] - got["base"], got["peak"]
 
