@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from ..atomic import atomic_write_text
 from .schema import MCItem, SchemaError, check_unique_ids, validate_items
+from .tabular import jsonl_rows
 
 
 def read_jsonl(path: str | Path) -> list[MCItem]:
@@ -23,17 +23,9 @@ def read_jsonl(path: str | Path) -> list[MCItem]:
         raise FileNotFoundError(f"no such item file: {path}")
     items: list[MCItem] = []
     places: list[str] = []
-    with open(path, encoding="utf-8-sig") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}, line {lineno}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SchemaError(f"{where}: invalid JSON ({exc.msg} at column {exc.colno})") from exc
-            items.append(MCItem.from_dict(data, where=where))
-            places.append(where)
+    for row in jsonl_rows(path):
+        items.append(MCItem.from_dict(row.data, where=row.where))
+        places.append(row.where)
     if not items:
         raise SchemaError(f"{path}: no items")
     check_unique_ids(items, places=places)
@@ -49,17 +41,5 @@ def write_jsonl(items: Iterable[MCItem], path: str | Path) -> Path:
     items = validate_items(items)
     if not items:
         raise SchemaError(f"{path}: refusing to write an empty item file")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for item in items:
-                f.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    text = "".join(json.dumps(item.to_dict(), ensure_ascii=False) + "\n" for item in items)
+    return atomic_write_text(path, text)

@@ -49,7 +49,8 @@ def _json_rows(path: Path) -> Iterator[Row]:
         yield Row(where, rec)
 
 
-def _jsonl_rows(path: Path) -> Iterator[Row]:
+def jsonl_rows(path: Path) -> Iterator[Row]:
+    """Rows of a JSON Lines file (blank lines skipped); errors name the file and line."""
     with open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -113,7 +114,7 @@ def iter_rows(path: str | Path) -> Iterator[Row]:
     if suffix == ".json":
         rows = _json_rows(path)
     elif suffix == ".jsonl":
-        rows = _jsonl_rows(path)
+        rows = jsonl_rows(path)
     elif suffix in (".csv", ".tsv"):
         rows = _csv_rows(path, "\t" if suffix == ".tsv" else ",")
     elif suffix == ".parquet":
