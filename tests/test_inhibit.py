@@ -126,8 +126,8 @@ def test_warns_when_activation_is_nonzero_at_zero():
     model = tiny_model("llama")
     model.model.layers[0].mlp.act_fn = nn.Sigmoid()  # sigmoid(0) = 0.5
     with pytest.warns(UserWarning, match=r"layers\.0\.mlp\.gate_proj.*act\(0\) = 0\.5"):
-        with inhibit(model, {"layers.0.mlp.gate_proj": [1]}):
-            pass
+        with inhibit(model, {"layers.0.mlp.gate_proj": [1]}) as handle:
+            assert handle.active  # the warning comes when the hooks are placed
     assert _no_hooks(model)
 
 

@@ -239,7 +239,7 @@ def test_shards_merge_to_the_full_table():
 
 
 class _Interrupt(Exception):
-    pass
+    """Stands for a crash or Ctrl-C in the middle of scoring."""
 
 
 def test_checkpoint_resumes_after_an_interruption(tmp_path):
