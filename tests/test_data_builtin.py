@@ -31,7 +31,7 @@ def test_cultural_options():
         assert len(item.choices) == 4
         assert display_name(item.group) in item.question, item.id
         for choice in item.choices:
-            assert 1 <= len(choice.split()) <= 4, (item.id, choice)
+            assert len(choice.split()) in range(1, 5), (item.id, choice)
         # Distractors are other countries' answers to the same question, never the item's own answer.
         others = {a for (qid, g), a in gold.items() if qid == item.question_id and g != item.group}
         for k, choice in enumerate(item.choices):
