@@ -15,7 +15,7 @@ from culnig_ext.evaluate import EvalResult
 from culnig_ext.neurons import Neuron, NeuronSet
 from culnig_ext.table import ScoreTable
 from test_pipeline import WIDTHS as TINY_WIDTHS
-from test_pipeline import save_tiny_model
+from test_pipeline import assert_same_neurons, save_tiny_model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -186,15 +186,8 @@ def save_tables(tmp_path: Path, tables) -> list[str]:
     return paths
 
 
-def neuron_dict(ns: NeuronSet) -> dict[tuple[str, int], float]:
-    return {(n.site, n.index): n.score for n in ns}
-
-
 def assert_neurons(ns: NeuronSet, expected: dict[tuple[str, int], float]) -> None:
-    got = neuron_dict(ns)
-    assert set(got) == set(expected)
-    for key, value in expected.items():
-        assert got[key] == pytest.approx(value, rel=1e-12), key
+    assert_same_neurons(ns, expected, rel=1e-12, abs=0.0)
 
 
 def test_identify_general(tmp_path, capsys):

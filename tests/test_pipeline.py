@@ -178,11 +178,12 @@ def as_dict(ns: NeuronSet) -> dict[tuple[str, int], float]:
     return {(n.site, n.index): n.score for n in ns}
 
 
-def assert_same_neurons(got: NeuronSet, want: dict[tuple[str, int], float]) -> None:
+def assert_same_neurons(got: NeuronSet, want: dict[tuple[str, int], float], *, rel=1e-9, abs=1e-15) -> None:
+    """The set holds exactly the expected neurons, each with its expected score."""
     got_d = as_dict(got)
     assert set(got_d) == set(want)
     for key, value in want.items():
-        assert got_d[key] == pytest.approx(value, rel=1e-9, abs=1e-15), key
+        assert got_d[key] == pytest.approx(value, rel=rel, abs=abs), key
 
 
 def load_tables(run_dir: Path) -> dict[str, ScoreTable]:
