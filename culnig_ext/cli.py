@@ -133,11 +133,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_score(args) -> str:
-    from .data import encode, load_items
+    from .data import encode
     from .models import load_model
+    from .preflight import check_score
     from .scorer import score
 
-    items = load_items(args.data, split=args.split, seed=args.seed)
+    items = check_score(args)
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     encoded = encode(items, tokenizer, format=args.format, control=args.control)
     clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
@@ -149,21 +150,15 @@ def _cmd_score(args) -> str:
 def _cmd_identify(args) -> str:
     from . import select
     from .pipeline import slug
-    from .table import ScoreTable
+    from .preflight import check_identify
 
-    if args.which is None:
-        raise ValueError("say which: 'culnig identify general ...' or 'culnig identify specific ...'")
-    neur = ScoreTable.load(args.neur)
-    ctrl = ScoreTable.load(args.ctrl) if args.ctrl else None
-    crc = ScoreTable.load(args.crc) if args.crc else None
+    tables = check_identify(args)
+    neur, ctrl, crc = tables.neur, tables.ctrl, tables.crc
     if args.which == "general":
-        contrast = ScoreTable.load(args.contrast) if args.contrast else None
         ns = select.general(neur, ctrl, crc, args.t_mlp, args.t_attn, args.r_mlp, args.r_attn,
-                            normalize=args.normalize or "count", contrast=contrast)
+                            normalize=args.normalize or "count", contrast=tables.contrast)
         ns.save(args.out)
         return f"wrote {args.out}: {len(ns)} culture-general neurons {ns.counts_by_kind()}"
-    if args.all_groups == bool(args.group):
-        raise ValueError("give exactly one of --group NAME or --all-groups")
     groups = neur.groups if args.all_groups else [args.group]
     written = []
     for group in groups:
@@ -176,23 +171,20 @@ def _cmd_identify(args) -> str:
 
 def _cmd_evaluate(args) -> str:
     from . import select
-    from .data import load_items
     from .models import load_model
-    from .neurons import NeuronSet
     from .pipeline import Condition, evaluate_conditions
+    from .preflight import check_evaluate
     from .report import ReportResults, accuracy_row, write_report
 
-    sets = {source: load_items(source, split=args.split, seed=args.seed) for source in args.data}
+    inputs = check_evaluate(args)
+    sets, neurons = inputs.sets, inputs.neurons
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     conditions = [Condition("original", None)]
-    neurons = None
-    if args.inhibit:
-        neurons = NeuronSet.load(args.inhibit).validate(model)
+    if neurons is not None:
+        neurons.validate(model)  # again: the layout of a GGUF model is known only once it is loaded
         conditions.append(Condition("inhibited", neurons))
         conditions += [Condition(f"random{i}", select.random_like(neurons, model, seed=args.seed + i))
                        for i in range(args.random)]
-    elif args.random:
-        raise ValueError("--random needs --inhibit (random sets are drawn like the inhibited set)")
     out = Path(args.out)
     results = evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
                                   progress=not args.no_progress, save_dir=out / "eval")
@@ -211,9 +203,10 @@ def _cmd_evaluate(args) -> str:
 
 
 def _cmd_report(args) -> str:
-    from .report import write_report_from_dir
+    from .preflight import check_report
+    from .report import write_report
 
-    return f"wrote {write_report_from_dir(args.run_dir)}"
+    return f"wrote {write_report(args.run_dir, check_report(args))}"
 
 
 def _cmd_run(args) -> str:
@@ -243,7 +236,13 @@ COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_eva
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``culnig``; returns the exit code (non-zero with a one-line reason on bad input)."""
+    """Entry point of ``culnig``; returns the exit code: 0 done, 1 bad input or failed (one line on stderr naming
+    the file, line, field or option), 2 usage error, 130 interrupted by SIGINT, 143 by SIGTERM (README: Exit
+    codes)."""
+    from .interrupt import exit_status, interrupted_message, signals_as_exceptions
+    from .preflight import error_line
+
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -258,11 +257,17 @@ def main(argv: list[str] | None = None) -> int:
             hf_logging.disable_progress_bar()
             restore_bars = hf_logging.enable_progress_bar
     try:
-        print(COMMANDS[args.command](args))
+        # SIGTERM raises like Ctrl-C does: the stack unwinds, finally blocks run (checkpoints, temp files).
+        with signals_as_exceptions():
+            print(COMMANDS[args.command](args))
+    except KeyboardInterrupt as exc:
+        out = getattr(args, "out", None) or getattr(args, "run_dir", None)
+        print(interrupted_message(args.command, exc, argv, out=out, checkpoint=getattr(args, "checkpoint", None)),
+              file=sys.stderr)
+        return exit_status(exc)
     # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.
     except (ValueError, KeyError, OSError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"culnig {args.command}: error: {message}", file=sys.stderr)
+        print(error_line(args.command, exc), file=sys.stderr)
         return 1
     finally:
         if restore_bars is not None:

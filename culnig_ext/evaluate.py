@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from .atomic import atomic_write_text
 from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .data.prompts import encode_choices
+from .textfile import utf8_errors
 
 FORMATS = ("letter", "cloze")
 RESULT_FORMAT = "culnig-eval/1"
@@ -214,7 +215,7 @@ class EvalResult:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EvalResult":
-        with open(path, encoding="utf-8") as f:
+        with utf8_errors(path), open(path, encoding="utf-8") as f:
             try:
                 obj = json.load(f)
             except json.JSONDecodeError as exc:

@@ -26,6 +26,7 @@ from torch import nn
 from .atomic import atomic_write_text
 from .sites import ATTN, KINDS, MLP, neuron_sites, parse_site_name
 from .table import ScoreTable
+from .textfile import describe_utf8_error
 
 FORMAT_VERSION = "culnig-neurons/1"
 
@@ -304,8 +305,8 @@ class NeuronSet:
             obj = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}: not UTF-8 text ({exc})") from None
+        except UnicodeDecodeError:
+            raise ValueError(describe_utf8_error(path)) from None
         return cls.from_json(obj, where=str(path))
 
     @classmethod

@@ -28,7 +28,7 @@ from scipy.stats import binomtest
 
 from . import select
 from .analysis import kinship_matrix_encoded, layer_counts, positive_share
-from .atomic import atomic_write_text
+from .atomic import atomic_write_text, partial_dir, publish_dir
 from .data import TokenizerError, encode, encode_choices, load_items, split_items
 from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
@@ -157,8 +157,11 @@ def evaluate_conditions(
     model, tokenizer, eval_sets: dict[str, list[MCItem]], conditions: Sequence[Condition], *, fmt: str,
     batch_size: int, progress: bool, save_dir: Path | None = None,
 ) -> dict[str, dict[str, EvalResult]]:
-    """``{eval set: {condition: EvalResult}}``; prompts are encoded once per set."""
+    """``{eval set: {condition: EvalResult}}``; prompts are encoded once per set. Records go to
+    ``save_dir.partial/`` and replace ``save_dir`` only once every condition is done (interrupted: ``save_dir`` is
+    unchanged)."""
     results: dict[str, dict[str, EvalResult]] = {}
+    staging = partial_dir(save_dir) if save_dir is not None else None
     for set_name, items in eval_sets.items():
         encodings = [encode_choices(it, tokenizer, format=fmt) for it in items]
         results[set_name] = {}
@@ -170,9 +173,11 @@ def evaluate_conditions(
                     res = evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size,
                                            progress=progress)
             results[set_name][cond.name] = res
-            if save_dir is not None:
-                res.save(save_dir / f"{slug(set_name)}__{slug(cond.name)}.json")
+            if staging is not None:
+                res.save(staging / f"{slug(set_name)}__{slug(cond.name)}.json")
             print(f"[culnig] eval {set_name:<28} {cond.name:<12} accuracy {res.accuracy:.3f}")
+    if staging is not None:
+        publish_dir(staging, save_dir)
     return results
 
 
@@ -219,12 +224,12 @@ def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers
 def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> RunOutputs:
     """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
     from .models import load_model
+    from .preflight import check_run
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = Path(cfg.out)
-    (run_dir / "scores").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
 
     # data ------------------------------------------------------------------------------------------------
     neur_items = load_items(cfg.data, split="neur", seed=cfg.seed)
@@ -244,6 +249,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
     log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
+    (run_dir / "scores").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     # model -----------------------------------------------------------------------------------------------
     log_fn(f"[culnig] loading model {cfg.model!r}")

@@ -42,6 +42,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .textfile import utf8_errors
 
 REPORT_FORMAT = "culnig-report/1"
 RESULTS_FILE = "results.json"
@@ -449,11 +450,17 @@ def write_report(run_dir: str | os.PathLike, results: ReportResults | Mapping[st
 
 def write_report_from_dir(run_dir: str | os.PathLike) -> Path:
     """Rebuild the report from ``run_dir/results.json``."""
+    return write_report(run_dir, read_results(run_dir))
+
+
+def read_results(run_dir: str | os.PathLike) -> ReportResults:
+    """Read and validate ``run_dir/results.json``; errors name the file, line or field."""
     path = Path(run_dir) / RESULTS_FILE
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        with utf8_errors(path):
+            obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no results to report (write_report writes it)") from None
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
-    return write_report(run_dir, ReportResults.from_dict(obj, where=str(path)))
+    return ReportResults.from_dict(obj, where=str(path))

@@ -295,7 +295,7 @@ def test_identify_bad_table_file_and_output_folder(tmp_path, capsys):
     folder.mkdir()
     assert cli.main(["identify", "general", "--neur", neur, "--out", str(folder)]) == 1
     line = error_line(capsys, "identify")
-    assert "Is a directory" in line and str(folder) in line
+    assert f"--out {folder}: is a folder; give a file name" in line
 
 
 # ------------------------------------------------------------------------------------------------- report

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..textfile import utf8_errors
 from .countries import BLEND_COUNTRIES, resolve_countries
 from .schema import MCItem, SchemaError
 from .seeding import stable_rng
@@ -71,7 +72,7 @@ class _Question:
 
 def _load_country(path: Path) -> dict[str, _Question]:
     try:
-        with open(path, encoding="utf-8") as f:
+        with utf8_errors(path, SchemaError), open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable, Sequence
 
+from ..textfile import utf8_errors
 from .countries import BLEND_COUNTRIES, display_name, resolve_countries
 from .schema import MCItem, SchemaError
 from .seeding import stable_rng
@@ -57,7 +58,7 @@ def read_templates(path: str | Path) -> list[Template]:
     if not path.is_file():
         raise FileNotFoundError(f"no such CountryRC template file: {path}")
     try:
-        with open(path, encoding="utf-8") as f:
+        with utf8_errors(path, SchemaError), open(path, encoding="utf-8") as f:
             raw = json.load(f)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc

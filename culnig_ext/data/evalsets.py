@@ -27,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..textfile import utf8_errors
 from .countries import canonical_country, display_name
 from .schema import MCItem, SchemaError, check_unique_ids
 from .tabular import Row, hub_rows, iter_rows, read_rows, require_columns
@@ -263,7 +264,7 @@ def load_worldvaluesbench(
     for p in (meta_path, demo_path, value_path):
         if not p.is_file():
             raise FileNotFoundError(f"missing WorldValuesBench file {p}")
-    with open(meta_path, encoding="utf-8") as f:
+    with utf8_errors(meta_path, SchemaError), open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     if not isinstance(meta, dict):
         raise SchemaError(f"{meta_path}: expected an object keyed by question id")

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, MutableMapping
 
+from ..textfile import utf8_errors
 from . import builtin
 from .blend import BLEND_HUB_ID, load_blend_mcq_file, load_blend_mcq_hub
 from .blend_annotations import build_blend_items, is_blend_annotation_root
@@ -75,7 +76,7 @@ def _filter_countries(items: list[MCItem], countries: Iterable[str] | None, sour
 def _has_mcqid(path: Path) -> bool:
     """True if the first row of a table file has BLEnD's MCQID column."""
     if path.suffix.lower() == ".jsonl":
-        with open(path, encoding="utf-8-sig") as f:
+        with utf8_errors(path, SchemaError), open(path, encoding="utf-8-sig") as f:
             for line in f:
                 if line.strip():
                     try:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..textfile import utf8_errors
 from .schema import SchemaError
 
 TABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
@@ -27,7 +28,7 @@ class Row:
 
 def _json_rows(path: Path) -> Iterator[Row]:
     try:
-        with open(path, encoding="utf-8-sig") as f:
+        with utf8_errors(path, SchemaError), open(path, encoding="utf-8-sig") as f:
             obj = json.load(f)
     except json.JSONDecodeError as exc:
         raise SchemaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
@@ -51,7 +52,7 @@ def _json_rows(path: Path) -> Iterator[Row]:
 
 def jsonl_rows(path: Path) -> Iterator[Row]:
     """Rows of a JSON Lines file (blank lines skipped); errors name the file and line."""
-    with open(path, encoding="utf-8-sig") as f:
+    with utf8_errors(path, SchemaError), open(path, encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -68,7 +69,7 @@ def jsonl_rows(path: Path) -> Iterator[Row]:
 def _csv_rows(path: Path, delimiter: str) -> Iterator[Row]:
     # Cells can hold multi-line text (BLEnD prompts), so rows are named by number and starting line.
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    with utf8_errors(path, SchemaError), open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         try:
             header = next(reader)

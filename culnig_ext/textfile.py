@@ -1,0 +1,36 @@
+"""Decoding errors that name the file: ``'utf-8' codec can't decode byte 0xff`` alone does not say which file.
+
+Readers wrap their reads in ``utf8_errors(path)``; a ``UnicodeDecodeError`` becomes ``error_class("<path>, line N:
+not UTF-8 text (byte 0xff at column C)")``. The line is found by re-reading the bytes, only on that error path (a
+text stream decodes ahead in chunks, so the position inside the exception is not the position in the file).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def describe_utf8_error(path: str | os.PathLike) -> str:
+    """``"<path>, line N: not UTF-8 text (byte 0xNN at column C)"``; without line when the file cannot be re-read."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        return f"{path}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"
+    except OSError:
+        pass
+    return f"{path}: not UTF-8 text"
+
+
+@contextmanager
+def utf8_errors(path: str | os.PathLike, error_class: type[Exception] = ValueError) -> Iterator[None]:
+    """Turn a ``UnicodeDecodeError`` raised inside the block into ``error_class`` naming ``path`` and the line."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        raise error_class(describe_utf8_error(path)) from None
