@@ -71,7 +71,7 @@ KEPT = {
                 "written (an earlier complete evaluation in {out} is unchanged)",
     "report": "report files are written whole or not at all; those not yet rewritten keep their previous content",
     "run": "finished score tables in {out}/scores/ are kept and reused when the same command is run again; "
-           "evaluation records so far are in {out}/eval.partial/",
+           "evaluation records, if any, are in {out}/eval.partial/ (eval/ and the report are replaced only at the end)",
 }
 
 

@@ -239,6 +239,8 @@ def check_score(opts: Any) -> list[MCItem]:
     loaded = items(opts.data, split=opts.split, seed=opts.seed)
     _model_options(opts)
     output_file(opts.out)
+    if getattr(opts, "checkpoint", None):
+        output_file(opts.checkpoint, "--checkpoint")
     return loaded
 
 

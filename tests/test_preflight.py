@@ -1,0 +1,123 @@
+"""Pre-flight checks as functions (the bad-input matrix in test_bad_input.py runs them through the command line):
+model layouts without weights against the widths the config implies, writability probes, one-line errors, and
+``run_pipeline`` refusing bad options before it writes anything."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from culnig_ext import models, preflight
+from culnig_ext.pipeline import RunConfig, run_pipeline
+from culnig_ext.table import ScoreTable
+from test_pipeline import HEAD_DIM, HEADS, INTERMEDIATE, KV_HEADS, LAYERS, save_tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("preflight_model"))
+
+
+def test_model_layout_from_the_config_alone(model_dir, monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("weights loaded"))
+    expected = {}
+    for layer in range(LAYERS):  # the widths the config's dimensions imply, written out by hand
+        expected[f"layers.{layer}.mlp.gate_proj"] = INTERMEDIATE
+        expected[f"layers.{layer}.self_attn.q_proj"] = HEADS * HEAD_DIM
+        expected[f"layers.{layer}.self_attn.k_proj"] = KV_HEADS * HEAD_DIM
+        expected[f"layers.{layer}.self_attn.v_proj"] = KV_HEADS * HEAD_DIM
+    layout = preflight.model_layout(str(model_dir))
+    assert layout == expected and list(layout) == list(expected)
+
+
+def test_gguf_header_only(tmp_path):
+    good = tmp_path / "m.gguf"
+    good.write_bytes(b"GGUF" + (3).to_bytes(4, "little") + b"\0" * 16)
+    assert preflight.model_layout(str(good)) is None  # header fine; layout known only after loading
+    bad = tmp_path / "n.gguf"
+    bad.write_bytes(b"PK\x03\x04 a zip file")
+    with pytest.raises(ValueError, match=f"--model {bad}: {bad} is not a GGUF file"):
+        preflight.model_layout(str(bad))
+
+
+def test_unwritable_folder_is_refused_naming_it(tmp_path, monkeypatch):
+    # Root may write anywhere, so a read-only folder is simulated where the probe writes.
+    def refuse(*args, dir=None, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
+
+    monkeypatch.setattr(preflight.tempfile, "mkstemp", refuse)
+    target = tmp_path / "new" / "deeper" / "out.safetensors"
+    with pytest.raises(ValueError) as info:
+        preflight.output_file(target)
+    assert str(info.value) == f"--out {target}: cannot write in {tmp_path} (Permission denied)"
+    assert not (tmp_path / "new").exists()
+
+
+def test_probe_leaves_nothing(tmp_path):
+    assert preflight.output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert preflight.output_file(tmp_path / "x.json") == tmp_path / "x.json"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_device_must_exist():
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"this machine has {n} CUDA device"):
+            preflight.device(f"cuda:{n}")
+    else:
+        with pytest.raises(ValueError, match="--device cuda:0: CUDA is not available on this machine"):
+            preflight.device("cuda:0")
+    with pytest.raises(ValueError, match="--device 'gpu0': not a device"):
+        preflight.device("gpu0")
+    assert preflight.device("cpu") is None
+
+
+@pytest.mark.parametrize("check, value", [
+    (preflight.positive_int, 0), (preflight.positive_int, True), (preflight.positive_int, 2.0),
+    (preflight.non_negative_int, -1), (preflight.fraction, -0.01), (preflight.fraction, 1.01),
+    (preflight.fraction, float("nan")), (preflight.finite, float("inf")),
+])
+def test_numbers_out_of_range(check, value):
+    with pytest.raises(ValueError, match=r"^--x must be"):
+        check("--x", value)
+
+
+def test_numbers_in_range():
+    assert preflight.positive_int("--x", 1) == 1
+    assert preflight.non_negative_int("--x", 0) == 0
+    assert preflight.fraction("--x", 0) == 0.0 and preflight.fraction("--x", 1) == 1.0
+    assert preflight.finite("--x", None, optional=True) is None
+
+
+def test_error_line_is_one_line():
+    exc = ValueError("unknown item source 'x'; accepted:\n  builtin:cultural\n  builtin:general")
+    assert preflight.error_line("score", exc) == (
+        "culnig score: error: unknown item source 'x'; accepted: builtin:cultural; builtin:general")
+    assert preflight.error_line("identify", KeyError("unknown group 'Z'")) == "culnig identify: error: unknown group 'Z'"
+
+
+def test_tables_of_one_layout():
+    sites = {"layers.0.mlp.gate_proj": 4, "layers.0.self_attn.q_proj": 2}
+    a = ScoreTable(["A"], [1], {s: torch.zeros(1, w) for s, w in sites.items()}, metadata={"model": "m"})
+    fewer = ScoreTable(["A"], [1], {"layers.0.mlp.gate_proj": torch.zeros(1, 4)}, metadata={"model": "m"})
+    with pytest.raises(ValueError, match=r"^b.safetensors: other sites than a.safetensors \(only there: "
+                                         r"\['layers.0.self_attn.q_proj'\], only here: \[\]\)"):
+        preflight.same_layout({"a.safetensors": a, "b.safetensors": fewer})
+    assert preflight.same_layout({"a.safetensors": a, "c.safetensors": a}) == sites
+
+
+def test_run_pipeline_refuses_bad_options_before_writing(tmp_path, model_dir, monkeypatch):
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    out = tmp_path / "run"
+    for bad, message in ((dict(t_mlp=-0.5), "--t-mlp must be a fraction in [0, 1], got -0.5"),
+                         (dict(batch_size=0), "--batch-size must be a whole number >= 1, got 0"),
+                         (dict(max_test_items=0), "--max-test-items must be a whole number >= 1, got 0"),
+                         (dict(n_random=-2), "--random must be a whole number >= 0, got -2"),
+                         (dict(data=str(tmp_path / "none.jsonl")), f"{tmp_path / 'none.jsonl'}")):
+        with pytest.raises((ValueError, FileNotFoundError)) as info:
+            run_pipeline(RunConfig(out=str(out), model=str(model_dir), format="cloze", **bad))
+        assert message in str(info.value)
+        assert not out.exists()
