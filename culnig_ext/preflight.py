@@ -140,9 +140,7 @@ def _looks_like_safetensors(path: Path, head: bytes) -> bool:
     return len(head) >= 10 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
 
 
-def score_table(path: str | os.PathLike, what: str = "score table") -> ScoreTable:
-    """Load a score table (``culnig score``'s output); a neuron set or other JSON given in its place is named."""
-    path = Path(path)
+def _sniff_table(path: Path, what: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{what}: score file not found: {path}")
     head = _head(path)
@@ -151,7 +149,31 @@ def score_table(path: str | os.PathLike, what: str = "score table") -> ScoreTabl
     if head.lstrip()[:1] in (b"{", b"["):
         raise ValueError(f"{path}: a JSON file (a neuron set?); {what} must be a score table (.safetensors) "
                          "from 'culnig score'")
+
+
+def score_table(path: str | os.PathLike, what: str = "score table") -> ScoreTable:
+    """Load a score table (``culnig score``'s output); a neuron set or other JSON given in its place is named."""
+    path = Path(path)
+    _sniff_table(path, what)
     return ScoreTable.load(path)
+
+
+def score_table_header(path: str | os.PathLike, what: str = "score table") -> None:
+    """Check a score table without reading its tensors: the safetensors header (which must cover the whole file,
+    so a truncated file is refused) and the format. For tables that are only reused later."""
+    from safetensors import SafetensorError, safe_open
+
+    from .table import FORMAT_VERSION
+
+    path = Path(path)
+    _sniff_table(path, what)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable safetensors score file ({exc})") from None
+    if metadata.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format {metadata.get('format')!r} is not {FORMAT_VERSION!r}")
 
 
 def neuron_set(path: str | os.PathLike, what: str = "--inhibit") -> NeuronSet:
@@ -347,7 +369,7 @@ def check_run(cfg: Any) -> None:
         path = scores / f"{role}.safetensors"
         if path.exists():
             try:
-                score_table(path, f"{role} table")
+                score_table_header(path, f"{role} table")
             except (ValueError, OSError) as exc:
                 raise ValueError(f"{exc}; delete {path} to score it again") from None
 
@@ -366,4 +388,5 @@ __all__ = [
     "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run",
     "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
+    "score_table_header",
 ]

@@ -121,3 +121,16 @@ def test_run_pipeline_refuses_bad_options_before_writing(tmp_path, model_dir, mo
             run_pipeline(RunConfig(out=str(out), model=str(model_dir), format="cloze", **bad))
         assert message in str(info.value)
         assert not out.exists()
+
+
+def test_table_header_check_refuses_a_truncated_table(tmp_path):
+    path = tmp_path / "t.safetensors"
+    ScoreTable(["A"], [1], {"layers.0.mlp.gate_proj": torch.zeros(1, 1000)}).save(path)
+    preflight.score_table_header(path)  # whole: passes
+    data = path.read_bytes()
+    path.write_bytes(data[:-100])  # the tensor data cut short, the header intact
+    with pytest.raises(ValueError, match=f"{path}: not a readable safetensors score file .*not fully covered"):
+        preflight.score_table_header(path)
+    path.write_text('{"format": "culnig-neurons/1"}')
+    with pytest.raises(ValueError, match=r"a JSON file \(a neuron set\?\)"):
+        preflight.score_table_header(path)
