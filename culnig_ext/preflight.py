@@ -326,7 +326,9 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
             raise ValueError(f"{opts.inhibit}: {exc} (model {opts.model})") from None
     from .report import REPORT_FILE, RESULTS_FILE
 
-    output_dir(opts.out, files=(RESULTS_FILE, REPORT_FILE, "eval"))
+    out = output_dir(opts.out, files=(RESULTS_FILE, REPORT_FILE))
+    if (out / "eval").exists() and not (out / "eval").is_dir():
+        raise ValueError(f"--out {out}: {out / 'eval'} is a file; it must be the folder of evaluation records")
     return EvaluateInputs(sets, neurons)
 
 

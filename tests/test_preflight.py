@@ -134,3 +134,29 @@ def test_table_header_check_refuses_a_truncated_table(tmp_path):
     path.write_text('{"format": "culnig-neurons/1"}')
     with pytest.raises(ValueError, match=r"a JSON file \(a neuron set\?\)"):
         preflight.score_table_header(path)
+
+
+def test_evaluate_into_the_folder_of_an_earlier_evaluation(tmp_path, model_dir):
+    """Re-running into a finished evaluation's folder (eval/, results.json, report.md present) passes the checks;
+    an eval that is a file, or a report.md that is a folder, does not."""
+    from argparse import Namespace
+
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "group": "A", "question": "Q?", "choices": ["x", "y"], "answer_idx": 1}\n')
+    out = tmp_path / "ev"
+    (out / "eval").mkdir(parents=True)
+    (out / "results.json").write_text("{}")
+    (out / "report.md").write_text("old")
+    opts = Namespace(model=str(model_dir), data=[str(items)], split="all", seed=0, inhibit=None, random=0,
+                     batch_size=4, device=None, out=str(out))
+    checked = preflight.check_evaluate(opts)
+    assert checked.neurons is None and [it.id for it in checked.sets[str(items)]] == ["a"]
+    (out / "report.md").unlink()
+    (out / "report.md").mkdir()
+    with pytest.raises(ValueError, match=f"--out {out}: {out / 'report.md'} is a folder"):
+        preflight.check_evaluate(opts)
+    (out / "report.md").rmdir()
+    (out / "eval").rmdir()
+    (out / "eval").write_text("")
+    with pytest.raises(ValueError, match=f"{out / 'eval'} is a file"):
+        preflight.check_evaluate(opts)
