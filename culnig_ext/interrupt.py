@@ -38,21 +38,25 @@ def _raise_terminated(signum: int, frame) -> None:
 
 @contextmanager
 def signals_as_exceptions() -> Iterator[None]:
-    """Within the block, SIGTERM raises ``Terminated`` and SIGINT raises ``KeyboardInterrupt`` (Python's default,
-    restored if something replaced it). The previous handlers are restored on exit. Outside the main thread
-    (where Python cannot install handlers) the block runs unchanged."""
+    """Within the block, SIGTERM raises ``Terminated`` and SIGINT raises ``KeyboardInterrupt``.
+
+    Only default dispositions are replaced: a signal that is ignored (``nohup``, a shell's background job ignores
+    SIGINT) stays ignored, as Python itself does at start-up, and a handler someone else installed stays in place.
+    The previous handlers are restored on exit. Outside the main thread (where Python cannot install handlers) the
+    block runs unchanged."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    ours = {signal.SIGTERM: _raise_terminated, signal.SIGINT: signal.default_int_handler}
+    previous = {}
+    for sig, handler in ours.items():
+        if signal.getsignal(sig) == signal.SIG_DFL:
+            previous[sig] = signal.signal(sig, handler)
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            if handler is not None:  # None: installed from C, cannot be restored from Python
-                signal.signal(sig, handler)
+            signal.signal(sig, handler)
 
 
 def exit_status(exc: KeyboardInterrupt) -> int:

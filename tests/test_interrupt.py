@@ -70,8 +70,11 @@ def env() -> dict[str, str]:
 
 def run_until(argv_script: list[str], ready, sig: int, cwd: Path, timeout: float = 120.0):
     """Start the subprocess, wait until ``ready(marks seen)`` holds, send ``sig``; returns (status, stderr lines)."""
+    # The child gets SIGINT's default disposition even where the tests run as a shell's background job (which
+    # ignores SIGINT, and an ignored signal is inherited and respected).
     proc = subprocess.Popen([sys.executable, *argv_script], stderr=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, env=env(), cwd=cwd)
+                            text=True, env=env(), cwd=cwd,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines: queue.Queue = queue.Queue()
     err: list[str] = []
 
@@ -216,7 +219,17 @@ def test_sigterm_during_checkpointed_scoring_loses_no_finished_batch(tmp_path):
 
 
 # ------------------------------------------------------------------------------------- in-process units
-def test_sigterm_becomes_terminated_and_handlers_are_restored():
+@pytest.fixture
+def default_signals():
+    """SIGINT and SIGTERM at their default dispositions for the test (pytest may run as a background job, where
+    SIGINT is ignored), restored afterwards."""
+    before = {sig: signal.signal(sig, signal.SIG_DFL) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+
+
+def test_sigterm_becomes_terminated_and_handlers_are_restored(default_signals):
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Terminated) as info:
         with signals_as_exceptions():
@@ -228,7 +241,7 @@ def test_sigterm_becomes_terminated_and_handlers_are_restored():
     assert exit_status(KeyboardInterrupt()) == 130
 
 
-def test_finally_blocks_run_on_sigterm():
+def test_finally_blocks_run_on_sigterm(default_signals):
     ran = []
     with pytest.raises(Terminated):
         with signals_as_exceptions():
@@ -240,15 +253,28 @@ def test_finally_blocks_run_on_sigterm():
     assert ran == ["finally"]
 
 
-def test_sigint_is_keyboard_interrupt_with_status_130():
+def test_sigint_is_keyboard_interrupt_with_status_130(default_signals):
     with pytest.raises(KeyboardInterrupt) as info:
         with signals_as_exceptions():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)
     assert not isinstance(info.value, Terminated) and exit_status(info.value) == 130
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_DFL
 
 
-def test_cli_sigterm_in_process_exit_143_and_nothing_written(tmp_path, monkeypatch, capsys):
+def test_ignored_and_foreign_handlers_are_left_alone(default_signals):
+    seen = []
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    with signals_as_exceptions():
+        os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing happens
+        os.kill(os.getpid(), signal.SIGTERM)  # the foreign handler records it
+        time.sleep(0.05)
+    assert seen == [signal.SIGTERM]
+    assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+
+
+def test_cli_sigterm_in_process_exit_143_and_nothing_written(tmp_path, monkeypatch, capsys, default_signals):
     """``culnig report`` gets SIGTERM while it renders: status 143, the message, and report.md not written."""
     from culnig_ext import report
 
