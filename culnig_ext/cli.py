@@ -181,7 +181,7 @@ def _cmd_evaluate(args) -> str:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
     conditions = [Condition("original", None)]
     if neurons is not None:
-        neurons.validate(model)  # again: the layout of a GGUF model is known only once it is loaded
+        neurons.validate(model)  # again: a GGUF of fused projections shows its layout only once loaded
         conditions.append(Condition("inhibited", neurons))
         conditions += [Condition(f"random{i}", select.random_like(neurons, model, seed=args.seed + i))
                        for i in range(args.random)]

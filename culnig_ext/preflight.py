@@ -1,13 +1,13 @@
 """Checks that run before any model is loaded or any item scored: fail in seconds, not after hours, and write nothing.
 
-Every ``culnig`` command (and ``run_pipeline``) calls its ``check_*`` function first. It checks the options'
-ranges, reads and validates the data, parses the neuron sets and score tables it is given (and checks that they fit
-each other and the model's site layout), resolves the model name without loading weights (a local folder's or hub
-model's config builds the model on PyTorch's meta device, so its sites and widths are known; a GGUF file's header is
-checked), and checks that every output location can be written: a missing folder is created when the output is
-written (that is the obvious intent), but the nearest existing folder must be a folder and writable, which is probed
-by creating and removing a temp file in it. Each check raises ``ValueError`` / ``FileNotFoundError`` naming the
-option, file, line or field; nothing is written before every check has passed.
+Every ``culnig`` command (and ``run_pipeline``) calls its ``check_*`` function first. It checks the options' ranges,
+reads and validates the data, parses the neuron sets and score tables it is given (and checks that they fit each
+other and the model's site layout), resolves the model name without loading weights (a local folder's or hub model's
+config builds the model on PyTorch's meta device, so its sites and widths are known; a GGUF file's tensor shapes are
+read from its header), and checks that every output location can be written: a missing folder is created when the
+output is written (that is the obvious intent), but the nearest existing folder must be a folder and writable, which
+is probed by creating and removing a temp file in it. Each check raises ``ValueError`` / ``FileNotFoundError``
+naming the option, file, line or field; nothing is written before every check has passed.
 
 The ``check_*`` functions take the command's options as attributes of one object (an ``argparse.Namespace`` or a
 ``RunConfig``), read with ``getattr(opts, name, default)`` so that options added later can be checked here too.
@@ -214,26 +214,30 @@ def same_layout(tables: Mapping[str, ScoreTable]) -> dict[str, int]:
     return widths
 
 
-def _check_gguf(path: Path, name: str) -> None:
-    head = _head(path, 8)
-    if head[:4] != b"GGUF":
+def _gguf_layout(path: Path, name: str) -> dict[str, int] | None:
+    from .gguf_header import GGUFHeaderError, site_widths as gguf_site_widths
+
+    if _head(path, 4) != b"GGUF":
         raise ValueError(f"--model {name}: {path} is not a GGUF file (it does not start with 'GGUF')")
+    try:
+        return gguf_site_widths(path)
+    except GGUFHeaderError as exc:
+        raise ValueError(f"--model {name}: {exc}") from None
 
 
 def model_layout(name: str) -> dict[str, int] | None:
     """Resolve a model name without loading weights; returns ``{site: width}`` when the layout is known.
 
     Local folders and hub ids: the config is read (downloaded for a hub id, a few KB) and the model built on the
-    meta device (no memory, no weights). GGUF files (the embedded models too): only the header is checked, since
-    reading a GGUF's metadata takes as long as loading it; their layout is checked after loading. Raises
+    meta device (no memory, no weights). GGUF files (the embedded models too): the tensor shapes in the file's
+    header (``gguf_header``); None for a GGUF of fused projections, whose layout is checked after loading. Raises
     ValueError / FileNotFoundError naming the model."""
     from .models import resolve
     from .sites import neuron_sites
 
     path, kwargs, _ = resolve(name)
     if "gguf_file" in kwargs:
-        _check_gguf(Path(path) / kwargs["gguf_file"], name)
-        return None
+        return _gguf_layout(Path(path) / kwargs["gguf_file"], name)
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:

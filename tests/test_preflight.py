@@ -160,3 +160,24 @@ def test_evaluate_into_the_folder_of_an_earlier_evaluation(tmp_path, model_dir):
     (out / "eval").write_text("")
     with pytest.raises(ValueError, match=f"{out / 'eval'} is a file"):
         preflight.check_evaluate(opts)
+
+
+def test_neuron_set_checked_against_a_gguf_model_before_loading(tmp_path, monkeypatch, capsys):
+    """A GGUF model's sites come from the file's header: a neuron set that does not fit is refused unloaded."""
+    from culnig_ext import cli
+    from culnig_ext.neurons import Neuron, NeuronSet
+    from test_gguf_header import FFN, llama_tensors, write_gguf
+
+    monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))
+    model = tmp_path / "m.gguf"
+    write_gguf(model, llama_tensors(layers=2))
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "a", "group": "A", "question": "Q?", "choices": ["x", "y"], "answer_idx": 1}\n')
+    bad = tmp_path / "set.json"
+    NeuronSet([Neuron("layers.1.mlp.gate_proj", FFN, 1.0)]).save(bad)
+    argv = ["evaluate", "--model", str(model), "--data", str(items), "--inhibit", str(bad), "--out", str(tmp_path / "ev")]
+    assert cli.main(argv) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"culnig evaluate: error: {bad}: site 'layers.1.mlp.gate_proj': neuron index {FFN} is out of range for width "
+        f"{FFN} (model {model})")
+    assert not (tmp_path / "ev").exists()
