@@ -6,6 +6,7 @@
     culnig identify specific --neur N --ctrl C --crc R --group US --out us.json
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
     culnig report RUN_DIR
+    culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
 """
 from __future__ import annotations
 
@@ -95,6 +96,11 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="(re)write report.md and plots from a run folder's results.json")
     p.add_argument("run_dir", help="a folder written by 'culnig run' or 'culnig evaluate'")
+
+    p = sub.add_parser("build", help="compile the fused C++/CUDA kernels now (else on first use), check, cache")
+    from .build import add_arguments as add_build_arguments
+
+    add_build_arguments(p)
 
     p = sub.add_parser("run", help="the whole pipeline: score, identify, inhibit/evaluate, report")
     from .pipeline import RunConfig
@@ -231,8 +237,14 @@ def _cmd_run(args) -> str:
     ])
 
 
+def _cmd_build(args: argparse.Namespace) -> str:
+    from .build import run
+
+    return run(args)
+
+
 COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
-            "run": _cmd_run}
+            "run": _cmd_run, "build": _cmd_build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,7 @@ else:
     if LOAD.kind == "none":
         warnings.warn(
             f"culnig_ext: fused C++ ops unavailable ({LOAD.detail}); using the slower pure-PyTorch reference. "
-            "Fix: install g++ and ninja, then reimport (JIT build) or run `pip install --no-build-isolation -e .`",
+            "Fix: install a C++ compiler (g++), then run `culnig build` (or reimport: kernels build on first use)",
             RuntimeWarning,
             stacklevel=2,
         )
