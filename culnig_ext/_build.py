@@ -154,6 +154,15 @@ def cuda_arch_list() -> str:
     return ";".join(archs)
 
 
+def _accelerator() -> str:
+    """torch's GPU runtime as torch's extension folders name it: "cu130", "rocm63" or "cpu"."""
+    if torch.version.hip is not None:
+        return "rocm" + torch.version.hip.replace(".", "")
+    if torch.version.cuda is not None:
+        return "cu" + torch.version.cuda.replace(".", "")
+    return "cpu"
+
+
 def build_key(with_cuda: bool) -> str:
     """Name of a JIT build, and of its folder in the extensions cache: everything that makes a built library
     unusable elsewhere goes in it, so that builds for different setups sit side by side and none is loaded
@@ -165,13 +174,8 @@ def build_key(with_cuda: bool) -> str:
     build's (and then says nothing: only a first build announces itself).
     """
     version = torch.__version__.split("+")[0]
-    if torch.version.hip is not None:
-        accel = "rocm" + torch.version.hip
-    elif torch.version.cuda is not None:
-        accel = "cu" + torch.version.cuda
-    else:
-        accel = "cpu"
-    cpu = torch.backends.cpu.get_cpu_capability() if hasattr(torch.backends, "cpu") else "unknown"
+    accel = _accelerator()
+    cpu = torch.backends.cpu.get_cpu_capability()
     if os.environ.get("CULNIG_PORTABLE_BUILD") == "1":
         cpu = "portable"
     parts = [f"t{version}", accel, f"py{sys.version_info.major}{sys.version_info.minor}", cpu]
@@ -191,14 +195,8 @@ def cache_root() -> Path:
     given = os.environ.get("TORCH_EXTENSIONS_DIR")
     if given:
         return Path(given)
-    if torch.version.hip is not None:
-        accel = "rocm" + torch.version.hip.replace(".", "")
-    elif torch.version.cuda is not None:
-        accel = "cu" + torch.version.cuda.replace(".", "")
-    else:
-        accel = "cpu"
     python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
-    return Path(cpp_extension.get_default_build_root()) / f"{python}_{accel}"
+    return Path(cpp_extension.get_default_build_root()) / f"{python}_{_accelerator()}"
 
 
 def cached_builds() -> list[Path]:

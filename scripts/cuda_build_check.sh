@@ -8,7 +8,10 @@
 #    setuptools, wheel, numpy with plain pip;
 # 2. builds culnig_ext._C as a CUDAExtension with CUDA_HOME=/usr/local/cuda and
 #    TORCH_CUDA_ARCH_LIST="8.0;9.0" into a temporary folder (the repo's own in-place _C is not touched);
-# 3. imports the built module with that torch and checks that both ops have CPU and CUDA kernels.
+# 3. imports the built module with that torch and checks that both ops have CPU and CUDA kernels;
+# 4. runs the JIT path a pure `pip install` takes on first use (`python -m culnig_ext.build`) with that torch and
+#    TORCH_CUDA_ARCH_LIST unset: with no GPU here it must fall back to the documented default architectures
+#    (8.0;9.0;10.0) instead of crashing, and build the CUDA kernels into a temporary extensions folder.
 # Exits non-zero if any step fails. Environment: PYTHON (interpreter for the venv, default python3.11),
 # CUDA_HOME, TORCH_CUDA_ARCH_LIST, MAX_JOBS override the defaults.
 set -euo pipefail
@@ -45,7 +48,7 @@ cp -r "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO/csrc" "$REPO/culnig_ext" "$
 find "$WORK/src/culnig_ext" -name '_C*.so' -delete
 echo "== building the CUDAExtension (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
 build_start=$SECONDS
-(cd "$WORK/src" && "$VENV/bin/python" setup.py -q build_ext --build-lib "$WORK/lib" --build-temp "$WORK/tmp")
+(cd "$WORK/src" && CULNIG_AOT=1 "$VENV/bin/python" setup.py -q build_ext --build-lib "$WORK/lib" --build-temp "$WORK/tmp")
 echo "== build took $((SECONDS - build_start)) s"
 
 so="$(ls "$WORK"/lib/culnig_ext/_C*.so)"
@@ -83,4 +86,21 @@ if torch.cuda.is_available():
 else:
     print("no GPU here: the CUDA kernels were compiled, linked and registered but not run")
 EOF
+
+echo "== JIT build as on first use (python -m culnig_ext.build), TORCH_CUDA_ARCH_LIST unset"
+jit_start=$SECONDS
+# Only torch and ninja are needed for the build step; the package is imported from the copy.
+(cd "$WORK" && env -u TORCH_CUDA_ARCH_LIST TORCH_EXTENSIONS_DIR="$WORK/ext" PYTHONPATH="$WORK/src" \
+   "$VENV/bin/python" -m culnig_ext.build | tee "$WORK/jit.txt")
+if ! grep -q "CUDA kernels: yes" "$WORK/jit.txt"; then
+  echo "cuda_build_check: the JIT build has no CUDA kernels" >&2
+  exit 1
+fi
+gpus=$("$VENV/bin/python" -c "import torch; print(torch.cuda.device_count())")
+# (With GPUs present the build targets theirs instead; the default list applies only without one.)
+if [[ "$gpus" == "0" && -z "$(ls -d "$WORK"/ext/culnig_*_sm80_90_100 2>/dev/null)" ]]; then
+  echo "cuda_build_check: the JIT build did not use the default architectures 8.0;9.0;10.0: $(ls "$WORK/ext")" >&2
+  exit 1
+fi
+echo "== JIT build took $((SECONDS - jit_start)) s"
 echo "== cuda_build_check OK in $((SECONDS - start)) s"
