@@ -48,7 +48,8 @@ cp -r "$REPO/setup.py" "$REPO/pyproject.toml" "$REPO/csrc" "$REPO/culnig_ext" "$
 find "$WORK/src/culnig_ext" -name '_C*.so' -delete
 echo "== building the CUDAExtension (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
 build_start=$SECONDS
-(cd "$WORK/src" && CULNIG_AOT=1 "$VENV/bin/python" setup.py -q build_ext --build-lib "$WORK/lib" --build-temp "$WORK/tmp")
+(cd "$WORK/src" && CULNIG_AOT=1 "$VENV/bin/python" setup.py -q build_ext \
+   --build-lib "$WORK/lib" --build-temp "$WORK/tmp")
 echo "== build took $((SECONDS - build_start)) s"
 
 so="$(ls "$WORK"/lib/culnig_ext/_C*.so)"
