@@ -80,8 +80,8 @@ NVCC_FLAGS = ["-O3"]
 # A100 (8.0), H100/H200 (9.0), B200 (10.0). Documented in the README.
 DEFAULT_CUDA_ARCHS = ("8.0", "9.0", "10.0")
 
-# A build lock older than this was left by a killed build (a build takes minutes): it is removed, with a
-# warning, instead of making every later process wait on it forever.
+# A build lock older than this was left by a killed build (a build takes minutes, ~7 min for CPU+CUDA on a loaded
+# 2-core machine): it is removed, with a warning, instead of making every later process wait on it forever.
 STALE_LOCK_SECONDS = 30 * 60
 
 BUILD_MESSAGE = "building culnig kernels, ~1 min, once"
@@ -254,19 +254,27 @@ def _ninja_path() -> str:
     return path
 
 
-def _clear_stale_lock(build_dir: Path) -> None:
+def _wait_for_other_build(build_dir: Path, poll_seconds: float = 1.0) -> None:
+    """Wait while another process holds the build lock of build_dir (torch's ``lock`` file). A lock older
+    than STALE_LOCK_SECONDS was left by a build that was killed: it is removed with a warning, so a dead
+    build never hangs the processes after it (torch itself would wait on it forever)."""
     lock = build_dir / "lock"
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return
-    if age > STALE_LOCK_SECONDS:
-        warnings.warn(f"culnig_ext: removing the build lock {lock}, left {age / 60:.0f} min ago by a build "
-                      "that did not finish", RuntimeWarning, stacklevel=4)
-        lock.unlink(missing_ok=True)
-    else:
-        print(f"culnig_ext: waiting for another process building culnig kernels in {build_dir}",
-              file=sys.stderr, flush=True)
+    said = False
+    while True:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if age > STALE_LOCK_SECONDS:
+            warnings.warn(f"culnig_ext: removing the build lock {lock}, left {age / 60:.0f} min ago by a build "
+                          "that did not finish", RuntimeWarning, stacklevel=4)
+            lock.unlink(missing_ok=True)
+            return
+        if not said:
+            print(f"culnig_ext: waiting for another process building culnig kernels in {build_dir}",
+                  file=sys.stderr, flush=True)
+            said = True
+        time.sleep(poll_seconds)
 
 
 def _jit_build(root: Path, with_cuda: bool) -> LoadResult:
@@ -278,7 +286,7 @@ def _jit_build(root: Path, with_cuda: bool) -> LoadResult:
         name = build_key(with_cuda)
         build_dir = cache_root() / name
         build_dir.mkdir(parents=True, exist_ok=True)
-        _clear_stale_lock(build_dir)
+        _wait_for_other_build(build_dir)
         if not any(build_dir.glob("*.so")):
             print(f"culnig_ext: {BUILD_MESSAGE} (into {build_dir})", file=sys.stderr, flush=True)
         os.environ["PATH"] = _ninja_path()

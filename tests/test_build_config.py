@@ -102,16 +102,26 @@ def test_ninja_of_the_pip_package_is_found_outside_path(monkeypatch, tmp_path):
     assert _build._ninja_path() == os.environ["PATH"]  # already there: PATH unchanged
 
 
-def test_stale_build_lock_is_removed_and_a_fresh_one_kept(tmp_path, capsys):
+def test_a_live_build_is_waited_for_and_a_dead_ones_lock_removed(tmp_path, capsys, monkeypatch):
     lock = tmp_path / "lock"
     lock.write_text("")
-    _build._clear_stale_lock(tmp_path)  # a build running now: wait for it
-    assert lock.exists() and "waiting for another process" in capsys.readouterr().err
+    sleeps = []
+
+    def other_build_finishes(seconds):  # the other process releases its lock while we wait
+        sleeps.append(seconds)
+        lock.unlink()
+
+    monkeypatch.setattr(_build.time, "sleep", other_build_finishes)
+    _build._wait_for_other_build(tmp_path)
+    assert len(sleeps) == 1 and "waiting for another process" in capsys.readouterr().err
+
+    lock.write_text("")
     old = time.time() - _build.STALE_LOCK_SECONDS - 60
     os.utime(lock, (old, old))
     with pytest.warns(RuntimeWarning, match="removing the build lock"):
-        _build._clear_stale_lock(tmp_path)
-    assert not lock.exists()
+        _build._wait_for_other_build(tmp_path)
+    assert not lock.exists() and len(sleeps) == 1  # removed at once, no waiting
+    _build._wait_for_other_build(tmp_path)  # no lock: returns at once
 
 
 def test_cache_root_is_torch_extensions_dir_or_torchs_default(no_build_env, tmp_path):
