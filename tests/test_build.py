@@ -176,16 +176,18 @@ def test_aot_and_jit_give_identical_results(aot_site, jit_build, tmp_path):
         assert torch.isfinite(aot).all() and aot.abs().sum() > 0, name
 
 
-def _run_build_cli(args: list[str], env_extra: dict) -> subprocess.CompletedProcess:
+def _run_build_cli(args: list[str], env_extra: dict, entry: tuple = ("culnig_ext.build",)):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CULNIG_")}
     env.update(env_extra, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "culnig_ext.build", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", *entry, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
-def test_culnig_build_reports_a_missing_compiler(tmp_path):
+@pytest.mark.parametrize("entry", [("culnig_ext.build",), ("culnig_ext.cli", "build")],
+                         ids=["python -m culnig_ext.build", "culnig build"])
+def test_culnig_build_reports_a_missing_compiler(tmp_path, entry):
     proc = _run_build_cli([], {"TORCH_EXTENSIONS_DIR": str(tmp_path), "CULNIG_NO_AOT": "1",
-                               "CXX": str(tmp_path / "no-such-c++")})
+                               "CXX": str(tmp_path / "no-such-c++")}, entry)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("culnig build: error:")]
     assert len(error) == 1, proc.stderr
