@@ -124,6 +124,10 @@ COMMANDS = {
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
 }
 
+# Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
+# missing compiler through both entry points, are in tests/test_build.py.)
+WITHOUT_INPUTS = {"build"}
+
 
 @dataclass(frozen=True)
 class Bad:
@@ -347,7 +351,7 @@ def test_every_subcommand_has_rows():
     parser = cli._parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     covered = {name.split()[0] for name in COMMANDS}
-    assert set(sub.choices) == covered
+    assert set(sub.choices) == covered | WITHOUT_INPUTS
     per_command = {name: sum(1 for n, _ in ROWS if n == name) for name in COMMANDS}
     assert all(count >= 5 for count in per_command.values()), per_command
 
