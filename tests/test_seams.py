@@ -1,0 +1,796 @@
+"""The seams between modules, checked against references written here (a mutation run found them unguarded).
+
+- ``prob_sums`` (the divisor of ``normalize="prob"``) through merge, shards and checkpoint resume, against P(y|x)
+  summed by a plain float64 forward pass;
+- refusals: a checkpoint written for other items, another model or another clamp; merges of tables of another
+  model, clamp or sites, or of the same items twice;
+- the pipeline's conditions: the saved "general" and "random" evaluation records equal evaluations of deep copies
+  of the model whose weights are zeroed by hand; the report's p-values are a paired bootstrap recomputed from the
+  saved per-item records; its kinship cells are per-group accuracy drops of weight-ablated copies; the instance
+  view's shares are recomputed with plain autograd;
+- the CLI: every ``culnig run`` option lands in its ``RunConfig`` field, ``culnig score``/``identify``/``evaluate``
+  options reach the calls they should;
+- interrupted writes: the write itself fails part-way (half the bytes written, then ENOSPC) and every writer
+  (score tables, neuron sets, evaluation records, report files, run config, summary, JSONL) leaves the old file as
+  it was and no temp file behind.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import copy
+import errno
+import io
+import json
+import math
+import re
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import culnig_ext
+from culnig_ext import cli, select
+from culnig_ext.data import encode, encode_choices, load_items
+from culnig_ext.evaluate import EvalResult, evaluate_encoded
+from culnig_ext.items import as_score_items
+from culnig_ext.models import load_model
+from culnig_ext.neurons import NeuronSet
+from culnig_ext.pipeline import Condition, RunConfig, evaluate_conditions, run_pipeline
+from culnig_ext.table import ScoreTable
+from test_pipeline import FRACTIONS, GROUPS, save_tiny_model
+from tiny_models import VOCAB, random_items, tiny_model
+
+MAX_TEST = 8
+EVAL_SLUGS = {"Cultural test (BLEnD-style)": "cultural_test__blend-style", "CountryRC test": "countryrc_test",
+              "General knowledge": "general_knowledge"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models: intra-op threads only cost time on a busy machine.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ================================================================================== references (float64 autograd)
+def reference_probs(model, items) -> list[float]:
+    """P(y|x) of each item: one unpadded float64 forward per item, the teacher-forced product of the targets'
+    softmax probabilities."""
+    model64 = copy.deepcopy(model).to(torch.float64)
+    out = []
+    with torch.no_grad():
+        for item in items:
+            targets = list(item["target_ids"]) if "target_ids" in item else [item["answer_id"]]
+            ids = torch.tensor([list(item["input_ids"]) + targets[:-1]])
+            logp = torch.log_softmax(model64(input_ids=ids).logits[0], dim=-1)
+            n = len(targets)
+            picked = logp[-n:].gather(1, torch.tensor(targets)[:, None]).sum()
+            out.append(math.exp(float(picked)))
+    return out
+
+
+def prob_sums_by_group(model, items, groups) -> list[float]:
+    probs = reference_probs(model, items)
+    return [sum(p for p, it in zip(probs, items) if it["group"] == g) for g in groups]
+
+
+# ======================================================================================= prob_sums and merges
+def hand_table(groups, counts, prob_sums, fill, *, model="m", clamp="", fingerprint="f", width=3):
+    sums = {"layers.0.mlp.gate_proj": torch.full((len(groups), width), float(fill), dtype=torch.float64)
+            + torch.arange(len(groups), dtype=torch.float64)[:, None]}
+    return ScoreTable(groups, counts, sums, prob_sums,
+                      {"model": model, "clamp_min": clamp, "dataset_fingerprint": fingerprint})
+
+
+def test_merge_adds_counts_prob_sums_and_sums_by_group_name():
+    a = hand_table(["A", "B"], [2, 3], [0.25, 0.5], 1.0, fingerprint="fa")
+    b = hand_table(["C", "A"], [4, 1], [0.125, 2.0], 10.0, fingerprint="fb")
+    merged = ScoreTable.merge([a, b])
+    assert merged.groups == ["A", "B", "C"]
+    assert merged.counts.tolist() == [3, 3, 4]
+    assert merged.prob_sums.tolist() == [2.25, 0.5, 0.125]  # A: 0.25 + 2.0
+    # rows: a has A=1, B=2; b has C=10, A=11
+    assert merged["layers.0.mlp.gate_proj"].tolist() == [[12.0] * 3, [2.0] * 3, [10.0] * 3]
+    assert merged.normalizer("prob").tolist() == [2.25, 0.5, 0.125]
+    assert merged.normalizer("count").tolist() == [3.0, 3.0, 4.0]
+
+
+def test_shards_merge_prob_sums_equal_the_full_table_and_a_reference():
+    model = tiny_model("llama")
+    items = random_items(9, seed=21, multi_token=True)
+    full = culnig_ext.score(model, items, batch_size=4, progress=False)
+    shards = [culnig_ext.score(model, items, batch_size=2, progress=False, shard=(k, 3)) for k in range(3)]
+    for k, shard in enumerate(shards):
+        own = items[k::3]
+        want = prob_sums_by_group(model, own, shard.groups)
+        torch.testing.assert_close(shard.prob_sums, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
+    merged = ScoreTable.merge(shards)
+    want = prob_sums_by_group(model, items, full.groups)
+    assert all(w > 0 for w in want)
+    torch.testing.assert_close(full.prob_sums, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
+    order = [merged.groups.index(g) for g in full.groups]
+    torch.testing.assert_close(merged.prob_sums[order], full.prob_sums, rtol=1e-12, atol=0)
+    # normalize="prob" selection against a control set then agrees too (the divisors set the contrast's balance).
+    ctrl = culnig_ext.score(model, random_items(5, seed=31), batch_size=5, progress=False, clamp_min=0.0)
+    top = select.general(full, ctrl, None, 0.05, 0.05, 0, 0, normalize="prob")
+    assert len(top) == math.floor(96 * 0.05) + math.floor(128 * 0.05)
+    assert select.general(merged, ctrl, None, 0.05, 0.05, 0, 0, normalize="prob").pairs == top.pairs
+
+
+class _Interrupt(Exception):
+    """A crash in the middle of scoring."""
+
+
+def _interrupted_then_resumed(model, items, ckpt, *, batch_size, crash_at, clamp_min=None):
+    calls = {"n": 0}
+
+    def crash(module, args):
+        calls["n"] += 1
+        if calls["n"] == crash_at:
+            raise _Interrupt()
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(_Interrupt):
+            culnig_ext.score(model, items, batch_size=batch_size, progress=False, checkpoint=ckpt,
+                             checkpoint_every=1, clamp_min=clamp_min)
+    finally:
+        handle.remove()
+    assert ckpt.is_file()
+    return culnig_ext.score(model, items, batch_size=batch_size, progress=False, checkpoint=ckpt,
+                            checkpoint_every=1, clamp_min=clamp_min)
+
+
+def test_resume_restores_prob_sums(tmp_path):
+    model = tiny_model("llama")
+    items = random_items(10, seed=22)
+    full = culnig_ext.score(model, items, batch_size=2, progress=False)
+    resumed = _interrupted_then_resumed(model, items, tmp_path / "p.safetensors", batch_size=2, crash_at=4)
+    assert resumed.counts.tolist() == full.counts.tolist()
+    torch.testing.assert_close(resumed.prob_sums, full.prob_sums, rtol=1e-12, atol=0)
+    want = prob_sums_by_group(model, items, full.groups)
+    torch.testing.assert_close(resumed.prob_sums, torch.tensor(want, dtype=torch.float64), rtol=1e-5, atol=0)
+    for site in full.sites:
+        torch.testing.assert_close(resumed[site], full[site], rtol=1e-12, atol=0)
+
+
+def _checkpoint_after_crash(model, items, ckpt, **kw):
+    calls = {"n": 0}
+
+    def crash_second(module, args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise _Interrupt()
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash_second)
+    try:
+        with pytest.raises(_Interrupt):
+            culnig_ext.score(model, items, batch_size=2, progress=False, checkpoint=ckpt, checkpoint_every=1, **kw)
+    finally:
+        handle.remove()
+    assert ckpt.is_file()
+    return ckpt.read_bytes()
+
+
+@pytest.mark.parametrize("what", ["items", "model", "clamp"])
+def test_foreign_checkpoint_is_refused_and_left_alone(tmp_path, what):
+    model = tiny_model("llama")
+    model.config._name_or_path = "tiny-a"
+    items = random_items(6, seed=23)
+    ckpt = tmp_path / "partial.safetensors"
+    before = _checkpoint_after_crash(model, items, ckpt)
+    kw = {}
+    if what == "items":
+        items = random_items(6, seed=24)
+    elif what == "model":
+        model = tiny_model("llama", seed=5)
+        model.config._name_or_path = "tiny-b"
+    else:
+        kw["clamp_min"] = 0.0
+    with pytest.raises(ValueError) as info:
+        culnig_ext.score(model, items, batch_size=2, progress=False, checkpoint=ckpt, **kw)
+    assert ckpt.name in str(info.value)
+    assert ckpt.read_bytes() == before  # neither overwritten nor removed
+
+
+def test_merge_refuses_other_model_clamp_sites_and_the_same_items_twice():
+    a = hand_table(["A"], [1], [0.5], 1.0, fingerprint="fa")
+    with pytest.raises(ValueError, match="model"):
+        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, model="other", fingerprint="fb")])
+    with pytest.raises(ValueError, match="clamp_min"):
+        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, clamp="0.0", fingerprint="fb")])
+    with pytest.raises(ValueError, match="sites or widths"):
+        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, width=4, fingerprint="fb")])
+    with pytest.raises(ValueError, match="same items"):
+        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 2.0, fingerprint="fa")])
+
+
+def test_merging_a_shard_twice_is_refused():
+    model = tiny_model("llama")
+    items = random_items(6, seed=25)
+    shards = [culnig_ext.score(model, items, batch_size=3, progress=False, shard=(k, 2)) for k in range(2)]
+    assert ScoreTable.merge(shards).num_items == 6
+    with pytest.raises(ValueError, match="same items"):
+        ScoreTable.merge([shards[0], shards[1], shards[0]])
+
+
+# ============================================================================== the pipeline's conditions
+def weight_ablated(model, neurons: NeuronSet):
+    """A deep copy of ``model`` with each chosen neuron removed from the weights: q/k/v neurons are rows of the
+    projection (and bias); a gate neuron is a row of gate_proj, and SiLU(0) = 0 removes its MLP unit."""
+    ablated = copy.deepcopy(model)
+    layers = ablated.model.layers
+    with torch.no_grad():
+        for n in neurons:
+            parts = n.site.split(".")
+            layer, block, proj = int(parts[1]), parts[2], parts[3]
+            module = getattr(getattr(layers[layer], block), proj)
+            module.weight[n.index].zero_()
+            if getattr(module, "bias", None) is not None:
+                module.bias[n.index].zero_()
+    return ablated
+
+
+def assert_same_records(got: EvalResult, want: EvalResult):
+    assert [r.id for r in got.records] == [r.id for r in want.records]
+    for g, w in zip(got.records, want.records):
+        assert g.pred == w.pred and g.correct == w.correct, g.id
+        np.testing.assert_allclose(g.option_scores, w.option_scores, rtol=1e-4, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("seams_llama"))
+
+
+@pytest.fixture(scope="module")
+def run(model_dir, tmp_path_factory):
+    cfg = RunConfig(out=str(tmp_path_factory.mktemp("seams_run") / "r"), model=str(model_dir), format="cloze",
+                    n_random=2, max_test_items=MAX_TEST, progress=False, **FRACTIONS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = run_pipeline(cfg)
+    model, tokenizer = load_model(str(model_dir))
+    return cfg, result, model, tokenizer
+
+
+def eval_items(cfg: RunConfig, set_name: str, ids: list[str]):
+    """The evaluated items, loaded as the pipeline loads them (its sample is identified by the saved ids)."""
+    groups = list(dict.fromkeys(it.group for it in load_items(cfg.data, split="neur", seed=cfg.seed)))
+    if set_name == "Cultural test (BLEnD-style)":
+        items = load_items(cfg.data, split="test", seed=cfg.seed)
+    elif set_name == "CountryRC test":
+        items = load_items(cfg.crc_test, seed=cfg.seed, countries=groups)
+    else:
+        items = load_items(cfg.general, seed=cfg.seed)
+    by_id = {it.id: it for it in items}
+    return [by_id[i] for i in ids]
+
+
+def test_pipeline_inhibited_and_random_conditions_equal_weight_ablated_copies(run):
+    cfg, result, model, tokenizer = run
+    general = result.general
+    assert len(general) > 0
+    randoms = [select.random_like(general, model, seed=cfg.seed + i, match="site") for i in range(cfg.n_random)]
+    changed = 0
+    for set_name, slug in EVAL_SLUGS.items():
+        original = EvalResult.load(Path(cfg.out) / "eval" / f"{slug}__original.json")
+        items = eval_items(cfg, set_name, [r.id for r in original.records])
+        encodings = [encode_choices(it, tokenizer, format="cloze") for it in items]
+        plain = evaluate_encoded(model, items, encodings, format="cloze", batch_size=3, progress=False)
+        assert_same_records(original, plain)
+        for cond, neurons in [("general", general)] + [(f"random{i}", r) for i, r in enumerate(randoms)]:
+            saved = EvalResult.load(Path(cfg.out) / "eval" / f"{slug}__{cond}.json")
+            want = evaluate_encoded(weight_ablated(model, neurons), items, encodings, format="cloze",
+                                    batch_size=3, progress=False)
+            assert_same_records(saved, want)
+            changed += sum(not np.allclose(a.option_scores, b.option_scores, rtol=1e-4, atol=1e-4)
+                           for a, b in zip(want.records, plain.records))
+    assert changed > 0  # the ablations change the model's answers' scores, so the comparison has teeth
+
+
+def test_evaluate_conditions_inhibits_each_set(run):
+    cfg, result, model, tokenizer = run
+    items = load_items(cfg.data, split="test", seed=cfg.seed)[:6]
+    random0 = select.random_like(result.general, model, seed=7, match="site")
+    conds = [Condition("original", None), Condition("ours", result.general), Condition("rand", random0)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        got = evaluate_conditions(model, tokenizer, {"s": items}, conds, fmt="cloze", batch_size=4, progress=False)
+    encodings = [encode_choices(it, tokenizer, format="cloze") for it in items]
+    assert_same_records(got["s"]["original"], evaluate_encoded(model, items, encodings, format="cloze",
+                                                               progress=False))
+    for name, neurons in (("ours", result.general), ("rand", random0)):
+        want = evaluate_encoded(weight_ablated(model, neurons), items, encodings, format="cloze", progress=False)
+        assert_same_records(got["s"][name], want)
+    # the hooks are gone afterwards
+    assert_same_records(evaluate_encoded(model, items, encodings, format="cloze", progress=False),
+                        got["s"]["original"])
+
+
+# ---------------------------------------------------------------------------------- p-values, kinship, shares
+def bootstrap_p_less(a: np.ndarray, b: np.ndarray, n_resamples: int, seed: int) -> float:
+    """The documented rule, written out: resample items with numpy's default_rng(seed).integers(0, n, (R, n));
+    p = (1 + #{sum of resampled d <= 2 * sum d}) / (1 + R), d = a - mean over runs of b."""
+    d = a.astype(np.float64) - b.astype(np.float64).mean(axis=0)
+    n = d.size
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
+    sums = d[idx].sum(axis=1)
+    return min(1.0, (1 + int((sums <= 2 * d.sum() + 1e-9 * max(1.0, np.abs(d).sum())).sum())) / (1 + n_resamples))
+
+
+def exact_bootstrap_p_less(d: np.ndarray) -> float:
+    """The exact (infinite-R) bootstrap probability P(sum of n draws with replacement from d <= 2 sum d), by
+    dynamic programming over the distribution of the running sum (d holds few distinct values)."""
+    n = d.size
+    values, counts = np.unique(d, return_counts=True)
+    probs = counts / n
+    dist = {0.0: 1.0}
+    for _ in range(n):
+        nxt: dict[float, float] = {}
+        for s, p in dist.items():
+            for v, q in zip(values, probs):
+                key = round(s + float(v), 9)
+                nxt[key] = nxt.get(key, 0.0) + p * q
+        dist = nxt
+    limit = 2 * float(d.sum()) + 1e-9
+    return sum(p for s, p in dist.items() if s <= limit)
+
+
+def test_report_p_values_equal_a_bootstrap_of_the_saved_records(run):
+    cfg, _, _, _ = run
+    run_dir = Path(cfg.out)
+    results = json.loads((run_dir / "results.json").read_text())
+    report = (run_dir / "report.md").read_text()
+    assert [r["eval_set"] for r in results["rows"]] == list(EVAL_SLUGS)
+    for row in results["rows"]:
+        slug = EVAL_SLUGS[row["eval_set"]]
+        rec = {c: EvalResult.load(run_dir / "eval" / f"{slug}__{c}.json")
+               for c in ("original", "general", "random0", "random1")}
+        a = np.array([r.correct for r in rec["general"].records], dtype=float)
+        b = np.array([[r.correct for r in rec[f"random{i}"].records] for i in range(2)], dtype=float)
+        assert row["p_value"] == pytest.approx(bootstrap_p_less(a, b, 10000, cfg.seed), rel=1e-12)
+        assert row["original"] == np.mean([r.correct for r in rec["original"].records])
+        assert row["inhibited"] == a.mean() and row["random"] == b.mean(axis=1).tolist()
+        p = row["p_value"]
+        shown = f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
+        significant = "yes" if p < 0.05 else "no"
+        assert re.search(rf"\| {re.escape(shown)} \| {significant} \|", report)
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_paired_bootstrap_p_value_is_close_to_the_exact_bootstrap_probability(seed):
+    from culnig_ext.stats import paired_bootstrap
+
+    rng = np.random.default_rng(100 + seed)
+    a = (rng.random(9) < 0.35).astype(float)
+    b = (rng.random((3, 9)) < 0.6).astype(float)
+    d = a - b.mean(axis=0)
+    exact = exact_bootstrap_p_less(d)
+    got = paired_bootstrap(a, b, n_resamples=20000, seed=seed, alternative="less")
+    # binomial standard error of the Monte Carlo estimate at R = 20000 is at most 0.0036
+    assert abs(got.p_value - exact) < 0.015
+    assert got.diff == pytest.approx(d.mean(), abs=1e-15)
+    assert got.p_value == pytest.approx(bootstrap_p_less(a, b, 20000, seed), rel=1e-12)
+
+
+def test_report_kinship_cells_are_accuracy_drops_of_weight_ablated_copies(run):
+    cfg, result, model, tokenizer = run
+    run_dir = Path(cfg.out)
+    kin = json.loads((run_dir / "results.json").read_text())["kinship"]
+    original = EvalResult.load(run_dir / "eval" / f"{EVAL_SLUGS['Cultural test (BLEnD-style)']}__original.json")
+    items = eval_items(cfg, "Cultural test (BLEnD-style)", [r.id for r in original.records])
+    groups = list(dict.fromkeys(it.group for it in items))
+    assert kin["groups"] == groups
+    nonempty = [g for g in GROUPS if len(result.specific[g])]
+    assert kin["targets"] == nonempty and nonempty
+    encodings = [encode_choices(it, tokenizer, format="cloze") for it in items]
+
+    def per_group(records):
+        return {g: np.mean([r.correct for r in records if r.group == g]) for g in groups}
+
+    base = per_group(original.records)
+    nonzero = 0
+    for target, row in zip(kin["targets"], kin["matrix"]):
+        ablated = evaluate_encoded(weight_ablated(model, result.specific[target]), items, encodings,
+                                   format="cloze", batch_size=4, progress=False)
+        acc = per_group(ablated.records)
+        want = [base[g] - acc[g] for g in groups]
+        assert row == pytest.approx(want, abs=1e-12), target
+        nonzero += sum(w != 0 for w in want)
+    report = (run_dir / "report.md").read_text()
+    for target, row in zip(kin["targets"], kin["matrix"]):
+        assert f"| {target} | " + " | ".join(f"{100 * x:.2f}" for x in row) + " |" in report
+    del nonzero  # may be 0 on a tiny model; the cells are still checked against the ablated copies
+
+
+def reference_item_maxima(model, items, neurons) -> np.ndarray:
+    """[I, K] float64: per item, max over its tokens of a_t * dP(y|x)/da_t of each neuron, by plain autograd
+    (unpadded float64 forward per item, activations captured by forward hooks that keep their grad)."""
+    model64 = copy.deepcopy(model).to(torch.float64)
+    layers = model64.model.layers
+    out = np.zeros((len(items), len(neurons)))
+    for row, item in enumerate(items):
+        captured = {}
+        handles = []
+        for name in {n.site for n in neurons}:
+            parts = name.split(".")
+            module = getattr(getattr(layers[int(parts[1])], parts[2]), parts[3])
+
+            def hook(mod, args, output, name=name):
+                output.retain_grad()
+                captured[name] = output
+
+            handles.append(module.register_forward_hook(hook))
+        try:
+            targets = list(item.target_ids)
+            ids = torch.tensor([list(item.input_ids) + targets[:-1]])
+            logp = torch.log_softmax(model64(input_ids=ids).logits[0], dim=-1)
+            p = logp[-len(targets):].gather(1, torch.tensor(targets)[:, None]).sum().exp()
+            p.backward()
+        finally:
+            for h in handles:
+                h.remove()
+        for k, n in enumerate(neurons):
+            act = captured[n.site]
+            out[row, k] = float((act * act.grad)[0, :, n.index].max())
+    return out
+
+
+def test_instance_view_shares_equal_a_recomputation(run):
+    cfg, result, model, tokenizer = run
+    summary = (Path(cfg.out) / "summary.md").read_text()
+    rows = [line for line in summary.splitlines() if line.startswith("| layers.")]
+    general = result.general
+    top = sorted(general, key=lambda n: -n.score)[:15]
+    assert len(rows) == len(top) > 0
+    neur_items = load_items(cfg.data, split="neur", seed=cfg.seed)
+    encoded = as_score_items(encode(neur_items, tokenizer, format="cloze"))
+    maxima = reference_item_maxima(model, encoded, top)
+    scale = np.abs(maxima).max(axis=0)
+    n = len(encoded)
+    assert f"Share of the {n} scoring items" in summary
+    for k, (line, neuron) in enumerate(zip(rows, top)):
+        assert line.startswith(f"| {neuron.site}[{neuron.index}] |")
+        shown = float(line.rstrip(" |").rsplit("| ", 1)[1].rstrip("%")) / 100
+        # items whose score is within float32 rounding of 0 may fall either way
+        eps = 1e-5 * scale[k]
+        low = (maxima[:, k] > eps).sum() / n
+        high = (maxima[:, k] > -eps).sum() / n
+        assert low - 0.0005 <= shown <= high + 0.0005, (neuron, shown, low, high)
+    shares_all = (maxima > 0).mean(axis=0)
+    assert 0 < shares_all.max()  # some neuron is positive on some item: the check is not vacuous
+
+
+# ==================================================================================== CLI -> configuration
+def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
+    import culnig_ext.pipeline as pipeline
+
+    seen = []
+
+    class Done(Exception):
+        pass
+
+    def fake_run(cfg, **kw):
+        seen.append(cfg)
+        raise Done()
+
+    monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
+    argv = ["run", "--out", str(tmp_path / "o"), "--model", "smollm2", "--data", "builtin:general",
+            "--crc", "builtin:countryrc-test", "--crc-test", "builtin:countryrc", "--general", "builtin:cultural",
+            "--format", "letter", "--control", "frame", "--normalize", "prob", "--contrast-general",
+            "--t-mlp", "0.11", "--t-attn", "0.12", "--r-mlp", "0.13", "--r-attn", "0.14", "--t-specific", "0.15",
+            "--r-specific", "0.16", "--z-min", "0.17", "--random", "4", "--no-kinship", "--max-test-items", "9",
+            "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu", "--seed", "6", "--no-progress"]
+    with pytest.raises(Done):
+        cli.main(argv)
+    want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
+                     crc_test="builtin:countryrc", general="builtin:cultural", format="letter", control="frame",
+                     normalize="prob", contrast_general=True, t_mlp=0.11, t_attn=0.12, r_mlp=0.13, r_attn=0.14,
+                     t_specific=0.15, r_specific=0.16, z_min=0.17, n_random=4, kinship=False,
+                     instance_view=True, max_test_items=9, batch_size=5, dtype="bfloat16", device="cpu", seed=6,
+                     progress=False)
+    got = asdict(seen[0])
+    for f in fields(RunConfig):
+        if f.name in asdict(want):
+            assert got[f.name] == asdict(want)[f.name], f.name
+    # Every field the CLI offers was given a non-default value above, so each one is checked.
+    defaults = asdict(RunConfig())
+    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model", "instance_view")]
+    assert unchecked == []
+
+    # No options: the RunConfig defaults (the paper's values), progress on.
+    seen.clear()
+    with pytest.raises(Done):
+        cli.main(["run"])
+    assert asdict(seen[0]) == defaults
+    seen.clear()
+    with pytest.raises(Done):
+        cli.main(["run", "--general", ""])
+    assert seen[0].general is None
+
+
+def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, tmp_path):
+    import culnig_ext.data as data
+    import culnig_ext.models as models
+    import culnig_ext.scorer as scorer
+
+    calls = {}
+    model = tiny_model("llama", dtype=torch.float32)
+
+    def fake_load_items(source, **kw):
+        calls["load_items"] = (source, kw)
+        return ["item"]
+
+    def fake_load_model(name, **kw):
+        calls["load_model"] = (name, kw)
+        return model, "tok"
+
+    def fake_encode(items, tok, **kw):
+        calls["encode"] = (items, tok, kw)
+        return random_items(4)
+
+    def fake_score(m, items, **kw):
+        calls["score"] = kw
+        return culnig_ext.score(m, items, batch_size=kw["batch_size"], progress=False)
+
+    monkeypatch.setattr(data, "load_items", fake_load_items)
+    monkeypatch.setattr(models, "load_model", fake_load_model)
+    monkeypatch.setattr(data, "encode", fake_encode)
+    monkeypatch.setattr(scorer, "score", fake_score)
+    out = tmp_path / "t.safetensors"
+    argv = ["score", "--model", "smollm2", "--data", "builtin:cultural", "--split", "neur", "--format", "cloze",
+            "--control", "frame", "--seed", "4", "--batch-size", "3", "--dtype", "bfloat16", "--device", "cpu",
+            "--no-progress", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    assert calls["load_items"] == ("builtin:cultural", {"split": "neur", "seed": 4})
+    assert calls["load_model"] == ("smollm2", {"dtype": "bfloat16", "device": "cpu"})
+    assert calls["encode"] == (["item"], "tok", {"format": "cloze", "control": "frame"})
+    assert calls["score"] == {"batch_size": 3, "clamp_min": 0.0, "progress": False}  # a control set clamps at 0
+    assert ScoreTable.load(out).num_items == 4
+    argv = ["score", "--data", "builtin:cultural", "--clamp-min", "-0.5", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    assert calls["encode"][2] == {"format": "letter", "control": None}
+    assert calls["score"] == {"batch_size": 16, "clamp_min": -0.5, "progress": True}
+    assert calls["load_items"] == ("builtin:cultural", {"split": "all", "seed": 0})
+
+
+def _saved_tables(tmp_path):
+    model = tiny_model("llama")
+    paths = {}
+    for name, seed in (("neur", 1), ("ctrl", 2), ("crc", 3), ("gen", 4)):
+        t = culnig_ext.score(model, random_items(6, seed=seed), batch_size=6, progress=False,
+                             clamp_min=0.0 if name in ("ctrl", "gen") else None)
+        paths[name] = t.save(tmp_path / f"{name}.safetensors")
+    return paths
+
+
+def test_identify_options_reach_the_selection(monkeypatch, tmp_path):
+    paths = _saved_tables(tmp_path)
+    calls = []
+    real_general, real_specific = select.general, select.specific
+
+    def spy_general(*args, **kw):
+        calls.append(("general", args, kw))
+        return real_general(*args, **kw)
+
+    def spy_specific(*args, **kw):
+        calls.append(("specific", args, kw))
+        return real_specific(*args, **kw)
+
+    monkeypatch.setattr(select, "general", spy_general)
+    monkeypatch.setattr(select, "specific", spy_specific)
+    out = tmp_path / "g.json"
+    argv = ["identify", "general", "--neur", str(paths["neur"]), "--ctrl", str(paths["ctrl"]), "--crc",
+            str(paths["crc"]), "--contrast", str(paths["gen"]), "--normalize", "prob", "--t-mlp", "0.3",
+            "--t-attn", "0.2", "--r-mlp", "0.05", "--r-attn", "0.04", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    kind, args, kw = calls[-1]
+    neur, ctrl, crc = args[:3]
+    assert kind == "general" and tuple(args[3:]) == (0.3, 0.2, 0.05, 0.04)
+    assert (neur.fingerprint(), ctrl.fingerprint(), crc.fingerprint()) == tuple(
+        ScoreTable.load(paths[k]).fingerprint() for k in ("neur", "ctrl", "crc"))
+    assert kw["normalize"] == "prob" and kw["contrast"].fingerprint() == ScoreTable.load(paths["gen"]).fingerprint()
+    assert NeuronSet.load(out).params["t_mlp"] == 0.3
+
+    out = tmp_path / "spec"
+    argv = ["identify", "specific", "--neur", str(paths["neur"]), "--ctrl", str(paths["ctrl"]), "--all-groups",
+            "--t", "0.2", "--r", "0.0", "--z-min", "-1", "--normalize", "count", "--out", str(out)]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    spec = [c for c in calls if c[0] == "specific"]
+    assert [c[1][3] for c in spec] == ["A", "B", "C"]
+    for _, args, kw in spec:
+        assert args[2] is None and tuple(args[4:]) == (0.2, 0.0, -1.0) and kw == {"normalize": "count"}
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json", "c.json"]
+    # Without --normalize the paper's defaults: "count" for general, "total" for specific.
+    calls.clear()
+    argv = ["identify", "specific", "--neur", str(paths["neur"]), "--group", "B", "--out", str(tmp_path / "b.json")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    assert calls[-1][1][3:] == ("B", 0.003, 0.01, 0.5) and calls[-1][2] == {"normalize": "total"}
+    argv = ["identify", "general", "--neur", str(paths["neur"]), "--out", str(tmp_path / "g2.json")]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(argv) == 0
+    assert calls[-1][1][1:] == (None, None, 0.01, 0.002, 0.01, 0.01)
+    assert calls[-1][2] == {"normalize": "count", "contrast": None}
+
+
+def test_evaluate_options_reach_the_conditions(monkeypatch, tmp_path, model_dir):
+    import culnig_ext.pipeline as pipeline
+
+    model, _ = load_model(str(model_dir))
+    ns = NeuronSet.from_pairs([("layers.0.mlp.gate_proj", 1), ("layers.1.self_attn.q_proj", 2)],
+                              model=str(model_dir))
+    ns_path = ns.save(tmp_path / "set.json")
+    seen = {}
+
+    def fake_conditions(model, tokenizer, sets, conditions, **kw):
+        seen.update(sets=sets, conditions=conditions, kw=kw)
+        raise KeyError("stop here")
+
+    monkeypatch.setattr(pipeline, "evaluate_conditions", fake_conditions)
+    argv = ["evaluate", "--model", str(model_dir), "--format", "cloze", "--data", "builtin:cultural", "--split", "test", "--inhibit", str(ns_path), "--random", "2", "--seed", "5",
+            "--batch-size", "7", "--no-progress", "--out", str(tmp_path / "ev")]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(argv) == 1
+    assert "stop here" in err.getvalue()
+    assert list(seen["sets"]) == ["builtin:cultural"]
+    assert [it.id for it in seen["sets"]["builtin:cultural"]] == [
+        it.id for it in load_items("builtin:cultural", split="test", seed=5)]
+    names = [c.name for c in seen["conditions"]]
+    assert names == ["original", "inhibited", "random0", "random1"]
+    assert seen["conditions"][0].neurons is None and seen["conditions"][1].neurons == ns
+    for i in range(2):
+        assert seen["conditions"][2 + i].neurons == select.random_like(ns, model, seed=5 + i)
+    assert seen["kw"] == {"fmt": "cloze", "batch_size": 7, "progress": False, "save_dir": tmp_path / "ev" / "eval"}
+
+
+# ================================================================================= interrupted writes
+class _PartialWrites:
+    """Make writes to files whose name is ``target`` (or its temp file ``.target.*``) write half their bytes and
+    then fail with ENOSPC, at the level of Python's ``open`` (what ``Path.write_text/bytes`` and ``json``/``open``
+    writers use) and of safetensors' ``save_file`` (a Rust writer)."""
+
+    def __init__(self, monkeypatch, target: str):
+        self.target = target
+        self.hits = 0
+        real_open = builtins.open
+
+        def matches(file) -> bool:
+            name = Path(str(file)).name if isinstance(file, (str, Path)) else ""
+            return name == target or name.startswith(f".{target}.")
+
+        outer = self
+
+        class HalfFile:
+            def __init__(self, f):
+                self._f = f
+
+            def write(self, data):
+                outer.hits += 1
+                self._f.write(data[: max(1, len(data) // 2)])
+                self._f.flush()
+                raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+            def __getattr__(self, name):
+                return getattr(self._f, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self._f.close()
+
+        def fake_open(file, mode="r", *args, **kw):
+            f = real_open(file, mode, *args, **kw)
+            if matches(file) and any(c in mode for c in "wax+"):
+                return HalfFile(f)
+            return f
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(io, "open", fake_open)
+        from safetensors import torch as st_torch
+
+        real_save = st_torch.save_file
+
+        def fake_save(tensors, filename, metadata=None):
+            if not matches(filename):
+                return real_save(tensors, filename, metadata=metadata)
+            outer.hits += 1
+            data = st_torch.save(tensors, metadata=metadata)
+            with real_open(filename, "wb") as f:
+                f.write(data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device (injected)")
+
+        for name, module in list(sys.modules.items()):
+            if (name == "safetensors.torch" or name.startswith("culnig_ext")) and \
+                    getattr(module, "save_file", None) is real_save:
+                monkeypatch.setattr(module, "save_file", fake_save)
+
+
+def _assert_interrupted_write_keeps(monkeypatch, path: Path, write) -> None:
+    before = path.read_bytes()
+    with monkeypatch.context() as m:
+        faults = _PartialWrites(m, path.name)
+        with pytest.raises(OSError) as info:
+            write()
+    assert faults.hits >= 1, "the write never reached the disk: nothing was interrupted"
+    assert info.value.errno == errno.ENOSPC
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")] == []  # no temp file
+
+
+def test_interrupted_writes_keep_old_score_tables(monkeypatch, tmp_path):
+    model = tiny_model("llama")
+    old = culnig_ext.score(model, random_items(3, seed=1), batch_size=3, progress=False)
+    new = culnig_ext.score(model, random_items(4, seed=2), batch_size=4, progress=False)
+    path = old.save(tmp_path / "t.safetensors")
+    _assert_interrupted_write_keeps(monkeypatch, path, lambda: new.save(path))
+    assert ScoreTable.load(path).fingerprint() == ScoreTable.load(path).fingerprint() and \
+        ScoreTable.load(path).num_items == 3
+
+
+def test_interrupted_writes_keep_old_neuron_sets_and_eval_records(monkeypatch, tmp_path):
+    path = NeuronSet.from_pairs([("layers.0.mlp.gate_proj", 1)]).save(tmp_path / "n.json")
+    bigger = NeuronSet.from_pairs([("layers.0.mlp.gate_proj", i) for i in range(50)])
+    _assert_interrupted_write_keeps(monkeypatch, path, lambda: bigger.save(path))
+    assert len(NeuronSet.load(path)) == 1
+
+    model = tiny_model("llama", dtype=torch.float32)
+    items = load_items("builtin:cultural", split="test")[:3]
+    encodings = [type("E", (), {"prompt_ids": [5, 6, 7], "choice_ids": [[8 + j] for j in range(len(it.choices))]})()
+                 for it in items]
+    res = evaluate_encoded(model, items, encodings, format="cloze", progress=False)
+    path = tmp_path / "e.json"
+    EvalResult(res.records[:1], "cloze").save(path)
+    _assert_interrupted_write_keeps(monkeypatch, path, lambda: res.save(path))
+    assert len(EvalResult.load(path).records) == 1
+
+
+def test_interrupted_writes_keep_old_report_files(monkeypatch, tmp_path):
+    from culnig_ext.report import write_report
+
+    def results(inhibited):
+        return {"title": "t", "model": "m", "neuron_set": "s", "n_neurons": 2,
+                "rows": [{"eval_set": "x", "original": 0.5, "inhibited": inhibited, "random": [0.5, 0.25],
+                          "p_value": 0.04, "n_items": 4}],
+                "kinship": {"targets": ["A"], "groups": ["A", "B"], "matrix": [[inhibited, 0.0]]},
+                "layers": {"num_layers": 2, "counts": {"mlp": [1, int(10 * inhibited)], "attn": [0, 1]}}}
+
+    write_report(tmp_path, results(0.25))
+    for name in ("results.json", "report.md", "kinship.png", "layers.png"):
+        _assert_interrupted_write_keeps(monkeypatch, tmp_path / name, lambda: write_report(tmp_path, results(0.5)))
+        write_report(tmp_path, results(0.25))  # the old content again before the next file's turn
+
+
+def test_interrupted_writes_keep_old_run_config_and_summary(monkeypatch, tmp_path, model_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text('{"old": true}\n')
+    cfg = RunConfig(out=str(out), model=str(model_dir), format="cloze", progress=False)
+    _assert_interrupted_write_keeps(monkeypatch, out / "config.json", lambda: run_pipeline(cfg))
+
+    (out / "summary.md").write_text("old summary\n")
+    cfg = RunConfig(out=str(out), model=str(model_dir), format="cloze", progress=False, n_random=0,
+                    max_test_items=2, kinship=False, general=None, **FRACTIONS)
+    with contextlib.redirect_stdout(io.StringIO()):
+        _assert_interrupted_write_keeps(monkeypatch, out / "summary.md", lambda: run_pipeline(cfg))
+    assert json.loads((out / "config.json").read_text())["max_test_items"] == 2  # the later write went through
+
+
+def test_interrupted_writes_keep_old_jsonl(monkeypatch, tmp_path):
+    from culnig_ext.data.jsonl import write_jsonl
+
+    items = load_items("builtin:cultural")
+    path = write_jsonl(items[:2], tmp_path / "items.jsonl")
+    _assert_interrupted_write_keeps(monkeypatch, path, lambda: write_jsonl(items, path))
+    assert len(path.read_text().splitlines()) == 2
