@@ -40,7 +40,7 @@ declare -A covering=(
   [select]="tests/test_select.py tests/test_seams.py tests/test_pipeline.py"
   [scorer]="tests/test_scorer.py tests/test_seams.py"
   [inhibit]="tests/test_inhibit.py tests/test_analysis.py"
-  [stats]="tests/test_stats.py tests/test_seams.py tests/test_report.py"
+  [stats]="tests/test_stats.py tests/test_stats_edges.py tests/test_seams.py tests/test_report.py"
   [analysis]="tests/test_analysis.py tests/test_seams_pipeline.py"
   [pipeline]="tests/test_pipeline.py tests/test_seams_pipeline.py tests/test_cli.py"
 )
