@@ -53,6 +53,13 @@ done
   echo "mutation_check: mutmut is not installed; run: $python -m pip install -r requirements-dev.txt" >&2; exit 2; }
 echo "== mutation check: ${modules[*]} (mutmut $("$python" -c 'import importlib.metadata as m; print(m.version("mutmut"))'), $jobs workers, in $work)"
 
+# CPU seconds (user + system) used by this script's finished children, into $cpu: on a loaded machine wall time
+# says little. ("times" must run in this shell, not in a pipe or $(...), to see the children.)
+measure_cpu() {
+  times > "$work/.times"
+  cpu=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += 60 * a[1] + a[2] }
+                       printf "%.0f", t }' "$work/.times")
+}
 runs=()
 for m in "${modules[@]}"; do
   t0=$SECONDS
@@ -85,13 +92,15 @@ for m in "${modules[@]}"; do
     OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH= "$python" -m mutmut run --max-children "$jobs" ${scope[$m]} \
       > "$dir/mutmut_run.log" 2>&1
   ) || { tail -c 3000 "$dir/mutmut_run.log"; echo "mutation_check: mutmut failed on $m" >&2; exit 2; }
-  echo "   $m: $((SECONDS - t0)) s"
+  measure_cpu
+  echo "   $m: $((SECONDS - t0)) s wall; $cpu CPU seconds so far (all workers)"
   runs+=("$m=$dir/mutants")
 done
 
 rc=0
+measure_cpu
 "$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt --min-rate "${MUTATION_MIN_RATE:-90}" \
-  --seconds $((SECONDS - start)) --survivors-out "$work/survivors.txt" "${runs[@]}" || rc=$?
+  --seconds $((SECONDS - start)) --cpu-seconds "$cpu" --survivors-out "$work/survivors.txt" "${runs[@]}" || rc=$?
 if [ -s "$work/survivors.txt" ] && [ -z "${MUTATION_QUIET:-}" ]; then
   echo; echo "== the surviving mutants' diffs"
   while read -r name; do

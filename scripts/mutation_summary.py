@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allowlist", type=Path, required=True)
     p.add_argument("--min-rate", type=float, default=90.0)
     p.add_argument("--seconds", type=int, default=None, help="wall time of the run, printed")
+    p.add_argument("--cpu-seconds", type=int, default=None, help="CPU time of the run (all workers), printed")
     p.add_argument("--survivors-out", type=Path, default=None, help="write unlisted survivors' names here")
     args = p.parse_args(argv)
 
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| all | {total} | {killed} | {eq} | {sum(r[4] for r in rows)} | "
           f"{100.0 * killed / max(total, 1):.1f}% | {100.0 * killed / max(total - eq, 1):.1f}% |")
     if args.seconds is not None:
-        print(f"\nwall time {args.seconds} s")
+        print(f"\nwall time {args.seconds} s" + ("" if args.cpu_seconds is None else
+                                                 f", CPU time {args.cpu_seconds} s (user + system, all workers)"))
     if unlisted:
         print(f"\n{len(unlisted)} surviving mutant(s) not in {args.allowlist}:")
         for k in unlisted:
