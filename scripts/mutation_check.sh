@@ -6,6 +6,7 @@
 #   bash scripts/mutation_check.sh                   # every scoped module, one after the other
 #   bash scripts/mutation_check.sh stats select      # some modules only
 #   MUTATION_SUMMARY_ONLY=1 bash scripts/mutation_check.sh   # summarise earlier (e.g. per-module) runs again
+#   MUTATION_RERUN=1 bash scripts/mutation_check.sh stats    # re-check only the last run's survivors (new tests)
 #
 # Each module runs in its own scratch copy of the tracked files ($MUTATION_DIR/<module>, default
 # /tmp/culnig_mutation), with its own test selection, so the work tree gets no mutants/ folder and no mutmut
@@ -40,7 +41,7 @@ declare -A covering=(
   [table]="tests/test_table_edges.py tests/test_seams.py tests/test_scorer.py"
   [select]="tests/test_select.py tests/test_seams.py"
   [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_seams.py"
-  [inhibit]="tests/test_inhibit.py tests/test_analysis.py"
+  [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
   [stats]="tests/test_stats.py tests/test_stats_edges.py tests/test_seams.py"
   [analysis]="tests/test_analysis.py tests/test_seams_pipeline.py"
   [pipeline]="tests/test_seams_pipeline.py tests/test_pipeline.py"
@@ -62,10 +63,10 @@ measure_cpu() {
                        printf "%.0f", t }' "$work/.times")
 }
 runs=()
-for m in "${modules[@]}"; do
-  t0=$SECONDS
-  dir=$work/$m
-  if [ -n "${MUTATION_SUMMARY_ONLY:-}" ]; then runs+=("$m=$dir/mutants"); continue; fi
+# run_module MODULE DIR PATTERNS...: one mutmut run in a fresh scratch copy
+run_module() {
+  local m=$1 dir=$2
+  shift 2
   rm -rf "$dir"
   mkdir -p "$dir"
   git ls-files -z | tar --null -T - -cf - | tar -C "$dir" -xf -
@@ -87,16 +88,38 @@ for m in "${modules[@]}"; do
     echo "process_isolation = forkserver"
     echo "use_git_change_detection = false"
   } > "$dir/setup.cfg"
-  # shellcheck disable=SC2086
   (
     cd "$dir"
     # One intra-op thread per worker: the tests' tiny models are faster single-threaded, and workers run side by side.
-    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH= "$python" -m mutmut run --max-children "$jobs" ${scope[$m]} \
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH= "$python" -m mutmut run --max-children "$jobs" "$@" \
       > "$dir/mutmut_run.log" 2>&1
   ) || { tail -c 3000 "$dir/mutmut_run.log"; echo "mutation_check: mutmut failed on $m" >&2; exit 2; }
+}
+
+for m in "${modules[@]}"; do
+  t0=$SECONDS
+  dir=$work/$m
+  if [ -n "${MUTATION_SUMMARY_ONLY:-}" ]; then
+    runs+=("$m=$dir/mutants")
+    [ -d "$dir.rerun/mutants" ] && runs+=("$m=$dir.rerun/mutants")
+    continue
+  fi
+  if [ -n "${MUTATION_RERUN:-}" ]; then
+    mapfile -t again < <("$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt \
+                         --list-survivors "$m=$dir/mutants")
+    runs+=("$m=$dir/mutants")
+    if [ ${#again[@]} -gt 0 ]; then
+      run_module "$m" "$dir.rerun" "${again[@]}"
+      runs+=("$m=$dir.rerun/mutants")
+    fi
+  else
+    # shellcheck disable=SC2086
+    run_module "$m" "$dir" ${scope[$m]}
+    rm -rf "$dir.rerun"
+    runs+=("$m=$dir/mutants")
+  fi
   measure_cpu
   echo "   $m: $((SECONDS - t0)) s wall; $cpu CPU seconds so far (all workers)"
-  runs+=("$m=$dir/mutants")
 done
 
 rc=0
@@ -107,7 +130,8 @@ if [ -s "$work/survivors.txt" ] && [ -z "${MUTATION_QUIET:-}" ]; then
   echo; echo "== the surviving mutants' diffs"
   while read -r name; do
     m=${name#culnig_ext.}; m=${m%%.*}
-    (cd "$work/$m" && "$python" -m mutmut show "$name" 2>/dev/null) || echo "$name"
+    d=$work/$m; [ -d "$d.rerun/mutants" ] && d=$d.rerun
+    (cd "$d" && "$python" -m mutmut show "$name" 2>/dev/null) || echo "$name"
   done < "$work/survivors.txt"
 fi
 exit $rc

@@ -36,7 +36,9 @@ def read_allowlist(path: Path) -> dict[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("runs", nargs="+", help="MODULE=DIR: a module's name and its run's mutants/ folder")
+    p.add_argument("runs", nargs="+", help="MODULE=DIR: a module's name and its run's mutants/ folder; a module may "
+                   "come several times (a re-run of survivors): later results override earlier ones")
+    p.add_argument("--list-survivors", action="store_true", help="only print the unlisted survivors' names")
     p.add_argument("--allowlist", type=Path, required=True)
     p.add_argument("--min-rate", type=float, default=90.0)
     p.add_argument("--seconds", type=int, default=None, help="wall time of the run, printed")
@@ -48,16 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     ok = True
     unlisted: list[str] = []
     rows = []
-    modules = []
+    codes_by_module: dict[str, dict] = {}
     for run in args.runs:
         module, _, folder = run.partition("=")
-        modules.append(module)
         meta = Path(folder) / "culnig_ext" / f"{module}.py.meta"
         if not meta.is_file():
-            print(f"{module}: no results ({meta} missing)")
-            ok = False
-            continue
-        codes = json.loads(meta.read_text())["exit_code_by_key"]
+            raise SystemExit(f"{module}: no results ({meta} missing)")
+        merged = codes_by_module.setdefault(module, {})
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if code is not None or key not in merged:
+                merged[key] = code
+    if args.list_survivors:
+        for codes in codes_by_module.values():
+            for k, c in sorted(codes.items()):
+                if c is not None and c not in SKIPPED and c not in KILLED and k not in allow:
+                    print(k)
+        return 0
+    for module, codes in codes_by_module.items():
         checked = {k: c for k, c in codes.items() if c is not None and c not in SKIPPED}
         killed = sorted(k for k, c in checked.items() if c in KILLED)
         survived = sorted(k for k, c in checked.items() if c not in KILLED)

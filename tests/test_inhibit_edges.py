@@ -1,0 +1,37 @@
+"""Inhibition's description and its act(0) check on the other attribute names of an MLP's activation (Phi-3's
+``activation_fn``, a plain ``act``); expectations written out here."""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+from torch import nn
+
+from culnig_ext.inhibit import inhibit
+from tiny_models import tiny_model
+
+
+def test_repr_says_size_mode_and_state():
+    model = tiny_model("llama")
+    handle = inhibit(model, {"layers.0.mlp.gate_proj": [1, 2, 2], "layers.1.self_attn.k_proj": [0]})
+    assert repr(handle) == "Inhibition(3 neurons in 2 sites, zero, active)"
+    handle.remove()
+    assert repr(handle) == "Inhibition(3 neurons in 2 sites, zero, removed)"
+    with inhibit(model, {"layers.1.self_attn.q_proj": [4]}, mode="scale", factor=2.5) as scaled:
+        assert repr(scaled) == "Inhibition(1 neurons in 1 sites, scale x2.5, active)"
+
+
+@pytest.mark.parametrize("arch, attr", [("phi3", "activation_fn"), ("llama", "act")])
+def test_nonzero_activation_at_zero_is_found_under_each_attribute_name(arch, attr):
+    model = tiny_model(arch)
+    mlp = model.model.layers[1].mlp
+    if attr == "act":  # an MLP whose activation is called "act" (and has no act_fn)
+        mlp.act_fn = None
+    setattr(mlp, attr, nn.Sigmoid())
+    with pytest.warns(UserWarning, match=r"layers\.1\.mlp\.gate_proj.*act\(0\) = 0\.5"):
+        inhibit(model, {"layers.1.mlp.gate_proj": [0]}).remove()
+    # a zero-at-zero activation under the same name: no warning
+    setattr(mlp, attr, nn.ReLU())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        inhibit(model, {"layers.1.mlp.gate_proj": [0]}).remove()
