@@ -35,3 +35,13 @@ def test_nonzero_activation_at_zero_is_found_under_each_attribute_name(arch, att
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         inhibit(model, {"layers.1.mlp.gate_proj": [0]}).remove()
+
+
+def test_the_check_looks_past_attention_sites():
+    model = tiny_model("llama")
+    model.model.layers[1].mlp.act_fn = nn.Sigmoid()
+    chosen = {"layers.0.self_attn.q_proj": [0], "layers.0.mlp.gate_proj": [1], "layers.1.self_attn.v_proj": [2],
+              "layers.1.mlp.gate_proj": [3]}
+    with pytest.warns(UserWarning, match=r"layers\.1\.mlp\.gate_proj") as record:
+        inhibit(model, chosen).remove()
+    assert [str(w.message).split(":")[0] for w in record] == ["layers.1.mlp.gate_proj"]
