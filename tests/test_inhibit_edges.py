@@ -45,3 +45,19 @@ def test_the_check_looks_past_attention_sites():
     with pytest.warns(UserWarning, match=r"layers\.1\.mlp\.gate_proj") as record:
         inhibit(model, chosen).remove()
     assert [str(w.message).split(":")[0] for w in record] == ["layers.1.mlp.gate_proj"]
+
+
+def test_the_index_moved_to_a_device_is_kept_and_reused():
+    import torch
+
+    from culnig_ext.inhibit import _ModuleHook
+
+    hook = _ModuleHook(torch.tensor([0, 2]), "zero", None)
+    linear = nn.Linear(3, 4)
+    hook(linear, (), torch.ones(2, 4, device="meta"))
+    first = hook._by_device[torch.device("meta")]
+    assert first.device.type == "meta" and first.shape == (2,)
+    hook(linear, (), torch.ones(1, 4, device="meta"))
+    assert hook._by_device[torch.device("meta")] is first  # moved once, not on every call
+    hook(linear, (), torch.ones(1, 4))
+    assert torch.equal(hook._by_device[torch.device("cpu")], torch.tensor([0, 2]))

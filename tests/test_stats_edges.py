@@ -76,3 +76,14 @@ def test_inputs_tensors_that_require_grad_and_non_numbers():
         paired_bootstrap([1, 0], np.array([object(), object()]))
     # booleans are outcomes too
     assert paired_bootstrap(np.array([True, False]), np.array([False, False]), n_resamples=10).diff == 0.5
+
+
+def test_runs_shape_edges():
+    one_run = paired_bootstrap([1, 0, 1], [[0, 0, 1]], n_resamples=100, seed=2)
+    assert one_run == paired_bootstrap([1, 0, 1], [0, 0, 1], n_resamples=100, seed=2)
+    with pytest.raises(ValueError, match="correct_b: no runs"):
+        paired_bootstrap([1, 0, 1], np.zeros((0, 3)))
+    with pytest.raises(ValueError, match="correct_a: no items"):  # two runs of no items: not "no runs"
+        paired_bootstrap(np.zeros((2, 0)), np.zeros((2, 0)))
+    with pytest.raises(ValueError, match=r"shape \[items\] or \[runs, items\]"):
+        paired_bootstrap([1, 0], np.zeros((1, 1, 2)))
