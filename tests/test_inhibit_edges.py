@@ -61,3 +61,49 @@ def test_the_index_moved_to_a_device_is_kept_and_reused():
     assert hook._by_device[torch.device("meta")] is first  # moved once, not on every call
     hook(linear, (), torch.ones(1, 4))
     assert torch.equal(hook._by_device[torch.device("cpu")], torch.tensor([0, 2]))
+
+
+def test_index_types_defaults_and_attributes():
+    import torch
+
+    from culnig_ext.inhibit import Inhibition
+
+    model = tiny_model("llama")
+    ids = torch.tensor([[5, 6, 7]])
+    with inhibit(model, {"layers.0.mlp.gate_proj": torch.tensor([1, 4])}):
+        want = model(ids).logits
+    for indices in (torch.tensor([1, 4], dtype=torch.int32), [4, 1], (1, 4), torch.tensor([[1], [4]])):
+        with inhibit(model, {"layers.0.mlp.gate_proj": indices}) as handle:
+            assert handle.indices["layers.0.mlp.gate_proj"].dtype == torch.int64
+            torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="indices must be integers"):
+        inhibit(model, {"layers.0.mlp.gate_proj": torch.tensor([True, False])})
+    plain = Inhibition(model, {"layers.0.mlp.gate_proj": [1, 4]})  # the class's own defaults: zero mode
+    try:
+        assert plain.mode == "zero" and plain.factor is None
+        torch.testing.assert_close(model(ids).logits, want, rtol=0, atol=0)
+    finally:
+        plain.remove()
+    with inhibit(model, {"layers.0.mlp.gate_proj": [1]}, mode="scale", factor=2) as scaled:
+        assert scaled.mode == "scale" and scaled.factor == 2.0 and isinstance(scaled.factor, float)
+    for bad in (True, "2", None, float("inf")):
+        with pytest.raises(ValueError, match="factor"):
+            inhibit(model, {"layers.0.mlp.gate_proj": [1]}, mode="scale", factor=bad)
+
+
+def test_a_failing_hook_removal_is_reported_after_removing_the_others():
+    model = tiny_model("llama")
+    handle = inhibit(model, {"layers.0.mlp.gate_proj": [1], "layers.1.mlp.gate_proj": [2]})
+
+    class Stuck:
+        def remove(self):
+            raise RuntimeError("stuck hook")
+
+    real = list(handle._handles)
+    handle._handles = [Stuck()] + real
+    with pytest.raises(RuntimeError, match=r"failed to remove 1 inhibition hook\(s\): RuntimeError\('stuck hook'\)") \
+            as info:
+        handle.remove()
+    assert isinstance(info.value.__cause__, RuntimeError) and str(info.value.__cause__) == "stuck hook"
+    assert not handle.active
+    assert all(not m._forward_hooks for m in model.modules())

@@ -87,3 +87,41 @@ def test_runs_shape_edges():
         paired_bootstrap(np.zeros((2, 0)), np.zeros((2, 0)))
     with pytest.raises(ValueError, match=r"shape \[items\] or \[runs, items\]"):
         paired_bootstrap([1, 0], np.zeros((1, 1, 2)))
+
+
+def documented_rule(a, b, n_resamples, seed, confidence_level=0.95):
+    """p (alternative "less") and the percentile interval, written out from the module docstring."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64).reshape(-1, len(a)).mean(axis=0)
+    n = d.size
+    sums = d[np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))].sum(axis=1)
+    tol = 1e-9 * max(1.0, np.abs(d).sum())
+    p = (1 + int((sums <= 2 * d.sum() + tol).sum())) / (1 + n_resamples)
+    tail = (1 - confidence_level) / 2
+    low, high = np.quantile(sums / n, [tail, 1 - tail])
+    return min(1.0, p), float(low), float(high)
+
+
+@pytest.mark.parametrize("n_resamples", [1, 7, 50])
+def test_chunked_resampling_equals_the_documented_rule(monkeypatch, n_resamples):
+    import culnig_ext.stats as stats
+
+    a = [1, 0, 0, 1, 0]
+    b = [[1, 1, 0, 1, 1], [0, 1, 1, 1, 0]]
+    monkeypatch.setattr(stats, "_CHUNK", 10)  # chunks of 2 resamples of 5 items: the last one is short
+    got = paired_bootstrap(a, b, n_resamples=n_resamples, seed=4)
+    p, low, high = documented_rule(a, b, n_resamples, 4)
+    assert (got.p_value, got.ci_low, got.ci_high) == (p, low, high)
+    assert got.n_resamples == n_resamples
+
+
+def test_defaults_and_confidence_level_bounds():
+    a, b = [1, 0, 1, 1, 0, 0], [0, 0, 1, 1, 1, 1]
+    res = paired_bootstrap(a, b)
+    assert (res.n_resamples, res.seed, res.alternative, res.confidence_level) == (10000, 0, "less", 0.95)
+    assert res == paired_bootstrap(a, b, n_resamples=10000, seed=0, alternative="less", confidence_level=0.95)
+    p, low, high = documented_rule(a, b, 10000, 0)
+    assert (res.p_value, res.ci_low, res.ci_high) == (p, low, high)
+    for level in (0.0, 1.0, 1.5, -0.5):
+        with pytest.raises(ValueError, match="confidence_level"):
+            paired_bootstrap(a, b, confidence_level=level)
+    assert paired_bootstrap(a, b, confidence_level=0.5).ci_high <= res.ci_high
