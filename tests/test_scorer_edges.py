@@ -185,3 +185,11 @@ def test_item_scores_take_neuron_sets_and_pairs_and_refuse_bad_ones(model):
         culnig_ext.item_scores(model, items, [("layers.0.mlp.gate_proj", 48)], progress=False)
     with pytest.raises(ValueError, match=r"index -1 outside"):
         culnig_ext.item_scores(model, items, [("layers.0.mlp.gate_proj", -1)], progress=False)
+
+
+def test_item_scores_check_items_against_the_vocabulary(model):
+    from culnig_ext.items import ItemError
+
+    bad = {"id": "far", "input_ids": [3, 4], "answer_id": model.config.vocab_size, "group": "A"}
+    with pytest.raises(ItemError, match="'far'.*outside the vocabulary"):
+        culnig_ext.item_scores(model, [bad], [("layers.0.mlp.gate_proj", 0)], progress=False)
