@@ -190,14 +190,18 @@ def test_foreign_checkpoint_is_refused_and_left_alone(tmp_path, what):
 
 def test_merge_refuses_other_model_clamp_sites_and_the_same_items_twice():
     a = hand_table(["A"], [1], [0.5], 1.0, fingerprint="fa")
-    with pytest.raises(ValueError, match="model"):
-        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, model="other", fingerprint="fb")])
-    with pytest.raises(ValueError, match="clamp_min"):
-        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, clamp="0.0", fingerprint="fb")])
-    with pytest.raises(ValueError, match="sites or widths"):
-        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, width=4, fingerprint="fb")])
-    with pytest.raises(ValueError, match="same items"):
-        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 2.0, fingerprint="fa")])
+    b = hand_table(["B"], [1], [0.5], 1.0, fingerprint="fb")
+    with pytest.raises(ValueError, match="table 1 has model='other', table 0 has 'm'"):
+        ScoreTable.merge([a, hand_table(["A"], [1], [0.5], 1.0, model="other", fingerprint="fc")])
+    with pytest.raises(ValueError, match="table 2 has clamp_min='0.0', table 0 has ''"):
+        ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 1.0, clamp="0.0", fingerprint="fc")])
+    with pytest.raises(ValueError, match="table 2 has different sites or widths"):
+        ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 1.0, width=4, fingerprint="fc")])
+    with pytest.raises(ValueError, match="tables 0 and 2 were scored on the same items"):
+        ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 2.0, fingerprint="fa")])
+    with pytest.raises(ValueError, match="at least one table"):
+        ScoreTable.merge([])
+    assert ScoreTable.merge([a]).counts.tolist() == [1]
 
 
 def test_merging_a_shard_twice_is_refused():
