@@ -43,7 +43,7 @@ declare -A covering=(
   [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_seams.py"
   [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
   [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
-  [analysis]="tests/test_analysis.py tests/test_seams_pipeline.py"
+  [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
   [pipeline]="tests/test_seams_pipeline.py tests/test_pipeline.py"
 )
 modules=("$@")
