@@ -107,3 +107,14 @@ def test_a_failing_hook_removal_is_reported_after_removing_the_others():
     assert isinstance(info.value.__cause__, RuntimeError) and str(info.value.__cause__) == "stuck hook"
     assert not handle.active
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_an_empty_site_does_not_stop_the_others():
+    model = tiny_model("llama")
+    import torch
+
+    empty = torch.tensor([], dtype=torch.int64)
+    with inhibit(model, {"layers.0.mlp.gate_proj": empty, "layers.1.mlp.gate_proj": [3],
+                         "layers.1.self_attn.k_proj": [1]}) as handle:
+        assert sorted(handle.indices) == ["layers.1.mlp.gate_proj", "layers.1.self_attn.k_proj"]
+        assert handle.num_neurons == 2 and len(handle._handles) == 2

@@ -89,16 +89,33 @@ def test_runs_shape_edges():
         paired_bootstrap([1, 0], np.zeros((1, 1, 2)))
 
 
-def documented_rule(a, b, n_resamples, seed, confidence_level=0.95):
-    """p (alternative "less") and the percentile interval, written out from the module docstring."""
+def documented_rule(a, b, n_resamples, seed, confidence_level=0.95, alternative="less"):
+    """p and the percentile interval, written out from the module docstring."""
     d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64).reshape(-1, len(a)).mean(axis=0)
     n = d.size
     sums = d[np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))].sum(axis=1)
     tol = 1e-9 * max(1.0, np.abs(d).sum())
-    p = (1 + int((sums <= 2 * d.sum() + tol).sum())) / (1 + n_resamples)
+    t = d.sum()
+    extreme = {"less": sums <= 2 * t + tol, "greater": sums >= 2 * t - tol,
+               "two-sided": np.abs(sums - t) >= abs(t) - tol}[alternative]
+    p = (1 + int(extreme.sum())) / (1 + n_resamples)
     tail = (1 - confidence_level) / 2
     low, high = np.quantile(sums / n, [tail, 1 - tail])
     return min(1.0, p), float(low), float(high)
+
+
+@pytest.mark.parametrize("alternative", ["less", "greater", "two-sided"])
+@pytest.mark.parametrize("a, b", [
+    ([1, 0, 0, 1, 0, 1, 1], [[1, 1, 0, 1, 1, 0, 1], [0, 1, 1, 1, 0, 0, 1]]),  # 0/1 outcomes: many exact ties
+    ([0, 1, 1, 0, 1, 1, 0], [1, 1, 0, 0, 1, 1, 0]),
+    ([0.5, 0.75e-9], [0.0, 0.0]),  # resample (0.5, 0.5) is 1.5e-9 from the tie: outside the tolerance 1e-9 * 1
+    ([2.0, 0.75e-9], [0.0, 0.0]),  # ... and (2, 2) is inside the tolerance 1e-9 * 2
+])
+def test_every_alternative_equals_the_documented_rule(alternative, a, b):
+    got = paired_bootstrap(a, b, n_resamples=200, seed=9, alternative=alternative)
+    p, low, high = documented_rule(a, b, 200, 9, alternative=alternative)
+    assert (got.p_value, got.ci_low, got.ci_high) == (p, low, high)
+    assert got.n_items == len(a) and got.alternative == alternative
 
 
 @pytest.mark.parametrize("n_resamples", [1, 7, 50])
