@@ -38,7 +38,7 @@ declare -A scope=(
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
-  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_scorer.py"
+  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py"
   [select]="tests/test_select.py tests/test_seams.py"
   [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_seams.py"
   [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"

@@ -117,3 +117,28 @@ def test_files_that_are_not_score_tables_are_refused_naming_them(tmp_path):
               metadata={"format": "culnig-scores/1", "groups": json.dumps(["A"]), "sites": json.dumps([GATE])})
     with pytest.raises(ValueError, match=r"short.safetensors: missing tensors \[.*gate_proj.*__prob_sums__"):
         ScoreTable.load(short)
+
+
+def test_counts_become_int64_whatever_their_type():
+    t = table(counts=torch.tensor([2.0, 3.0]))
+    assert t.counts.dtype == torch.int64 and t.counts.tolist() == [2, 3]
+
+
+def test_merged_metadata_keeps_the_first_tables_and_hashes_the_fingerprints():
+    import hashlib
+
+    a = table(metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "fa", "revision": "r1"})
+    b = table(groups=["B", "C"], metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "fb"})
+    want = hashlib.sha256("fa+fb".encode()).hexdigest()[:16]  # sorted fingerprints joined with "+"
+    for order in ([a, b], [b, a]):
+        merged = ScoreTable.merge(order)
+        assert merged.metadata["dataset_fingerprint"] == want
+    assert ScoreTable.merge([a, b]).metadata == {"model": "m", "clamp_min": "", "dataset_fingerprint": want,
+                                                 "revision": "r1"}
+    # tables without fingerprints: merged, and the merged one gets the hash of the empty ones
+    bare = [table(metadata={"model": "m"}), table(groups=["C"], counts=[1], prob_sums=[0.5],
+                                                  sums={GATE: torch.ones(1, 3), Q: torch.ones(1, 1)},
+                                                  metadata={"model": "m"})]
+    merged = ScoreTable.merge(bare)
+    assert merged.metadata == {"model": "m", "dataset_fingerprint": hashlib.sha256(b"+").hexdigest()[:16]}
+    assert merged.counts.tolist() == [2, 3, 1]
