@@ -78,3 +78,32 @@ def test_merge_of_tables_without_fingerprints():
     b = ScoreTable(["A"], [2], sums, [0.25], {"model": "m"})
     merged = ScoreTable.merge([a, b])  # no fingerprint to compare: not refused
     assert merged.counts.tolist() == [3] and merged.prob_sums.tolist() == [0.75]
+
+
+def test_kinship_checks_rows_orders_columns_and_ranks_ties_by_their_minimum():
+    with pytest.raises(ValueError, match=r"unexpected group\(s\) \['C'\]"):
+        kinship({"A": {"A": 0.1, "B": 0.2, "C": 0.3}}, groups=["A", "B"])
+    res = kinship({"A": {"A": 0.1, "B": 0.2}}, groups=["B", "A"])  # columns as given, not the row's key order
+    assert res.groups == ["B", "A"] and res.matrix.tolist() == [[0.2, 0.1]]
+    tied = kinship({"A": {"A": 0.1, "B": 0.1, "C": 0.1, "D": 0.0}})
+    assert tied.ranks == {"A": {"A": 1, "B": 1, "C": 1, "D": 4}}
+    assert all(isinstance(r, int) for r in tied.ranks["A"].values())
+
+
+def test_layer_counts_take_every_neuron_form():
+    from culnig_ext.analysis import layer_counts
+    from culnig_ext.neurons import Neuron
+
+    pairs = [("layers.0.mlp.gate_proj", 1), ("layers.1.self_attn.q_proj", 2), ("layers.1.mlp.gate_proj", 0)]
+    want = {"mlp": [1, 1], "attn": [0, 1]}
+    assert layer_counts(pairs, 2) == want
+    assert layer_counts([Neuron(s, i, 0.0) for s, i in pairs], 2) == want
+    assert layer_counts(NeuronSet.from_pairs(pairs), 2) == want
+    assert layer_counts({"layers.0.mlp.gate_proj": torch.tensor([1, 1, 3]), "layers.1.self_attn.q_proj": [2]}, 2) \
+        == {"mlp": [2, 0], "attn": [0, 1]}  # a neuron given twice counts once
+    assert layer_counts([("layers.0.mlp.gate_proj", 1)], 1) == {"mlp": [1], "attn": [0]}
+    for bad in (0, -1, 1.0, True and 0):
+        with pytest.raises(ValueError, match="num_layers"):
+            layer_counts(pairs, bad)
+    with pytest.raises(ValueError, match=r"layer 1 outside \[0, 1\)"):
+        layer_counts(pairs, 1)
