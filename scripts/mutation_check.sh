@@ -44,7 +44,7 @@ declare -A covering=(
   [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
   [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
   [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
-  [pipeline]="tests/test_seams_pipeline.py tests/test_pipeline.py"
+  [pipeline]="tests/test_pipeline_parts.py tests/test_seams_pipeline.py tests/test_pipeline.py"
 )
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(table select scorer inhibit stats analysis pipeline)
