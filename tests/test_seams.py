@@ -326,11 +326,15 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
         calls["encode"] = (items, tok, kw)
         return random_items(4)
 
+    real_score = scorer.score
+
     def fake_score(m, items, **kw):
         calls["score"] = kw
-        return culnig_ext.score(m, items, batch_size=kw["batch_size"], progress=False)
+        return real_score(m, items, batch_size=kw["batch_size"], progress=False)
 
-    monkeypatch.setattr(data, "load_items", fake_load_items)
+    for module in (data, sys.modules.get("culnig_ext.preflight")):  # wherever the CLI's loader is looked up
+        if module is not None and hasattr(module, "load_items"):
+            monkeypatch.setattr(module, "load_items", fake_load_items)
     monkeypatch.setattr(models, "load_model", fake_load_model)
     monkeypatch.setattr(data, "encode", fake_encode)
     monkeypatch.setattr(scorer, "score", fake_score)
