@@ -107,3 +107,15 @@ def test_layer_counts_take_every_neuron_form():
             layer_counts(pairs, bad)
     with pytest.raises(ValueError, match=r"layer 1 outside \[0, 1\)"):
         layer_counts(pairs, 1)
+
+
+def test_kinship_matrix_encoded_defaults_to_the_letter_format():
+    from culnig_ext.analysis import kinship_matrix_encoded
+
+    tokenizer, model, items = char_tokenizer(), char_model(seed=5), mc_items()
+    sets = {"US": NeuronSet.from_pairs([("layers.0.mlp.gate_proj", i) for i in range(20)])}
+    encs = [encode_choices(item, tokenizer, format="letter") for item in items]
+    run = kinship_matrix_encoded(model, items, encs, sets)
+    assert run.baseline.format == "letter"
+    base = evaluate_encoded(model, items, encs, format="letter", progress=False)
+    assert [r.pred for r in run.baseline.records] == [r.pred for r in base.records]
