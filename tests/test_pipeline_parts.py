@@ -18,10 +18,12 @@ def test_instance_view_lists_the_top_neurons_by_score():
     shares = torch.tensor([i / 20 for i in range(17)], dtype=torch.float64)
     text = instance_view(general, shares, n_items=20)
     lines = text.splitlines()
-    assert lines[1] == "## Instance view"
-    assert lines[3] == ("Share of the 20 scoring items on which a culture-general neuron's item score (max over "
-                        "tokens of a * dP/da) is positive: mean 40.0%, median 40.0%, min 0.0%, max 80.0%.")
-    assert lines[5] == "Top 15 neurons by score:"
+    assert lines[:9] == [
+        "", "## Instance view", "",
+        "Share of the 20 scoring items on which a culture-general neuron's item score (max over tokens of a * dP/da) "
+        "is positive: mean 40.0%, median 40.0%, min 0.0%, max 80.0%.",
+        "", "Top 15 neurons by score:", "", "| neuron | score | share of items positive |", "|---|---:|---:|"]
+    assert len(lines) == 9 + 15
     rows = [line for line in lines if line.startswith("| layers.")]
     # NeuronSet keeps model order (index order here); the rows go by score, highest first: indices 16 .. 2
     assert rows == [f"| layers.0.mlp.gate_proj[{i}] | {i:.4g} | {i / 20:.1%} |" for i in range(16, 1, -1)]
