@@ -46,6 +46,7 @@ def test_sample_is_seeded_sorted_and_capped():
 def test_slug():
     assert slug("Cultural test (BLEnD-style)") == "cultural_test__blend-style"
     assert slug("South_Korea") == "south_korea" and slug("a/b\\c") == "a_b_c" and slug("__x y__") == "x_y"
+    assert slug("Xhosa X") == "xhosa_x"  # only "_" is stripped from the ends
 
 
 def test_score_cached_reuses_only_the_same_model_items_and_clamp(tmp_path):
