@@ -108,9 +108,13 @@ def _parser() -> argparse.ArgumentParser:
     defaults = RunConfig()
     p.add_argument("--out", default=defaults.out, help="run folder (default: %(default)s); re-running resumes")
     p.add_argument("--model", default=defaults.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=defaults.data, help="cultural item source (default: %(default)s)")
-    p.add_argument("--crc", default=defaults.crc, help="CountryRC scoring templates (default: %(default)s)")
-    p.add_argument("--crc-test", default=defaults.crc_test, help="CountryRC evaluation templates")
+    p.add_argument("--data", default=defaults.data,
+                   help="cultural item source (default: auto = BLEnD rebuilt from its raw annotations when a copy is "
+                        "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
+    p.add_argument("--crc", default=defaults.crc,
+                   help="CountryRC scoring templates (default: auto = the real templates 0-24 when found)")
+    p.add_argument("--crc-test", default=defaults.crc_test,
+                   help="CountryRC evaluation templates (default: auto = the real templates 25-49 when found)")
     p.add_argument("--general", default=defaults.general, help="non-cultural set for specificity ('' to skip)")
     _add_format(p, default="auto")
     p.add_argument("--control", default=defaults.control, choices=["empty", "frame"],
@@ -128,12 +132,45 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"{help_text} (default: %(default)s, the paper's)")
     p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
     p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
+    p.add_argument("--no-instance-view", action="store_true",
+                   help="skip the per-item view of the general neurons (one more scoring pass over the items)")
     p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
                    help="cap per evaluation set (seeded sample; default: %(default)s)")
+    p.add_argument("--max-scoring-items", type=int, default=defaults.max_scoring_items,
+                   help="cap on the cultural and CountryRC scoring items (seeded sample; default: %(default)s)")
+    p.add_argument("--n-boot", type=int, default=defaults.n_boot,
+                   help="bootstrap resamples of the scoring items for the stability table (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
     p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    p = sub.add_parser("sweep", help="choose identification settings on a validation split, report on the test split")
+    from .sweep import SweepConfig
+
+    sd = SweepConfig()
+    p.add_argument("--out", default=sd.out, help="output folder (default: %(default)s)")
+    p.add_argument("--model", default=sd.model, help="model (default: the embedded smollm2)")
+    p.add_argument("--data", default=sd.data, help="cultural item source (default: auto, as for 'culnig run')")
+    p.add_argument("--crc", default=sd.crc, help="CountryRC scoring templates (default: auto)")
+    p.add_argument("--crc-test", default=sd.crc_test, help="CountryRC evaluation templates (default: auto)")
+    p.add_argument("--general", default=sd.general, help="non-cultural set: contrast/validation/test thirds")
+    p.add_argument("--format", default=sd.format, choices=FORMATS, help="answer format (default: %(default)s)")
+    p.add_argument("--normalize", default=",".join(sd.normalize), help="grid: normalisations (default: %(default)s)")
+    p.add_argument("--control", default=",".join(sd.control), help="grid: control prompts (default: %(default)s)")
+    p.add_argument("--contrast-general", default=",".join("on" if x else "off" for x in sd.contrast_general),
+                   help="grid: general-ability contrast off/on (default: %(default)s)")
+    p.add_argument("--scale", default=",".join(f"{x:g}" for x in sd.scale),
+                   help="grid: factors on the paper's top fractions t_mlp/t_attn (default: %(default)s)")
+    p.add_argument("--random", type=int, default=sd.n_random, help="random sets on the test split (default: %(default)s)")
+    p.add_argument("--max-scoring-items", type=int, default=sd.max_scoring_items, help="default: %(default)s")
+    p.add_argument("--max-val-items", type=int, default=sd.max_val_items, help="default: %(default)s")
+    p.add_argument("--max-test-items", type=int, default=sd.max_test_items, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=sd.batch_size)
+    p.add_argument("--dtype", default=sd.dtype, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=sd.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
@@ -179,8 +216,10 @@ def _cmd_evaluate(args) -> str:
     from . import select
     from .models import load_model
     from .pipeline import Condition, evaluate_conditions
+    from .data.defaults import is_non_cultural
     from .preflight import check_evaluate
     from .report import ReportResults, accuracy_row, write_report
+    from .verdict import from_results as verdict_from_results
 
     inputs = check_evaluate(args)
     sets, neurons = inputs.sets, inputs.neurons
@@ -195,13 +234,17 @@ def _cmd_evaluate(args) -> str:
     results = evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
                                   progress=not args.no_progress, save_dir=out / "eval")
     rows = []
+    cultural = {name: not is_non_cultural(name) for name in results}
     for name, by_cond in results.items():
         randoms = [r for c, r in by_cond.items() if c.startswith("random")]
         inhibited = by_cond.get("inhibited", by_cond["original"])
-        rows.append(accuracy_row(name, by_cond["original"], inhibited, randoms, seed=args.seed))
+        rows.append(accuracy_row(name, by_cond["original"], inhibited, randoms, cultural=cultural[name],
+                                 seed=args.seed))
+    verdict = verdict_from_results(results, cultural, inhibited="inhibited", seed=args.seed)
     res = ReportResults(title=f"Evaluation: {args.model}", model=args.model,
                         neuron_set=args.inhibit or "(none)", n_neurons=len(neurons) if neurons else None,
-                        rows=rows, metadata={"format": args.format})
+                        rows=rows, metadata={"format": args.format},
+                        verdict=verdict.to_dict() if verdict is not None else None)
     report = write_report(out, res)
     lines = [f"{r.eval_set}: original {r.original:.3f}, inhibited {r.inhibited:.3f}"
              + (f", random {r.random_mean:.3f}, p={r.p_value:.3g}" if r.random else "") for r in rows]
@@ -222,7 +265,9 @@ def _cmd_run(args) -> str:
         out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test,
         general=args.general or None, format=args.format, control=args.control, normalize=args.normalize,
         contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
-        max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        instance_view=not args.no_instance_view,
+        max_test_items=args.max_test_items, max_scoring_items=args.max_scoring_items, n_boot=args.n_boot,
+        batch_size=args.batch_size, dtype=args.dtype, device=args.device,
         t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
         r_specific=args.r_specific, z_min=args.z_min,
         seed=args.seed, progress=not args.no_progress,
@@ -243,8 +288,39 @@ def _cmd_build(args: argparse.Namespace) -> str:
     return run(args)
 
 
+def _csv(text: str, option: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise ValueError(f"{option}: give at least one value")
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise ValueError(f"{option}: {bad[0]!r} is not one of {allowed}")
+    return values
+
+
+def _cmd_sweep(args) -> str:
+    from .sweep import SweepConfig, run_sweep
+
+    try:
+        scale = tuple(float(x) for x in _csv(args.scale, "--scale"))
+    except ValueError as exc:
+        raise ValueError(f"--scale: expected numbers, got {args.scale!r} ({exc})") from None
+    cfg = SweepConfig(
+        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test, general=args.general,
+        format=args.format, normalize=_csv(args.normalize, "--normalize", ("count", "prob")),
+        control=_csv(args.control, "--control", ("empty", "frame")),
+        contrast_general=tuple(v == "on" for v in _csv(args.contrast_general, "--contrast-general", ("off", "on"))),
+        scale=scale, n_random=args.random, max_scoring_items=args.max_scoring_items,
+        max_val_items=args.max_val_items, max_test_items=args.max_test_items, batch_size=args.batch_size,
+        dtype=args.dtype, device=args.device, seed=args.seed, progress=not args.no_progress,
+    )
+    out = run_sweep(cfg)
+    return (f"[culnig] sweep done in {out.timings['total']:.0f} s; chosen on validation data: {out.chosen.name}\n"
+            f"  report     {out.report}")
+
+
 COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
-            "run": _cmd_run, "build": _cmd_build}
+            "run": _cmd_run, "sweep": _cmd_sweep, "build": _cmd_build}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,7 +3,9 @@
 ``culnig run`` is a thin wrapper over ``run_pipeline``. Layout of a run folder::
 
     RUN/config.json                 the resolved configuration
-    RUN/scores/{neur,ctrl,crc,general}.safetensors   score tables (reused on re-run when model and items match)
+    RUN/scores/{neur,ctrl}_parts.safetensors   cultural/control scores by group and random part (stability.py)
+    RUN/scores/{crc,general}.safetensors   score tables (reused on re-run when model and items match)
+    RUN/scores/{neur,ctrl}.safetensors   the part tables added up by group
     RUN/neurons/general.json        culture-general neurons
     RUN/neurons/specific/<group>.json   culture-specific neurons per group
     RUN/summary.md                  neuron counts per layer and kind
@@ -26,15 +28,18 @@ from typing import Any, Callable, Sequence
 import torch
 from scipy.stats import binomtest
 
-from . import select
+from . import select, stability
 from .analysis import kinship_matrix_encoded, layer_counts, positive_share
 from .atomic import atomic_write_text, partial_dir, publish_dir
 from .data import TokenizerError, encode, encode_choices, load_items, split_items
+from .cloze_cache import evaluate_cloze_cached
+from .data.defaults import resolve as resolve_sources
 from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
 from .neurons import NeuronSet
-from .report import ReportResults, accuracy_row, write_report
+from .report import ReportResults, accuracy_row, with_holm, write_report
+from .verdict import from_results as verdict_from_results
 from .scorer import dataset_fingerprint, item_scores, score
 from .sites import neuron_sites
 from .table import ScoreTable
@@ -49,7 +54,9 @@ class RunConfig:
     Attributes:
         model: embedded alias (``smollm2``), GGUF file, local folder or hub id.
         data: cultural item source (``culnig_ext.data.load_items``); split by topic into scoring/test halves.
-        crc, crc_test: CountryRC sources for scoring (neurons that fire on country names) and for evaluation.
+            ``auto``: BLEnD rebuilt from raw annotations when found, else the builtin set (``data.defaults``).
+        crc, crc_test: CountryRC sources for scoring (neurons that fire on country names) and for evaluation
+            (``auto``: the real templates beside the BLEnD folder, else the builtin ones).
         general: a non-cultural set evaluated beside the cultural ones (specificity); None to skip.
         format: ``letter``, ``cloze`` or ``auto`` (letter when the model answers letters above chance, else cloze).
         control: the control prompt: ``empty`` (question removed, the paper's) or ``frame`` (keeps the question frame).
@@ -57,13 +64,17 @@ class RunConfig:
         contrast_general: also subtract a general-ability table (half of ``general``; the other half is evaluated).
         n_random: random neuron sets (same count per site) to compare against.
         max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
+        max_scoring_items: cap on the cultural (and CountryRC) scoring items (seeded sample); None = all.
+        max_per_question: items per (country, question) kept before sampling (1: independent test items).
+        n_parts, n_boot: stability (``stability.py``): random parts of the scoring items (two halves of them are
+            compared) and bootstrap resamples of the parts; n_boot=0 keeps only the split-half comparison.
     """
 
     out: str = "culnig_runs/default"
     model: str = "smollm2"
-    data: str = "builtin:cultural"
-    crc: str = "builtin:countryrc"
-    crc_test: str = "builtin:countryrc-test"
+    data: str = "auto"
+    crc: str = "auto"
+    crc_test: str = "auto"
     general: str | None = "builtin:general"
     format: str = "auto"
     control: str = "empty"
@@ -76,10 +87,14 @@ class RunConfig:
     t_specific: float = 0.003
     r_specific: float = 0.01
     z_min: float = 0.5
-    n_random: int = 3
+    n_random: int = 10
     kinship: bool = True
     instance_view: bool = True
-    max_test_items: int | None = 120
+    max_test_items: int | None = 300
+    max_scoring_items: int | None = 400
+    max_per_question: int | None = 1
+    n_parts: int = 10
+    n_boot: int = 5
     batch_size: int = 16
     dtype: str = "float32"
     device: str | None = None
@@ -165,13 +180,17 @@ def evaluate_conditions(
     for set_name, items in eval_sets.items():
         encodings = [encode_choices(it, tokenizer, format=fmt) for it in items]
         results[set_name] = {}
+        def run():
+            if fmt == "cloze":  # the prompt once per item, not once per option (cloze_cache.py)
+                return evaluate_cloze_cached(model, items, encodings, batch_size=batch_size, progress=progress)
+            return evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size, progress=progress)
+
         for cond in conditions:
             if cond.neurons is None:
-                res = evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size, progress=progress)
+                res = run()
             else:
                 with inhibit(model, cond.neurons):
-                    res = evaluate_encoded(model, items, encodings, format=fmt, batch_size=batch_size,
-                                           progress=progress)
+                    res = run()
             results[set_name][cond.name] = res
             if staging is not None:
                 res.save(staging / f"{slug(set_name)}__{slug(cond.name)}.json")
@@ -232,12 +251,17 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
 
     # data ------------------------------------------------------------------------------------------------
-    neur_items = load_items(cfg.data, split="neur", seed=cfg.seed)
-    test_items = _sample(load_items(cfg.data, split="test", seed=cfg.seed), cfg.max_test_items, cfg.seed)
+    sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
+    log_fn(f"[culnig] data: {sources.note or 'as given'}")
+    per_q = dict(max_per_question=cfg.max_per_question)
+    neur_items = _sample(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
+                         cfg.seed)
+    test_items = _sample(load_items(sources.data, split="test", seed=cfg.seed, **per_q), cfg.max_test_items,
+                         cfg.seed)
     # CountryRC only for the groups of the cultural set: its top neurons are removed per group.
     groups = list(dict.fromkeys(it.group for it in neur_items))
-    crc_items = load_items(cfg.crc, seed=cfg.seed, countries=groups)
-    crc_test = _sample(load_items(cfg.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
+    crc_items = _sample(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
+    crc_test = _sample(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
     general_eval: list[MCItem] = []
     general_contrast: list[MCItem] = []
     if cfg.general:
@@ -256,7 +280,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     log_fn(f"[culnig] loading model {cfg.model!r}")
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     timings["load"] = time.perf_counter() - t0
-    notes: list[str] = []
+    notes: list[str] = [f"Data: {sources.note}."] if sources.note else []
     fmt = cfg.format
     if fmt == "auto":
         fmt, why = choose_format(model, tokenizer, neur_items, cfg.batch_size, cfg.progress)
@@ -267,11 +291,21 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     t = time.perf_counter()
     opts = dict(batch_size=cfg.batch_size, progress=cfg.progress)
     scores = run_dir / "scores"
-    neur = score_cached(scores / "neur.safetensors", model, encode(neur_items, tokenizer, format=fmt),
-                        clamp_min=None, desc="culture items", **opts)
-    ctrl = score_cached(scores / "ctrl.safetensors", model,
-                        encode(neur_items, tokenizer, format=fmt, control=cfg.control),
-                        clamp_min=0.0, desc=f"control items ({cfg.control})", **opts)
+    # Cultural and control items are scored with their groups labelled by a random part: the part tables add up
+    # to the ordinary ones, and halves / resamples of the parts give the stability measure at no scoring cost.
+    parted = {
+        "neur": score_cached(scores / "neur_parts.safetensors", model,
+                             stability.label_parts(encode(neur_items, tokenizer, format=fmt), cfg.n_parts, cfg.seed),
+                             clamp_min=None, desc="culture items", **opts),
+        "ctrl": score_cached(scores / "ctrl_parts.safetensors", model,
+                             stability.label_parts(encode(neur_items, tokenizer, format=fmt, control=cfg.control),
+                                                   cfg.n_parts, cfg.seed),
+                             clamp_min=0.0, desc=f"control items ({cfg.control})", **opts),
+    }
+    for role, table in parted.items():
+        stability.collapse(table).save(scores / f"{role}.safetensors")
+    neur = ScoreTable.load(scores / "neur.safetensors")
+    ctrl = ScoreTable.load(scores / "ctrl.safetensors")
     crc = score_cached(scores / "crc.safetensors", model, encode(crc_items, tokenizer, format=fmt),
                        clamp_min=None, desc="CountryRC items", **opts)
     contrast = None
@@ -282,9 +316,18 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     timings["score"] = time.perf_counter() - t
 
     # identify --------------------------------------------------------------------------------------------
-    general = select.general(neur, ctrl, crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp, cfg.r_attn,
-                             normalize=cfg.normalize, contrast=contrast)
+    def identify(tables) -> NeuronSet:
+        return select.general(tables["neur"], tables["ctrl"], crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp, cfg.r_attn,
+                              normalize=cfg.normalize, contrast=contrast)
+
+    general = identify({"neur": neur, "ctrl": ctrl})
     general.save(run_dir / "neurons" / "general.json")
+    t = time.perf_counter()
+    stab = stability.measure(identify, parted, {s.name: s.width for s in neuron_sites(model)}, n_boot=cfg.n_boot,
+                             seed=cfg.seed)
+    timings["stability"] = time.perf_counter() - t
+    if stab.warning:
+        log_fn(f"[culnig] warning: {stab.warning}")
     specific: dict[str, NeuronSet] = {}
     for group in neur.groups:
         if crc is not None and group not in crc.groups:
@@ -318,10 +361,15 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     results = evaluate_conditions(model, tokenizer, eval_sets, conditions, fmt=fmt, batch_size=cfg.batch_size,
                                   progress=cfg.progress, save_dir=run_dir / "eval")
     rows = []
+    cultural = {name: name != "General knowledge" for name in results}
     for set_name, by_cond in results.items():
         randoms = [by_cond[c.name] for c in conditions if c.name.startswith("random")]
         rows.append(accuracy_row(set_name, by_cond["original"], by_cond["general"], randoms,
-                                 cultural=set_name != "General knowledge", seed=cfg.seed))
+                                 cultural=cultural[set_name], seed=cfg.seed))
+    rows = with_holm(rows)
+    verdict = verdict_from_results(results, cultural, inhibited="general", seed=cfg.seed)
+    if verdict is not None:
+        log_fn(f"[culnig] specificity verdict: {verdict.label}: {verdict.reason}")
     timings["evaluate"] = time.perf_counter() - t
 
     kin = None
@@ -350,7 +398,9 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         kinship=kin,
         layers={"num_layers": num_layers, "counts": layer_counts(general, num_layers)},
         notes=notes,
-        metadata={"format": fmt, "data": cfg.data, "seconds": f"{timings['total']:.0f}",
+        verdict=verdict.to_dict() if verdict is not None else None,
+        sections=[{"title": "Stability of the culture-general neurons", "markdown": stab.to_markdown()}],
+        metadata={"format": fmt, "data": sources.data, "seconds": f"{timings['total']:.0f}",
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)

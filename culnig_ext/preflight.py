@@ -349,7 +349,7 @@ def check_report(opts: Any):
     return results
 
 
-RUN_TABLES = ("neur", "ctrl", "crc", "general")
+RUN_TABLES = ("neur_parts", "ctrl_parts", "neur", "ctrl", "crc", "general")
 
 
 def check_run(cfg: Any) -> None:
@@ -362,6 +362,9 @@ def check_run(cfg: Any) -> None:
     non_negative_int("--random", cfg.n_random)
     if cfg.max_test_items is not None:
         positive_int("--max-test-items", cfg.max_test_items)
+    if getattr(cfg, "max_scoring_items", None) is not None:
+        positive_int("--max-scoring-items", cfg.max_scoring_items)
+    non_negative_int("--n-boot", getattr(cfg, "n_boot", 0))
     if cfg.format not in ("auto", "letter", "cloze"):
         raise ValueError(f"--format must be auto, letter or cloze, got {cfg.format!r}")
     _model_options(cfg)

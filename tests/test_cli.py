@@ -72,9 +72,13 @@ HELP_OPTIONS = {
                                     "--out"],
     ("report",): ["run_dir"],
     ("run",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--control",
-               "--normalize", "--contrast-general", "--random", "--no-kinship", "--max-test-items", "--batch-size",
+               "--normalize", "--contrast-general", "--random", "--no-kinship", "--max-test-items",
+               "--max-scoring-items", "--n-boot", "--no-instance-view", "--batch-size",
                "--dtype", "--device", "--seed", "--no-progress"],
-    (): ["score", "identify", "evaluate", "report", "run", "--version"],
+    ("sweep",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--normalize",
+                 "--control", "--contrast-general", "--scale", "--random", "--max-scoring-items", "--max-val-items",
+                 "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
+    (): ["score", "identify", "evaluate", "report", "run", "sweep", "--version"],
 }
 
 
