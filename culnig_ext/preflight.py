@@ -383,6 +383,27 @@ def check_run(cfg: Any) -> None:
                 raise ValueError(f"{exc}; delete {path} to score it again") from None
 
 
+def check_sweep(cfg: Any) -> None:
+    """``culnig sweep`` / ``run_sweep``: every number, the model and the output folder, before the data, the model
+    or any write (the data sources are read by ``run_sweep`` before the model and before anything is written)."""
+    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn"):
+        fraction("--" + name.replace("_", "-"), getattr(cfg, name))
+    non_negative_int("--random", cfg.n_random)
+    for name in ("max_scoring_items", "max_val_items", "max_test_items"):
+        if getattr(cfg, name) is not None:
+            positive_int("--" + name.replace("_", "-"), getattr(cfg, name))
+    for value in cfg.scale:
+        finite("--scale", value)
+        if not value > 0:
+            raise ValueError(f"--scale: factors must be > 0, got {value}")
+    if cfg.format not in ("letter", "cloze"):
+        raise ValueError(f"--format must be letter or cloze, got {cfg.format!r}")
+    _model_options(cfg)
+    from .report import REPORT_FILE, RESULTS_FILE
+
+    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, "config.json", "split.json"))
+
+
 def error_line(command: str, exc: BaseException) -> str:
     """``culnig <command>: error: <message>`` on one line (a message of several lines is joined with '; ')."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -394,7 +415,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 
 __all__ = [
-    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run",
+    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run", "check_sweep",
     "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",

@@ -201,11 +201,12 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
     from .models import load_model
     from .pipeline import Condition, evaluate_conditions, score_cached, slug
 
+    from .preflight import check_sweep
+
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
+    check_sweep(cfg)  # options, model, output folder: before the data, the model, or any write
     run_dir = Path(cfg.out)
-    (run_dir / "scores").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
     per_q = dict(max_per_question=cfg.max_per_question)
     neur_items = _sample(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
@@ -223,12 +224,14 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
              "test": [it.id for it in test_items], "general_contrast": [it.id for it in gen_contrast],
              "general_validation": [it.id for it in gen_val], "general_test": [it.id for it in gen_test],
              "countryrc_test": [it.id for it in crc_test]}
-    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1) + "\n")
     print(f"[culnig] sweep data: {sources.note or sources.data}; {len(neur_items)} scoring, {len(val_items)} "
           f"validation, {len(test_items)} test cultural items; non-cultural {len(gen_contrast)} contrast / "
           f"{len(gen_val)} validation / {len(gen_test)} test; {len(crc_test)} CountryRC test items")
 
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    (run_dir / "scores").mkdir(parents=True, exist_ok=True)  # nothing is written before the data and model load
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    atomic_write_text(run_dir / "split.json", json.dumps(split, indent=1) + "\n")
     fmt = cfg.format
     opts = dict(batch_size=cfg.batch_size, progress=cfg.progress)
     t = time.perf_counter()
