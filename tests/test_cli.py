@@ -326,8 +326,11 @@ def test_report_from_results_json(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Hand-made run\n")
     # 45.00 +- 7.07: mean and sample sd of 40 % and 50 %; a single random set has no sd.
-    assert "| BLEnD | accuracy | 10 | 50.00 | 30.00 | 45.00 ± 7.07 | 0.0120 | yes |" in report
-    assert "| CommonsenseQA (non-cultural) | accuracy | 20 | 75.00 | 70.00 | 75.00 | 0.3000 | no |" in report
+    # ours - random: 30 - 45 = -15.00 and 70 - 75 = -5.00 points; no MDE in a hand-made file; Holm by hand:
+    # 0.012 x 2 = 0.024, then max(0.024, 0.3 x 1) = 0.3
+    assert "| BLEnD | accuracy | 10 | 50.00 | 30.00 | 45.00 ± 7.07 | -15.00 | – | 0.0120 | 0.0240 | yes |" in report
+    assert ("| CommonsenseQA (non-cultural) | accuracy | 20 | 75.00 | 70.00 | 75.00 | -5.00 | – | 0.3000 | 0.3000 | no |"
+            in report)
     assert "MLP neurons: 7; attention neurons: 5; 2 layers." in report
     assert "- written by hand" in report
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"
