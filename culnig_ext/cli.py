@@ -2,6 +2,8 @@
 
     culnig run                       # the whole pipeline on the embedded default (SmolLM2-135M + builtin data)
     culnig score --model M --data D --out scores.safetensors
+    torchrun --nproc-per-node K $(which culnig) score --model M --data D --out scores.safetensors
+    culnig merge shard0.safetensors shard1.safetensors --out scores.safetensors
     culnig identify general --neur N --ctrl C --crc R --out general.json
     culnig identify specific --neur N --ctrl C --crc R --group US --out us.json
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
@@ -32,6 +34,46 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_scale_args(p: argparse.ArgumentParser, *, score_only: bool = True) -> None:
+    """Options of long scoring jobs (``culnig score``; ``culnig run`` forwards the ones that apply to it)."""
+    p.add_argument("--checkpoint", default="auto",
+                   help="snapshot file for resuming an interrupted run: a path, 'auto' (next to the output, "
+                        "<out>.ckpt) or 'none' (default: auto). Re-running the same command resumes from it")
+    p.add_argument("--checkpoint-every", type=int, default=20,
+                   help="snapshot every N batches (and at least every 5 minutes) (default: 20)")
+    p.add_argument("--device-map", default=None,
+                   help="spread the model over devices: 'auto' or an accelerate map as JSON (default: none)")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention kernel; recorded in the table (default: sdpa)")
+    if score_only:
+        p.add_argument("--shard", default=None, metavar="K/N",
+                       help="score only items K, K+N, K+2N, ... (0 <= K < N); 'culnig merge' the N outputs")
+        p.add_argument("--sites", default=None,
+                       help="comma-separated site names and/or kinds 'mlp', 'attn' (default: all)")
+        p.add_argument("--max-items", type=int, default=None, help="score only the first N items")
+
+
+def _shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be K/N with integers, e.g. 0/4; got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
+
+
+def _device_map(spec: str | None):
+    if spec is None or spec == "auto":
+        return spec
+    try:
+        return json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r} ({exc.msg})") from None
+
+
 def _add_format(p: argparse.ArgumentParser, default: str = "letter") -> None:
     p.add_argument("--format", default=default, choices=FORMATS + (("auto",) if default == "auto" else ()),
                    help="letter: the next token is the option letter (instruction-tuned models); cloze: the target "
@@ -56,6 +98,11 @@ def _parser() -> argparse.ArgumentParser:
                         "BLEnD_ctrl), 'frame' keeps a content-free question; clamps item scores at 0")
     p.add_argument("--clamp-min", type=float, default=None, help="clamp each item's max at this value")
     p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
+    p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    _add_scale_args(p)
+
+    p = sub.add_parser("merge", help="add up score tables of disjoint items (shards) into one")
+    p.add_argument("tables", nargs="+", help="score tables (.safetensors) of the same model, sites, dtype, clamp")
     p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
 
     p = sub.add_parser("identify", help="select culture-general or culture-specific neurons from score tables")
@@ -135,22 +182,59 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_scale_args(p, score_only=False)
     return parser
 
 
 def _cmd_score(args) -> str:
-    from .data import encode
+    from . import distributed
+    from .checkpoint import resolve_checkpoint
     from .models import load_model
     from .preflight import check_score
-    from .scorer import score
+    from .scorer import remove_checkpoint, score
+    from .sites import site_names
+    from .streaming import encoded
 
-    items = check_score(args)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    encoded = encode(items, tokenizer, format=args.format, control=args.control)
-    clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
-    table = score(model, encoded, batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress)
-    table.save(args.out)
-    return f"wrote {args.out}: {table}"
+    shard, device_map = _shard(args.shard), _device_map(args.device_map)
+    items = check_score(args)  # a .jsonl item file streams (validated in one pass now, read lazily when scoring)
+    job = distributed.discover()  # under torchrun: this rank's process group (gloo on CPU, nccl on CUDA)
+    try:
+        device = args.device or (str(job.device) if job is not None and job.device.type == "cuda" else None)
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=device_map,
+                                      attn_implementation=args.attn_implementation)
+        clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
+        checkpoint = resolve_checkpoint(args.checkpoint, args.out)
+        table = score(model, encoded(items, tokenizer, format=args.format, control=args.control),
+                      batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
+                      sites=site_names(model, args.sites), shard=shard, max_items=args.max_items,
+                      checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, keep_checkpoint=True,
+                      provenance={"prompt_format": args.format, "control": args.control or ""})
+        try:
+            if job is None or job.is_main:
+                table.save(args.out)
+        except Exception:
+            if job is not None:
+                distributed.check(job, False)  # the others keep their checkpoints and stop too
+            raise
+        if job is not None:
+            distributed.check(job, True)  # the output is written: every rank may drop its checkpoint
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
+    finally:
+        distributed.close(job)
+    if job is not None and not job.is_main:
+        return f"rank {job.rank} of {job.world}: done (rank 0 wrote {args.out})"
+    ranks = f" ({job.world} ranks)" if job is not None else ""
+    return f"wrote {args.out}{ranks}: {table}"
+
+
+def _cmd_merge(args) -> str:
+    from .table import ScoreTable
+
+    tables = [ScoreTable.load(path) for path in args.tables]
+    merged = ScoreTable.merge(tables, names=args.tables)
+    merged.save(args.out)
+    return f"wrote {args.out}: {merged} from {len(tables)} tables"
 
 
 def _cmd_identify(args) -> str:
@@ -225,7 +309,9 @@ def _cmd_run(args) -> str:
         max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
         t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
         r_specific=args.r_specific, z_min=args.z_min,
-        seed=args.seed, progress=not args.no_progress,
+        seed=args.seed, progress=not args.no_progress, device_map=_device_map(args.device_map),
+        attn_implementation=args.attn_implementation, checkpoint=args.checkpoint != "none",
+        checkpoint_every=args.checkpoint_every,
     )
     out = run_pipeline(cfg)
     return "\n".join([
@@ -243,8 +329,18 @@ def _cmd_build(args: argparse.Namespace) -> str:
     return run(args)
 
 
-COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
-            "run": _cmd_run, "build": _cmd_build}
+COMMANDS = {"score": _cmd_score, "merge": _cmd_merge, "identify": _cmd_identify, "evaluate": _cmd_evaluate,
+            "report": _cmd_report, "run": _cmd_run, "build": _cmd_build}
+
+
+def _saved_checkpoint(args) -> str | None:
+    """The checkpoint an interrupted ``culnig score`` left (this rank's file), for the one-line message."""
+    from .checkpoint import resolve_checkpoint, this_rank_path
+
+    if args.command != "score":
+        return None
+    path = resolve_checkpoint(getattr(args, "checkpoint", "none"), args.out)
+    return str(this_rank_path(path)) if path is not None and this_rank_path(path).exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
             print(COMMANDS[args.command](args))
     except KeyboardInterrupt as exc:
         out = getattr(args, "out", None) or getattr(args, "run_dir", None)
-        print(interrupted_message(args.command, exc, argv, out=out, checkpoint=getattr(args, "checkpoint", None)),
+        print(interrupted_message(args.command, exc, argv, out=out, checkpoint=_saved_checkpoint(args)),
               file=sys.stderr)
         return exit_status(exc)
     # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.

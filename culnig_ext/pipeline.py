@@ -85,6 +85,10 @@ class RunConfig:
     device: str | None = None
     seed: int = 0
     progress: bool = True
+    device_map: Any = None
+    attn_implementation: str = "sdpa"
+    checkpoint: bool = True
+    checkpoint_every: int = 20
 
 
 @dataclass
@@ -124,24 +128,36 @@ def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, pr
 
 
 def score_cached(
-    path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str
+    path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str,
+    provenance: dict[str, str] | None = None, checkpoint: bool = False, checkpoint_every: int = 20,
 ) -> ScoreTable:
-    """Score ``items`` into ``path``, or load ``path`` when it holds the same model, items and clamp (resume)."""
+    """Score ``items`` into ``path``, or load ``path`` when it was scored from the same items with the same
+    provenance (model, weights, dtype, attention, package version, prompt format, control, clamp); a table that
+    differs in any of them is recomputed, naming the field. With ``checkpoint``, an interrupted scoring resumes
+    from ``<path>.ckpt``."""
     from .items import as_score_items
+    from .provenance import FIELDS, mismatch
+    from .scorer import table_provenance
 
     checked = as_score_items(items)
     if path.is_file():
         table = ScoreTable.load(path)
-        expected_clamp = "" if clamp_min is None else repr(float(clamp_min))
-        if (table.metadata.get("dataset_fingerprint") == dataset_fingerprint(checked)
-                and table.metadata.get("model") == str(model.config._name_or_path)
-                and table.metadata.get("clamp_min") == expected_clamp):
-            log.info("reusing %s (same model and items)", path)
+        wanted = table_provenance(model, clamp_min, provenance)
+        wanted["dataset_fingerprint"] = dataset_fingerprint(checked)
+        diff = mismatch(table.metadata, wanted, ("dataset_fingerprint",) + FIELDS)
+        if diff is None:
+            log.info("reusing %s (same items and provenance)", path)
             print(f"[culnig] {desc}: reusing {path}")
             return table
+        field_name, was, now = diff
+        print(f"[culnig] {desc}: {path} was scored with {field_name}={was!r}, this run has {now!r}: recomputing")
     print(f"[culnig] {desc}: scoring {len(checked)} items")
-    table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress)
+    ckpt = Path(str(path) + ".ckpt") if checkpoint else None
+    table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress,
+                  provenance=provenance, checkpoint=ckpt, checkpoint_every=checkpoint_every, keep_checkpoint=True)
     table.save(path)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     # Continue with the table as saved: saving adds metadata (format, package version) that enters its fingerprint,
     # and the neuron sets' sources must name the files on disk, the same in a fresh run and in a resumed one.
     return ScoreTable.load(path)
@@ -254,7 +270,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # model -----------------------------------------------------------------------------------------------
     log_fn(f"[culnig] loading model {cfg.model!r}")
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
+                                  attn_implementation=cfg.attn_implementation)
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = []
     fmt = cfg.format
@@ -265,20 +282,22 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # score -----------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress)
+    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress, checkpoint=cfg.checkpoint,
+                checkpoint_every=cfg.checkpoint_every)
+    plain, controlled = {"prompt_format": fmt, "control": ""}, {"prompt_format": fmt, "control": cfg.control}
     scores = run_dir / "scores"
     neur = score_cached(scores / "neur.safetensors", model, encode(neur_items, tokenizer, format=fmt),
-                        clamp_min=None, desc="culture items", **opts)
+                        clamp_min=None, desc="culture items", provenance=plain, **opts)
     ctrl = score_cached(scores / "ctrl.safetensors", model,
                         encode(neur_items, tokenizer, format=fmt, control=cfg.control),
-                        clamp_min=0.0, desc=f"control items ({cfg.control})", **opts)
+                        clamp_min=0.0, desc=f"control items ({cfg.control})", provenance=controlled, **opts)
     crc = score_cached(scores / "crc.safetensors", model, encode(crc_items, tokenizer, format=fmt),
-                       clamp_min=None, desc="CountryRC items", **opts)
+                       clamp_min=None, desc="CountryRC items", provenance=plain, **opts)
     contrast = None
     if general_contrast:
         contrast = score_cached(scores / "general.safetensors", model,
                                 encode(general_contrast, tokenizer, format=fmt), clamp_min=0.0,
-                                desc="general-ability contrast items", **opts)
+                                desc="general-ability contrast items", provenance=plain, **opts)
     timings["score"] = time.perf_counter() - t
 
     # identify --------------------------------------------------------------------------------------------
