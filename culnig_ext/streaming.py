@@ -306,14 +306,46 @@ def lazy_item_source(source: str, *, split: str = "all", seed: int = 0, max_per_
     a bad line before any model is loaded); any other source is loaded as a list by ``data.load_items``."""
     from .data.sources import _has_mcqid, load_items
 
+    from .data.schema import SchemaError
+
     path = Path(source)
     if path.suffix.lower() == ".jsonl" and path.is_file() and not _has_mcqid(path):
         lines = read_item_jsonl(path)
-        count = sum(1 for _ in select_split(lines, split, max_per_question))
+        hashes = array("q")
+
+        def recorded() -> Iterator[Any]:
+            for item in lines:
+                hashes.append(item_hash(item.id))
+                yield item
+
+        count = sum(1 for _ in select_split(recorded(), split, max_per_question))
+        if not len(hashes):
+            raise SchemaError(f"{path}: no items")
+        _refuse_duplicate_ids(path, hashes)
         if count == 0:
-            raise ItemError(f"source {source!r}: no items left for split {split!r}")
+            raise SchemaError(f"source {source!r}: no items left for split {split!r}")
         return Lazy(lambda: select_split(lines, split, max_per_question), total=count)
     return load_items(source, split=split, seed=seed, max_per_question=max_per_question)
+
+
+def _refuse_duplicate_ids(path: Path, hashes: array) -> None:
+    """Like ``data.read_jsonl``: two lines with one id are refused naming both lines. Only the 64-bit hashes of the
+    ids are kept (8 bytes an item); the file is read again to name the lines only when two hashes collide."""
+    from .data.schema import SchemaError
+    from .data.tabular import jsonl_rows
+
+    ordered = np.sort(np.frombuffer(hashes, dtype=np.int64))
+    same = ordered[1:][ordered[1:] == ordered[:-1]]
+    if not len(same):
+        return
+    suspects = set(int(h) for h in same)
+    first: dict[str, str] = {}
+    for row in jsonl_rows(path):
+        item_id = str(row.data.get("id"))
+        if item_hash(item_id) in suspects:
+            if item_id in first:
+                raise SchemaError(f"{row.where}: field 'id': duplicate id {item_id!r} (first at {first[item_id]})")
+            first[item_id] = row.where
 
 
 def encoded(items: Any, tokenizer: Any, *, format: str = "letter", control: str | None = None) -> Lazy:
