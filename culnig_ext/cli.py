@@ -229,9 +229,10 @@ def _cmd_score(args) -> str:
 
 
 def _cmd_merge(args) -> str:
+    from .preflight import check_merge
     from .table import ScoreTable
 
-    tables = [ScoreTable.load(path) for path in args.tables]
+    tables = check_merge(args)
     merged = ScoreTable.merge(tables, names=args.tables)
     merged.save(args.out)
     return f"wrote {args.out}: {merged} from {len(tables)} tables"

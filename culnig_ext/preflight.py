@@ -280,6 +280,16 @@ def check_score(opts: Any) -> Any:
     return loaded
 
 
+def check_merge(opts: Any) -> list[ScoreTable]:
+    """``culnig merge``: every table readable and of one model and layout, the output writable. Provenance and
+    overlapping items are compared by ``ScoreTable.merge`` itself."""
+    paths = list(opts.tables)
+    tables = [score_table(p, "culnig merge") for p in paths]
+    same_layout({str(p): t for p, t in zip(paths, tables)})
+    output_file(opts.out)
+    return tables
+
+
 @dataclass
 class IdentifyInputs:
     """The tables of ``culnig identify``: ``neur`` and the optional ``ctrl``, ``crc``, ``contrast``."""
@@ -402,7 +412,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 __all__ = [
     "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run",
-    "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
+    "check_merge", "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",
 ]

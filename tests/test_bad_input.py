@@ -120,6 +120,7 @@ COMMANDS = {
     "evaluate": Command("evaluate --model {model} --data {items} --format cloze --inhibit {neurons} "
                         "--random {count} --batch-size {batch} --out {out_dir}"),
     "report": Command("report {run_dir}"),
+    "merge": Command("merge {table} {ctrl} --out {out_file}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
 }

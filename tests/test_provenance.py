@@ -87,8 +87,8 @@ def test_merge_refusals_and_a_good_merge(tmp_path, capsys):
     expected = {
         "dtype": f"{tmp_path}/dtype.safetensors has dtype='float32', {a} has 'float64'",
         "clamp_min": "clamp_min='0.0'",
-        "sites": "different sites or widths",
-        "model": "has different sites or widths|model=",
+        "sites": f"{tmp_path}/sites.safetensors: other sites than {a}",
+        "model": f"{tmp_path}/model.safetensors: scores of model 'Qwen3ForCausalLM'",
         "overlap": f"{a} and {tmp_path}/overlap.safetensors share 2 item",
     }
     for name, table in others.items():
