@@ -17,7 +17,7 @@ the figure that is compared is the memory the variant needs above the loaded mod
 
 Long inputs (--long): peak memory and time of one item of 512, 2048 and 8192 tokens on a wide synthetic Llama
 (random weights, --long-layers decoder layers), for culnig_ext.score with and without activation checkpointing and
-for dense PyTorch hooks (the same scorer with the pure-PyTorch op) with and without it:
+for dense PyTorch hooks (the same scorer with the pure-PyTorch op):
 
     python benchmarks/bench_scoring.py --long [--lengths 512 2048 8192] [--device cuda]
 """
@@ -214,7 +214,6 @@ LONG_VARIANTS = {
     "score": ("culnig_ext.score", False, False),
     "score+ckpt": ("culnig_ext.score, checkpoint_activations", True, False),
     "dense": ("dense PyTorch hooks", False, True),
-    "dense+ckpt": ("dense PyTorch hooks, checkpoint_activations", True, True),
 }
 
 

@@ -161,8 +161,8 @@ def table(env: dict, op_rows: list[dict], sc: dict | None, build: str, tests: st
         ratio = r["fused_gbs"] / r["read_once_gbs"]
         target = ">= 70% of read-once" if r["dtype"] == "bfloat16" else "(reported)"
         met = ("yes" if ratio >= 0.7 else "no") if r["dtype"] == "bfloat16" else "-"
-        lines.append(f"| fused op {r['dtype']} B={r['B']} T={r['T']} N={r['N']} | {r['fused_gbs']:.0f} GB/s "
-                     f"({r['fused_ms']:.3f} ms) vs read-once {r['read_once_gbs']:.0f} GB/s ({r['read_once_ms']:.3f} ms)"
+        lines.append(f"| fused op {r['dtype']} B={r['B']} T={r['T']} N={r['N']} | {r['fused_gbs']:.1f} GB/s "
+                     f"({r['fused_ms']:.3f} ms) vs read-once {r['read_once_gbs']:.1f} GB/s ({r['read_once_ms']:.3f} ms)"
                      f" = {ratio:.1%} | {target} | {met} |")
     if sc is not None:
         ratio = sc["score_s"] / sc["bare_s"]

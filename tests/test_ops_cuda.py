@@ -286,6 +286,34 @@ def test_ops_with_token_list_do_not_sync():
     torch.testing.assert_close(out.cpu().double(), _oracle_max(act, grad, mask), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("bad", ["index", "count", "group"])
+def test_device_side_asserts_catch_bad_token_list_and_group(bad):
+    """With the token list nothing is checked on the host for CUDA tensors; out-of-range values stop the kernel with a
+    device-side assert (run in a subprocess: an assert leaves the CUDA context unusable)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = f"""
+import torch, culnig_ext.ops as ops
+act = torch.randn(2, 5, 64, device="cuda"); mask = torch.ones(2, 5, dtype=torch.bool, device="cuda")
+index, count = ops.token_list(mask)
+group = torch.tensor([0, 1], device="cuda")
+if "{bad}" == "index": index[1, 2] = 7
+if "{bad}" == "count": count[0] = 9
+if "{bad}" == "group": group[1] = 5
+acc = torch.zeros(2, 64, dtype=torch.float64, device="cuda")
+ops.max_attribution_accumulate_(acc, act, act, mask, torch.ones(2, device="cuda"), group, None, index, count)
+torch.cuda.synchronize()
+print("NO ASSERT")
+"""
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert proc.returncode != 0 and "NO ASSERT" not in proc.stdout, proc.stdout + proc.stderr
+    assert "device-side assert" in proc.stderr or "culnig:" in proc.stderr, proc.stderr[-2000:]
+
+
 def test_one_scorer_batch_captured_in_a_cuda_graph():
     """A scorer batch's op calls (several sites sharing one token list, weight and group on the device) are captured
     in a CUDA graph and replayed: the replay adds the same as eager calls, and a second replay adds it again."""
