@@ -1,7 +1,7 @@
 """The fused attribution ops in plain PyTorch: the fallback when the C++ extension is unavailable.
 
-Same signatures, results and refusals (exception types and messages) as ``torch.ops.culnig.*``
-(csrc/culnig.cpp). Slower and uses a temporary of the size of one chunk of samples, but needs no
+Same signatures, results and refusals as ``torch.ops.culnig.*`` (csrc/culnig.cpp): both take the exception
+types and words from csrc/messages.def. Slower and uses a temporary of the size of one chunk of samples, but needs no
 compiler and runs on any device.
 """
 
