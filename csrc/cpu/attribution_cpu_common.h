@@ -4,7 +4,7 @@
 // the linker for all variants).
 #pragma once
 
-#include <ATen/ATen.h>
+// Only the headers the kernel needs (not ATen/ATen.h): this file is compiled three times.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
