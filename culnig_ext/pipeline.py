@@ -85,6 +85,10 @@ class RunConfig:
     device: str | None = None
     seed: int = 0
     progress: bool = True
+    finetune: Any = None  # finetune_study.StudySettings: run the module study after the report (RUN/finetune/)
+    finetune_task: str = "builtin:qnli"
+    finetune_task_test: str | None = None
+    finetune_max_train_items: int | None = None
 
 
 @dataclass
@@ -354,4 +358,12 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)
+    if cfg.finetune is not None:
+        from .finetune_study import run_finetune_step
+
+        t = time.perf_counter()
+        before = {name: by_cond["original"] for name, by_cond in results.items()}
+        run_finetune_step(model, tokenizer, general, cfg, eval_sets, fmt, before, log_fn=log_fn)
+        timings["finetune"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
     return RunOutputs(run_dir, fmt, general, specific, report, timings)
