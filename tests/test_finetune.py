@@ -22,7 +22,9 @@ from culnig_ext.data.tasks import QNLI_PROMPT, encode_task, load_task, task_prom
 from culnig_ext.evaluate import EvalResult
 from culnig_ext.finetune import finetune
 from culnig_ext.modules import decoder_param_count, pick_modules, rank_modules, target_modules
+from culnig_ext.finetune_study import StudySettings
 from culnig_ext.neurons import NeuronSet
+from culnig_ext.pipeline import RunConfig, run_pipeline
 from culnig_ext.stats import paired_bootstrap
 
 CHAT = ("{% for m in messages %}<s> user : {{ m['content'] }} </s>{% endfor %}"
@@ -42,7 +44,7 @@ def word_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:
     texts = ["Question: Answer: user assistant 0 1", QNLI_PROMPT]
     for split in ("train", "test"):
         texts += [it.question for it in load_task("builtin:qnli", split)]
-    for source in ("builtin:cultural", "builtin:general", "builtin:countryrc-test"):
+    for source in ("builtin:cultural", "builtin:general", "builtin:countryrc", "builtin:countryrc-test"):
         for item in load_items(source, max_per_question=None):
             texts += [item.question, *item.choices]
     pre = pre_tokenizers.Whitespace()
@@ -280,3 +282,55 @@ def test_culnig_finetune_cli_errors(tmp_path, capsys):
     assert cli.main([*base, "--neurons", str(tmp_path / "none.json")]) == 1
     assert "neuron file not found" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_culnig_run_finetune_step(tmp_path):
+    """``run_pipeline`` with a study: it ranks the run's own culture-general neurons and reuses the pipeline's
+    un-inhibited evaluations as "before"."""
+    model = tiny(torch.float32)
+    with torch.no_grad():  # larger weights than the default init, so that scores vary
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    model.save_pretrained(tmp_path / "model")
+    TOK.save_pretrained(tmp_path / "model")
+    cfg = RunConfig(out=str(tmp_path / "run"), model=str(tmp_path / "model"), format="cloze", n_random=1,
+                    max_test_items=6, progress=False, kinship=False, instance_view=False, t_mlp=0.1, t_attn=0.05,
+                    r_mlp=0.02, r_attn=0.02, finetune=StudySettings(budget=0.3, max_steps=1, ends=("top", "bottom"),
+                                                                   progress=False),
+                    finetune_max_train_items=8)
+    out = run_pipeline(cfg)
+    assert "finetune" in out.timings
+    res = json.loads((tmp_path / "run" / "finetune" / "finetune_results.json").read_text())
+    general = NeuronSet.load(tmp_path / "run" / "neurons" / "general.json")
+    assert res["n_neurons"] == len(general) > 0
+    expected = pick_modules(rank_modules(model, general), 0.3, "top", 0, total_params=decoder_param_count(model))
+    assert [b["name"] for b in res["ends"][0]["pick"]["blocks"]] == expected.names
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["before"] == {row["eval_set"]: row["original"] for row in report["rows"]}
+    assert [e["end"] for e in res["ends"]] == ["top", "bottom"] and res["target"]["n_train"] == 8
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["finetune"]["budget"] == 0.3
+
+
+FINETUNE_OPTIONS = ["--end", "--budget", "--by", "--task", "--task-test", "--lora", "--epochs", "--lr",
+                    "--train-batch-size", "--grad-accum", "--max-steps", "--max-train-items"]
+
+
+@pytest.mark.parametrize("command", ["finetune", "run"])
+def test_help_lists_the_study_options(command, capsys):
+    import re
+
+    with pytest.raises(SystemExit) as info:
+        cli.main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    prefix = "--" if command == "finetune" else "--finetune-"
+    options = [prefix + o[2:] for o in FINETUNE_OPTIONS]
+    if command == "finetune":
+        options += ["--neurons", "--model", "--format", "--data", "--crc-test", "--general", "--max-test-items",
+                    "--seed", "--out"]
+    else:
+        options += ["--finetune"]
+    for option in options:
+        assert re.search(rf"(?<![\w-]){re.escape(option)}(?![\w-])", out), f"{option} not in help of {command}"
