@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -230,8 +229,8 @@ def test_culnig_finetune_cli_on_tiny_model(tmp_path, capsys):
     NEURONS.save(tmp_path / "general.json")
     out = tmp_path / "ft"
     args = ["finetune", "--model", str(model_dir), "--neurons", str(tmp_path / "general.json"), "--format", "cloze",
-            "--budget", "0.3", "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-2", "--max-test-items", "6", "--max-train-items", "16",
-            "--no-progress", "--out", str(out)]
+            "--budget", "0.3", "--max-steps", "2", "--grad-accum", "2", "--lr", "1e-2", "--max-test-items", "6",
+            "--max-train-items", "16", "--no-progress", "--out", str(out)]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert printed.strip().endswith(f"wrote {out / 'finetune.md'}")
