@@ -140,7 +140,32 @@ def run_study(
         target_before, sets_before = _evaluate_all(model, (target_items, target_enc, target_fmt), sets, fmt, s,
                                                    save, "before")
     num_layers = len(decoder_layers(model))
-    ends = []
+    ends: list[dict[str, Any]] = []
+    results = {
+        "format": STUDY_FORMAT,
+        "model": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
+        "neurons": neurons_name,
+        "n_neurons": len(neurons),
+        "mode": "lora" if s.lora else "full",
+        "budget": s.budget,
+        "by": s.by,
+        "num_layers": num_layers,
+        "settings": asdict(s) | {"ends": list(s.ends)},
+        "target": {"name": task_name, "n_train": len(train_items), "n_items": len(target_items),
+                   "format": target_fmt, "before": target_before.accuracy},
+        "eval_sets": list(sets),
+        "before": {n: r.accuracy for n, r in sets_before.items()},
+        "ends": ends,
+        "notes": list(notes) + [
+            f"Cultural and non-cultural sets scored in the {fmt} format; the target task by the "
+            + ("logits of its answer digits (argmax over the choices)" if target_fmt == "letter"
+               else "log-likelihood of each choice") + ".",
+            "Gain and drop intervals: paired bootstrap over items (stats.paired_bootstrap, "
+            f"{s.n_resamples} resamples, seed {s.seed}); p-values in finetune_results.json (one-sided: gain > 0, "
+            "drop > 0).",
+        ],
+        "metadata": {},
+    }
     for end in s.ends:
         pick = picks[end]
         log_fn(f"[culnig] module study, end {end!r}: {len(pick)} blocks ({pick.share:.2%} of the decoder's "
@@ -176,32 +201,10 @@ def run_study(
                                           seed=s.seed, alternative="greater").to_dict()
                       for n, r in sets_after.items()},
         })
-    results = {
-        "format": STUDY_FORMAT,
-        "model": str(getattr(model.config, "_name_or_path", "") or type(model).__name__),
-        "neurons": neurons_name,
-        "n_neurons": len(neurons),
-        "mode": "lora" if s.lora else "full",
-        "budget": s.budget,
-        "by": s.by,
-        "num_layers": num_layers,
-        "settings": asdict(s) | {"ends": list(s.ends)},
-        "target": {"name": task_name, "n_train": len(train_items), "n_items": len(target_items),
-                   "format": target_fmt, "before": target_before.accuracy},
-        "eval_sets": list(sets),
-        "before": {n: r.accuracy for n, r in sets_before.items()},
-        "ends": ends,
-        "notes": list(notes) + [
-            f"Cultural and non-cultural sets scored in the {fmt} format; the target task by the "
-            + ("logits of its answer digits (argmax over the choices)" if target_fmt == "letter"
-               else "log-likelihood of each choice") + ".",
-            "Gain and drop intervals: paired bootstrap over items (stats.paired_bootstrap, "
-            f"{s.n_resamples} resamples, seed {s.seed}); p-values in finetune_results.json (one-sided: gain > 0, "
-            "drop > 0).",
-        ],
-        "metadata": {"seconds": f"{time.perf_counter() - t0:.0f}"},
-    }
-    write_finetune_report(out, results)
+        # Written after every end, so a long study leaves a usable report of the ends done so far.
+        results["metadata"] = {"ends done": f"{len(ends)} of {len(s.ends)}",
+                               "seconds": f"{time.perf_counter() - t0:.0f}"}
+        write_finetune_report(out, results)
     return results
 
 

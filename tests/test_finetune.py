@@ -236,6 +236,7 @@ def test_culnig_finetune_cli_on_tiny_model(tmp_path, capsys):
     assert printed.strip().endswith(f"wrote {out / 'finetune.md'}")
     res = json.loads((out / "finetune_results.json").read_text())
     assert [e["end"] for e in res["ends"]] == ["top", "bottom", "random"]
+    assert res["metadata"]["ends done"] == "3 of 3"
     assert res["eval_sets"] == ["Cultural test (BLEnD-style)", "CountryRC test", "General knowledge"]
     assert res["target"]["n_train"] == 16 and res["target"]["n_items"] == 6 and res["target"]["format"] == "letter"
     top = res["ends"][0]
