@@ -16,6 +16,7 @@ Layout of the output folder::
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from .data.tasks import encode_task
 from .evaluate import EvalResult, evaluate_encoded
 from .finetune import PAPER_BATCH_SIZE, PAPER_GRAD_ACCUM, PAPER_LR, finetune, model_fingerprints
 from .finetune_report import STUDY_FORMAT, write_finetune_report
-from .modules import ENDS, decoder_param_count, layer_picks, pick_modules, rank_modules
+from .modules import BY, ENDS, decoder_param_count, layer_picks, pick_modules, rank_modules
 from .neurons import NeuronSet
 from .sites import decoder_layers
 from .stats import paired_bootstrap
@@ -55,8 +56,21 @@ class StudySettings:
     progress: bool = True
 
     def check(self) -> None:
+        """Refuse bad settings (naming the option) before anything is loaded."""
         if not self.ends or any(e not in ENDS for e in self.ends) or len(set(self.ends)) != len(self.ends):
-            raise ValueError(f"ends must be distinct values of {ENDS}, got {self.ends!r}")
+            raise ValueError(f"--end must be distinct values of {ENDS}, got {self.ends!r}")
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
+            raise ValueError(f"--budget must be a share of the decoder's parameters in (0, 1], got {self.budget!r}")
+        if self.by not in BY:
+            raise ValueError(f"--by must be one of {BY}, got {self.by!r}")
+        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "n_resamples"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            raise ValueError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
 
 
 def _slug(text: str) -> str:
@@ -243,8 +257,10 @@ def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = print) 
     from .models import load_model
     from .pipeline import choose_format
 
+    from .preflight import neuron_set
+
     cfg.settings.check()
-    neurons = NeuronSet.load(cfg.neurons)
+    neurons = neuron_set(cfg.neurons, "--neurons")
     seed = cfg.settings.seed
     if cfg.task_test is None and ":" in cfg.task and not cfg.task.startswith("builtin:"):
         raise ValueError(f"task {cfg.task!r} is a local file, which is one split: give the test file with "
@@ -274,23 +290,34 @@ def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = print) 
                      log_fn=log_fn)
 
 
-def run_finetune_step(model, tokenizer, general: NeuronSet, cfg: Any, eval_sets: Mapping[str, Sequence[MCItem]],
-                      fmt: str, before: Mapping[str, EvalResult], *, log_fn: Callable[[str], None] = print
-                      ) -> dict[str, Any]:
-    """``culnig run --finetune``: the study on the run's culture-general neurons and evaluation sets, reusing the
-    pipeline's un-inhibited results as "before", into ``RUN/finetune/``. ``cfg`` is the pipeline's ``RunConfig``."""
+def load_study_tasks(cfg: Any) -> tuple[list[MCItem], list[MCItem]]:
+    """``culnig run --finetune``: check the study's settings and read its task (training and test items) before the
+    model loads. ``cfg`` is the pipeline's ``RunConfig``."""
     from .data.tasks import load_task
 
     settings = cfg.finetune
+    if not isinstance(settings, StudySettings):
+        raise TypeError(f"RunConfig.finetune must be a StudySettings or None, got {type(settings).__name__}")
+    settings.check()
     if cfg.finetune_task_test is None and ":" in cfg.finetune_task and not cfg.finetune_task.startswith("builtin:"):
-        raise ValueError(f"finetune task {cfg.finetune_task!r} is a local file, which is one split: give the test "
+        raise ValueError(f"--finetune-task {cfg.finetune_task!r} is a local file, which is one split: give the test "
                          "file with --finetune-task-test")
     train_items = _sample(load_task(cfg.finetune_task, "train"), cfg.finetune_max_train_items, settings.seed)
     target = _sample(load_task(cfg.finetune_task_test or cfg.finetune_task, "test"), cfg.max_test_items,
                      settings.seed)
+    return train_items, target
+
+
+def run_finetune_step(model, tokenizer, general: NeuronSet, cfg: Any, tasks: tuple[list[MCItem], list[MCItem]],
+                      eval_sets: Mapping[str, Sequence[MCItem]], fmt: str, before: Mapping[str, EvalResult], *,
+                      log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """``culnig run --finetune``: the study on the run's culture-general neurons and evaluation sets, reusing the
+    pipeline's un-inhibited results as "before", into ``RUN/finetune/``. ``tasks`` from ``load_study_tasks``."""
+    train_items, target = tasks
     return run_study(model, tokenizer, general, train_items, target, eval_sets, fmt=fmt,
-                     out_dir=Path(cfg.out) / "finetune", settings=settings, task_name=cfg.finetune_task,
+                     out_dir=Path(cfg.out) / "finetune", settings=cfg.finetune, task_name=cfg.finetune_task,
                      neurons_name="culture-general neurons of this run", before=before, log_fn=log_fn)
 
 
-__all__ = ["FinetuneConfig", "StudySettings", "run_finetune", "run_finetune_step", "run_study"]
+__all__ = ["FinetuneConfig", "StudySettings", "load_study_tasks", "run_finetune", "run_finetune_step",
+           "run_study"]

@@ -251,6 +251,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         else:
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
+    study_tasks = None
+    if cfg.finetune is not None:  # the study's settings and task, read before the model like the rest
+        from .finetune_study import load_study_tasks
+
+        study_tasks = load_study_tasks(cfg)
     log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
@@ -363,7 +368,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
         t = time.perf_counter()
         before = {name: by_cond["original"] for name, by_cond in results.items()}
-        run_finetune_step(model, tokenizer, general, cfg, eval_sets, fmt, before, log_fn=log_fn)
+        run_finetune_step(model, tokenizer, general, cfg, study_tasks, eval_sets, fmt, before, log_fn=log_fn)
         timings["finetune"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t0
     return RunOutputs(run_dir, fmt, general, specific, report, timings)

@@ -281,7 +281,18 @@ def test_culnig_finetune_cli_errors(tmp_path, capsys):
     assert "unknown task source 'sst2'" in capsys.readouterr().err
     assert cli.main([*base, "--neurons", str(tmp_path / "none.json")]) == 1
     assert "neuron file not found" in capsys.readouterr().err
+    assert cli.main([*base, "--budget", "1.5"]) == 1
+    assert "--budget must be a share of the decoder's parameters in (0, 1], got 1.5" in capsys.readouterr().err
+    assert cli.main([*base, "--lr", "0"]) == 1
+    assert "--lr must be a positive number, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    # culnig run --finetune refuses a bad study before it loads the model or writes anything.
+    run = ["run", "--out", str(tmp_path / "r"), "--no-progress", "--finetune"]
+    assert cli.main([*run, "--finetune-budget", "0"]) == 1
+    assert "--budget must be a share" in capsys.readouterr().err
+    assert cli.main([*run, "--finetune-task", "mrpc:" + str(tmp_path / "m.jsonl")]) == 1
+    assert "is a local file, which is one split" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_culnig_run_finetune_step(tmp_path):
