@@ -63,12 +63,14 @@ class StudySettings:
             raise ValueError(f"--budget must be a share of the decoder's parameters in (0, 1], got {self.budget!r}")
         if self.by not in BY:
             raise ValueError(f"--by must be one of {BY}, got {self.by!r}")
-        for name in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "n_resamples"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            raise ValueError(f"--max-steps must be a positive integer, got {self.max_steps!r}")
+        from .preflight import positive_int
+
+        for option, name in (("--epochs", "epochs"), ("--train-batch-size", "batch_size"),
+                             ("--grad-accum", "grad_accum"), ("--batch-size", "eval_batch_size"),
+                             ("n_resamples", "n_resamples")):
+            positive_int(option, getattr(self, name))
+        if self.max_steps is not None:
+            positive_int("--max-steps", self.max_steps)
         if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
 
@@ -257,10 +259,22 @@ def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = print) 
     from .models import load_model
     from .pipeline import choose_format
 
-    from .preflight import neuron_set
+    from types import SimpleNamespace
 
+    from .finetune_report import LAYERS_PNG, REPORT_FILE, RESULTS_FILE
+    from .preflight import _model_options, neuron_set, output_dir
+
+    # Checked before the model loads: settings, neuron set, model layout, output folder, then the data.
     cfg.settings.check()
     neurons = neuron_set(cfg.neurons, "--neurons")
+    layout = _model_options(SimpleNamespace(model=cfg.model, device=cfg.device,
+                                            batch_size=cfg.settings.eval_batch_size))
+    if layout is not None:
+        try:
+            neurons.validate(layout)
+        except ValueError as exc:
+            raise ValueError(f"{cfg.neurons}: {exc} (model {cfg.model})") from None
+    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, LAYERS_PNG, "config.json", "ranking.json"))
     seed = cfg.settings.seed
     if cfg.task_test is None and ":" in cfg.task and not cfg.task.startswith("builtin:"):
         raise ValueError(f"task {cfg.task!r} is a local file, which is one split: give the test file with "
