@@ -36,7 +36,8 @@ _BLOCK_ATTR = {MLP: "mlp", ATTN: "self_attn"}
 TIE_RULE = (
     "blocks with equal {by} are ordered by a random permutation of the ranking's positions drawn with "
     "numpy.random.default_rng({seed}).permutation(n_blocks) (lower draw first); 'random' orders all blocks by "
-    "that permutation"
+    "another permutation, numpy.random.default_rng([{seed}, 1]).permutation(n_blocks), so that it does not share "
+    "the bottom end's order of the count-0 blocks"
 )
 
 
@@ -229,7 +230,8 @@ def pick_modules(
     elif end == "bottom":
         order = sorted(positions, key=lambda i: (rank[i], draw[i]))
     else:
-        order = sorted(positions, key=lambda i: draw[i])
+        other = np.random.default_rng([seed, 1]).permutation(len(blocks))
+        order = sorted(positions, key=lambda i: other[i])
     limit = budget * total_params
     picked, skipped, used = [], [], 0
     for i in order:
