@@ -87,6 +87,10 @@ class RunConfig:
     seed: int = 0
     progress: bool = True
     checkpoint_activations: bool = False
+    finetune: Any = None  # finetune_study.StudySettings: run the module study after the report (RUN/finetune/)
+    finetune_task: str = "builtin:qnli"
+    finetune_task_test: str | None = None
+    finetune_max_train_items: int | None = None
 
 
 @dataclass
@@ -251,6 +255,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         else:
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
+    study_tasks = None
+    if cfg.finetune is not None:  # the study's settings and task, read before the model like the rest
+        from .finetune_study import load_study_tasks
+
+        study_tasks = load_study_tasks(cfg)
     log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
@@ -358,4 +367,12 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)
+    if cfg.finetune is not None:
+        from .finetune_study import run_finetune_step
+
+        t = time.perf_counter()
+        before = {name: by_cond["original"] for name, by_cond in results.items()}
+        run_finetune_step(model, tokenizer, general, cfg, study_tasks, eval_sets, fmt, before, log_fn=log_fn)
+        timings["finetune"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
     return RunOutputs(run_dir, fmt, general, specific, report, timings)
