@@ -9,6 +9,7 @@
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
     culnig report RUN_DIR
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
+    culnig finetune --neurons general.json --end top bottom random --budget 0.1 --task builtin:qnli --out ft_dir
 """
 from __future__ import annotations
 
@@ -80,6 +81,44 @@ def _add_format(p: argparse.ArgumentParser, default: str = "letter") -> None:
                         "is the option's text, scored by likelihood (small models) (default: %(default)s)")
 
 
+def _add_finetune_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The module study's options (``culnig finetune``; prefixed ``--finetune-`` on ``culnig run``)."""
+    from .finetune_study import StudySettings
+
+    d = StudySettings()
+    p.add_argument(f"--{prefix}end", nargs="+", default=list(d.ends), choices=["top", "bottom", "random"],
+                   help="which ends to train, each from the same start (default: top bottom random)")
+    p.add_argument(f"--{prefix}budget", type=float, default=d.budget,
+                   help="share of the decoder layers' parameters to train (default: %(default)s, the paper's)")
+    p.add_argument(f"--{prefix}by", default=d.by, choices=["count", "density"],
+                   help="rank blocks by neuron count (paper) or count per neuron of the block (default: count)")
+    p.add_argument(f"--{prefix}task", default="builtin:qnli",
+                   help="target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH (default: %(default)s)")
+    p.add_argument(f"--{prefix}task-test", default=None,
+                   help="target task's test items (default: the task's test split; needed for a local file)")
+    p.add_argument(f"--{prefix}lora", action="store_true", help="LoRA (r=32, alpha=64) on the picked modules")
+    p.add_argument(f"--{prefix}epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    p.add_argument(f"--{prefix}lr", type=float, default=d.lr, help="constant AdamW lr (default: %(default)s)")
+    p.add_argument(f"--{prefix}train-batch-size", type=int, default=d.batch_size,
+                   help="training items per forward/backward (default: %(default)s)")
+    p.add_argument(f"--{prefix}grad-accum", type=int, default=d.grad_accum,
+                   help="batches per optimizer step (default: %(default)s)")
+    p.add_argument(f"--{prefix}max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument(f"--{prefix}max-train-items", type=int, default=None,
+                   help="seeded sample of the training items (default: all)")
+
+
+def _study_settings(args, prefix: str = "", **extra):
+    from .finetune_study import StudySettings
+
+    def get(name):
+        return getattr(args, prefix + name)
+
+    return StudySettings(ends=tuple(get("end")), budget=get("budget"), by=get("by"), lora=get("lora"),
+                         epochs=get("epochs"), lr=get("lr"), batch_size=get("train_batch_size"),
+                         grad_accum=get("grad_accum"), max_steps=get("max_steps"), **extra)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="culnig", description="Which neurons of an LLM carry cultural understanding? (CULNIG, ICLR 2026)",
@@ -100,6 +139,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
     p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
     _add_scale_args(p)
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each decoder layer in the backward pass instead of keeping its activations "
+                        "(long inputs: far less memory, ~1.3x the time; same scores)")
 
     p = sub.add_parser("merge", help="add up score tables of disjoint items (shards) into one")
     p.add_argument("tables", nargs="+", help="score tables (.safetensors) of the same model, sites, dtype, clamp")
@@ -149,6 +191,19 @@ def _parser() -> argparse.ArgumentParser:
 
     add_build_arguments(p)
 
+    p = sub.add_parser("finetune", help="module study: fine-tune the blocks with the most / fewest culture "
+                                        "neurons (or random ones) and measure target gain and cultural loss")
+    _add_model_args(p)
+    _add_format(p, default="auto")
+    p.add_argument("--neurons", required=True, help="NeuronSet JSON ranking the blocks (e.g. general.json)")
+    _add_finetune_args(p)
+    p.add_argument("--data", default="builtin:cultural", help="cultural set; its test split is evaluated")
+    p.add_argument("--crc-test", default="builtin:countryrc-test", help="CountryRC evaluation set")
+    p.add_argument("--general", default="builtin:general", help="non-cultural set ('' to skip)")
+    p.add_argument("--max-test-items", type=int, default=120, help="cap per evaluation set (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of picks' ties, data order, LoRA init, samples")
+    p.add_argument("--out", required=True, help="output folder: ranking, per-item records, finetune.md")
+
     p = sub.add_parser("run", help="the whole pipeline: score, identify, inhibit/evaluate, report")
     from .pipeline import RunConfig
 
@@ -175,6 +230,10 @@ def _parser() -> argparse.ArgumentParser:
                        help=f"{help_text} (default: %(default)s, the paper's)")
     p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
     p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
+    p.add_argument("--finetune", action="store_true",
+                   help="after the report, run the module study on the culture-general neurons (see "
+                        "'culnig finetune'), into RUN/finetune/")
+    _add_finetune_args(p, prefix="finetune-")
     p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
                    help="cap per evaluation set (seeded sample; default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -183,6 +242,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     _add_scale_args(p, score_only=False)
+    p.add_argument("--checkpoint-activations", action="store_true",
+                   help="recompute each decoder layer in the backward pass instead of keeping its activations "
+                        "(long inputs: far less memory, ~1.3x the time; same scores)")
     return parser
 
 
@@ -208,7 +270,8 @@ def _cmd_score(args) -> str:
                       batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
                       sites=site_names(model, args.sites), shard=shard, max_items=args.max_items,
                       checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, keep_checkpoint=True,
-                      provenance={"prompt_format": args.format, "control": args.control or ""})
+                      provenance={"prompt_format": args.format, "control": args.control or ""},
+                      checkpoint_activations=args.checkpoint_activations)
         try:
             if job is None or job.is_main:
                 table.save(args.out)
@@ -300,6 +363,22 @@ def _cmd_report(args) -> str:
     return f"wrote {write_report(args.run_dir, check_report(args))}"
 
 
+def _cmd_finetune(args) -> str:
+    from .finetune_report import REPORT_FILE
+    from .finetune_study import FinetuneConfig, run_finetune
+
+    settings = _study_settings(args, seed=args.seed, eval_batch_size=args.batch_size, progress=not args.no_progress)
+    cfg = FinetuneConfig(
+        neurons=args.neurons, out=args.out, model=args.model, task=args.task, task_test=args.task_test,
+        max_train_items=args.max_train_items, max_test_items=args.max_test_items, data=args.data,
+        crc_test=args.crc_test, general=args.general or None, format=args.format, dtype=args.dtype,
+        device=args.device, settings=settings)
+    results = run_finetune(cfg)
+    lines = [f"{e['end']}: target gain {100 * e['target_gain']['diff']:+.2f} pp; drops "
+             + ", ".join(f"{n} {100 * d['diff']:+.2f} pp" for n, d in e["drops"].items()) for e in results["ends"]]
+    return "\n".join(lines + [f"wrote {Path(args.out) / REPORT_FILE}"])
+
+
 def _cmd_run(args) -> str:
     from .pipeline import RunConfig, run_pipeline
 
@@ -311,8 +390,13 @@ def _cmd_run(args) -> str:
         t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
         r_specific=args.r_specific, z_min=args.z_min,
         seed=args.seed, progress=not args.no_progress, device_map=_device_map(args.device_map),
+        checkpoint_activations=args.checkpoint_activations,
         attn_implementation=args.attn_implementation, checkpoint=args.checkpoint != "none",
         checkpoint_every=args.checkpoint_every,
+        finetune=_study_settings(args, "finetune_", seed=args.seed, eval_batch_size=args.batch_size,
+                                 progress=not args.no_progress) if args.finetune else None,
+        finetune_task=args.finetune_task, finetune_task_test=args.finetune_task_test,
+        finetune_max_train_items=args.finetune_max_train_items,
     )
     out = run_pipeline(cfg)
     return "\n".join([
@@ -321,7 +405,7 @@ def _cmd_run(args) -> str:
         f"  summary    {out.run_dir / 'summary.md'}",
         f"  neurons    {out.run_dir / 'neurons'}/general.json, specific/<group>.json",
         f"  scores     {out.run_dir / 'scores'}/*.safetensors",
-    ])
+    ] + ([f"  finetune   {out.run_dir / 'finetune'}/finetune.md"] if args.finetune else []))
 
 
 def _cmd_build(args: argparse.Namespace) -> str:
@@ -331,7 +415,8 @@ def _cmd_build(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"score": _cmd_score, "merge": _cmd_merge, "identify": _cmd_identify, "evaluate": _cmd_evaluate,
-            "report": _cmd_report, "run": _cmd_run, "build": _cmd_build}
+            "report": _cmd_report, "run": _cmd_run, "build": _cmd_build,
+            "finetune": _cmd_finetune}
 
 
 def _saved_checkpoint(args) -> str | None:

@@ -57,6 +57,7 @@ class RunConfig:
         contrast_general: also subtract a general-ability table (half of ``general``; the other half is evaluated).
         n_random: random neuron sets (same count per site) to compare against.
         max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
+        checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
     """
 
     out: str = "culnig_runs/default"
@@ -89,6 +90,11 @@ class RunConfig:
     attn_implementation: str = "sdpa"
     checkpoint: bool = True
     checkpoint_every: int = 20
+    checkpoint_activations: bool = False
+    finetune: Any = None  # finetune_study.StudySettings: run the module study after the report (RUN/finetune/)
+    finetune_task: str = "builtin:qnli"
+    finetune_task_test: str | None = None
+    finetune_max_train_items: int | None = None
 
 
 @dataclass
@@ -130,6 +136,7 @@ def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, pr
 def score_cached(
     path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str,
     provenance: dict[str, str] | None = None, checkpoint: bool = False, checkpoint_every: int = 20,
+    checkpoint_activations: bool = False,
 ) -> ScoreTable:
     """Score ``items`` into ``path``, or load ``path`` when it was scored from the same items with the same
     provenance (model, weights, dtype, attention, package version, prompt format, control, clamp); a table that
@@ -154,7 +161,8 @@ def score_cached(
     print(f"[culnig] {desc}: scoring {len(checked)} items")
     ckpt = Path(str(path) + ".ckpt") if checkpoint else None
     table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress,
-                  provenance=provenance, checkpoint=ckpt, checkpoint_every=checkpoint_every, keep_checkpoint=True)
+                  provenance=provenance, checkpoint=ckpt, checkpoint_every=checkpoint_every, keep_checkpoint=True,
+                  checkpoint_activations=checkpoint_activations)
     table.save(path)
     if ckpt is not None:
         ckpt.unlink(missing_ok=True)
@@ -263,6 +271,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         else:
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
+    study_tasks = None
+    if cfg.finetune is not None:  # the study's settings and task, read before the model like the rest
+        from .finetune_study import load_study_tasks
+
+        study_tasks = load_study_tasks(cfg)
     log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
@@ -283,7 +296,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     # score -----------------------------------------------------------------------------------------------
     t = time.perf_counter()
     opts = dict(batch_size=cfg.batch_size, progress=cfg.progress, checkpoint=cfg.checkpoint,
-                checkpoint_every=cfg.checkpoint_every)
+                checkpoint_every=cfg.checkpoint_every, checkpoint_activations=cfg.checkpoint_activations)
     plain, controlled = {"prompt_format": fmt, "control": ""}, {"prompt_format": fmt, "control": cfg.control}
     scores = run_dir / "scores"
     neur = score_cached(scores / "neur.safetensors", model, encode(neur_items, tokenizer, format=fmt),
@@ -373,4 +386,12 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)
+    if cfg.finetune is not None:
+        from .finetune_study import run_finetune_step
+
+        t = time.perf_counter()
+        before = {name: by_cond["original"] for name, by_cond in results.items()}
+        run_finetune_step(model, tokenizer, general, cfg, study_tasks, eval_sets, fmt, before, log_fn=log_fn)
+        timings["finetune"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
     return RunOutputs(run_dir, fmt, general, specific, report, timings)

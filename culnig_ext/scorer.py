@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as distributed_mod
-from . import ops, streaming
+from . import checkpointing, ops, ops_reference, streaming
 from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .checkpoint import CheckpointError, Checkpointer, rank_path, this_rank_path
 from .items import ItemError, ScoreItem, as_score_items, group_names
@@ -140,19 +140,40 @@ GradCallback = Callable[[Site, torch.Tensor, torch.Tensor, "BatchState"], None]
 
 @dataclass
 class BatchState:
-    """What the gradient hooks need about the current batch, moved lazily to each site's device."""
+    """What the gradient hooks need about the current batch, moved lazily to each site's device.
+
+    token_index [B, T] int32 / token_count [B] int32: the batch's compact token list (``ops.token_list``), built
+    and checked once per batch on the host by :meth:`for_batch` and shared by every site, so the ops need no
+    host synchronisation per site.
+    """
 
     token_mask: torch.Tensor  # [B, T] bool
     group: torch.Tensor  # [B] int64
     weight: torch.Tensor | None = None  # [B] float32, P(y|x), known after the forward pass
     rows: torch.Tensor | None = None  # [g] int64, the distinct group rows of the batch
+    token_index: torch.Tensor | None = None  # [B, T] int32
+    token_count: torch.Tensor | None = None  # [B] int32
     _cache: dict = field(default_factory=dict)
+
+    @classmethod
+    def for_batch(cls, attention_mask: torch.Tensor, group: torch.Tensor, n_groups: int) -> "BatchState":
+        """Check the batch once on the host (every item has a token, every group row < n_groups) and build its
+        token list. ``attention_mask [B, T]`` (any device: one copy to the host), ``group [B]`` int64 on the CPU."""
+        host_mask = attention_mask.detach().to("cpu", torch.bool)
+        index, count = ops.token_list(host_mask)
+        ops_reference.check_group_range("culnig.score", group.cpu(), n_groups)
+        return cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
+                   token_count=count)
 
     def on(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, device)
         if key not in self._cache:
             self._cache[key] = getattr(self, name).to(device, non_blocking=True)
         return self._cache[key]
+
+    def tokens_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(token_index, token_count)`` on ``device``."""
+        return self.on("token_index", device), self.on("token_count", device)
 
 
 class _Hooks:
@@ -161,6 +182,7 @@ class _Hooks:
     def __init__(self, model: nn.Module, sites: Sequence[Site], on_grad: GradCallback) -> None:
         self.state: BatchState | None = None
         self.embeds: torch.Tensor | None = None
+        self.recomputed: dict = {}
         self.handles = []
         by_module: dict[int, list[Site]] = {}
         modules: dict[int, nn.Module] = {}
@@ -183,12 +205,24 @@ class _Hooks:
         return leaf
 
     def _site_hook(self, sites: list[Site], on_grad: GradCallback):
+        key = object()  # this module's slot for its recomputed activation (activation checkpointing)
+
         def hook(module, args, output):
+            if checkpointing.phase() == "recompute":
+                # Second run of a checkpointed layer, in the backward pass: the gradient hook registered in its
+                # forward pass takes this activation; no second gradient hook (exactly one attribution).
+                self.recomputed[key] = output.detach()
+                return None
             if not output.requires_grad:
                 return None
-            act = output.detach()
+            # In a checkpointed layer's forward pass the activation is not held until the backward pass.
+            held = output.detach() if checkpointing.phase() == "plain" else None
 
             def grad_hook(grad: torch.Tensor) -> None:
+                act = held if held is not None else self.recomputed.pop(key, None)
+                if act is None:
+                    raise RuntimeError("activation checkpointing: a site's gradient arrived before its layer was "
+                                       "recomputed; this model cannot be scored with checkpoint_activations=True")
                 # One hook per module output: fused projections are sliced here, with no copy.
                 for site in sites:
                     on_grad(site, site.view(act), site.view(grad), self.state)
@@ -204,6 +238,7 @@ class _Hooks:
         self.handles.clear()
         self.state = None
         self.embeds = None
+        self.recomputed.clear()
 
 
 def _validated(model: nn.Module, items: Iterable[ItemLike]) -> list[ScoreItem]:
@@ -222,11 +257,10 @@ def input_device(model: nn.Module) -> torch.device:
     return torch.device(execution) if execution is not None else torch.device("cpu")
 
 
-def _step(model: nn.Module, hooks: _Hooks, batch: Batch, keep_kw: bool,
+def _step(model: nn.Module, hooks: _Hooks, batch: Batch, keep_kw: bool, n_groups: int,
           before_backward: Callable[[Batch, torch.Tensor], None] | None = None) -> torch.Tensor:
     """One forward and one backward pass over ``batch``; returns ``P(y|x)`` per item, ``[B]`` (detached)."""
-    hooks.state = BatchState(token_mask=batch.attention_mask.bool(), group=batch.group,
-                             rows=torch.unique(batch.group))
+    hooks.state = BatchState.for_batch(batch.attention_mask, batch.group, n_groups)
     n_keep = batch.targets.shape[1]
     kwargs = {"logits_to_keep": n_keep} if keep_kw else {}
     try:
@@ -250,6 +284,7 @@ def _step(model: nn.Module, hooks: _Hooks, batch: Batch, keep_kw: bool,
             torch.autograd.grad(probs.sum(), [hooks.embeds])
     finally:
         hooks.embeds = None
+        hooks.recomputed.clear()
     return probs.detach()
 
 
@@ -277,7 +312,7 @@ def _run(
         hooks = _Hooks(model, sites, on_grad)
         try:
             for batch in make_batches(items, group_rows, batch_size, device, pad_id(model)):
-                _step(model, hooks, batch, keep_kw, on_probs)
+                _step(model, hooks, batch, keep_kw, len(group_rows), on_probs)
                 bar.update(len(batch.positions))
         finally:
             hooks.close()
@@ -357,6 +392,7 @@ def score(
     window: int = 32,
     max_items: int | None = None,
     provenance: Mapping[str, str] | None = None,
+    checkpoint_activations: bool = False,
 ) -> ScoreTable:
     """Attribution scores of every neuron over ``items``, summed per group.
 
@@ -388,6 +424,8 @@ def score(
         window: batches per length-sorting window.
         max_items: score only the first ``max_items`` items of ``items``.
         provenance: extra provenance strings to record and compare on resume (``prompt_format``, ``control``).
+        checkpoint_activations: recompute each decoder layer in the backward pass instead of keeping its
+            activations (long inputs: memory no longer grows with tokens x layers; ~1.3x the time). Same table.
 
     Returns:
         A ``ScoreTable`` with ``table[site] = Tensor[G, N] float64`` = sum over the group's items of
@@ -410,7 +448,7 @@ def score(
                              progress=progress and (job is None or job.is_main), checkpoint=checkpoint,
                              checkpoint_every=checkpoint_every, checkpoint_seconds=checkpoint_seconds,
                              keep_checkpoint=keep_checkpoint, job=job, window=window,
-                             provenance=dict(provenance or {}))
+                             provenance=dict(provenance or {}), checkpoint_activations=checkpoint_activations)
     finally:
         distributed_mod.close(job)
 
@@ -425,7 +463,8 @@ def table_provenance(model: nn.Module, clamp_min: float | None, extra: Mapping[s
 
 
 def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progress, checkpoint, checkpoint_every,
-                  checkpoint_seconds, keep_checkpoint, job, window, provenance) -> ScoreTable:
+                  checkpoint_seconds, keep_checkpoint, job, window, provenance,
+                  checkpoint_activations=False) -> ScoreTable:
     rank, world = (job.rank, job.world) if job is not None else (0, 1)
     metadata = table_provenance(model, clamp_min, provenance)
     fixed = groups is not None
@@ -472,7 +511,7 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
         acc.touch(site.name, target, state.on("rows", dev))
         ops.max_attribution_accumulate_(
             target, act, grad, state.on("token_mask", dev), state.on("weight", dev), state.on("group", dev),
-            clamp_min,
+            clamp_min, *state.tokens_on(dev),
         )
 
     def snapshot() -> ScoreTable:
@@ -490,7 +529,7 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
         batch = make_batch(batch_items, rows, device, pad)
         acc.begin()
         try:
-            probs = _step(model, hooks, batch, keep_kw)
+            probs = _step(model, hooks, batch, keep_kw, len(names))
         except BaseException as exc:
             acc.rollback()
             if not (_is_oom(exc) and len(batch_items) > 1):
@@ -515,7 +554,8 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
     loads = [0] * world
     complete, complete_state = skip, {}
     tokens, started = 0, time.perf_counter()
-    with frozen(model):
+    layers = checkpointing.checkpointed_layers(model) if checkpoint_activations else nullcontext()
+    with frozen(model), layers:
         hooks = _Hooks(model, chosen, on_grad)
         source = streaming.background(windows())
         try:
@@ -624,7 +664,7 @@ def item_scores(
 
     def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
         out_cols, idx = columns[site.name]
-        maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device))
+        maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device), *state.tokens_on(act.device))
         rows = current["rows"]
         result[rows.unsqueeze(1), out_cols.unsqueeze(0)] = maxima[:, idx.to(maxima.device)].float().cpu()
 

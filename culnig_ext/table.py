@@ -170,6 +170,14 @@ class ScoreTable:
                         raise ValueError(f"{names[i]} and {names[j]} share {shared} item(s); merge only tables "
                                          "scored on disjoint items (e.g. the shards of one data set)")
             hashes = torch.sort(torch.cat([t.item_hashes for t in tables])).values
+        else:  # no item ids recorded (older tables): the same items twice still show as equal fingerprints
+            seen: dict[str, int] = {}
+            for i, t in enumerate(tables):
+                fp = t.metadata.get("dataset_fingerprint", "")
+                if fp and fp in seen:
+                    raise ValueError(f"{names[seen[fp]]} and {names[i]} were scored on the same items "
+                                     f"(dataset_fingerprint {fp}); merge adds tables of disjoint items only")
+                seen.setdefault(fp, i)
         groups = list(dict.fromkeys(g for t in tables for g in t.groups))
         rows = {g: i for i, g in enumerate(groups)}
         counts = torch.zeros(len(groups), dtype=torch.int64)

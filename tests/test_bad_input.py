@@ -123,6 +123,8 @@ COMMANDS = {
     "merge": Command("merge {table} {ctrl} --out {out_file}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
+    "finetune": Command("finetune --model {model} --neurons {neurons} --format cloze --budget 0.3 "
+                        "--batch-size {batch} --out {out_dir}"),
 }
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
