@@ -112,6 +112,7 @@ def load_model(
         dtype: weights' dtype (``torch.float32``, ``torch.bfloat16`` ... or its name).
         device: put the whole model on this device (ignored when ``device_map`` is given).
         device_map: spread the model over devices (``"auto"`` or an accelerate map).
+        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...; recorded in score tables.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -137,6 +138,11 @@ def load_model(
         # from_pretrained records only the folder; two GGUF files of one folder (e.g. two quantisations) must not
         # share a name, since score tables are reused on resume when the model name matches.
         model.config._name_or_path = name
+    # Local weights are identified by a hash of their files in score tables (hub models by their revision).
+    if "gguf_file" in kwargs:
+        model.culnig_weights_path = str(Path(path) / kwargs["gguf_file"])
+    elif Path(path).is_dir():
+        model.culnig_weights_path = str(path)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -68,6 +68,7 @@ class RunConfig:
         max_per_question: items per (country, question) kept before sampling (1: independent test items).
         n_parts, n_boot: stability (``stability.py``): random parts of the scoring items (two halves of them are
             compared) and bootstrap resamples of the parts; n_boot=0 keeps only the split-half comparison.
+        checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
     """
 
     out: str = "culnig_runs/default"
@@ -100,6 +101,15 @@ class RunConfig:
     device: str | None = None
     seed: int = 0
     progress: bool = True
+    device_map: Any = None
+    attn_implementation: str = "sdpa"
+    checkpoint: bool = True
+    checkpoint_every: int = 20
+    checkpoint_activations: bool = False
+    finetune: Any = None  # finetune_study.StudySettings: run the module study after the report (RUN/finetune/)
+    finetune_task: str = "builtin:qnli"
+    finetune_task_test: str | None = None
+    finetune_max_train_items: int | None = None
 
 
 @dataclass
@@ -139,24 +149,38 @@ def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, pr
 
 
 def score_cached(
-    path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str
+    path: Path, model, items, *, clamp_min: float | None, batch_size: int, progress: bool, desc: str,
+    provenance: dict[str, str] | None = None, checkpoint: bool = False, checkpoint_every: int = 20,
+    checkpoint_activations: bool = False,
 ) -> ScoreTable:
-    """Score ``items`` into ``path``, or load ``path`` when it holds the same model, items and clamp (resume)."""
+    """Score ``items`` into ``path``, or load ``path`` when it was scored from the same items with the same
+    provenance (model, weights, dtype, attention, package version, prompt format, control, clamp); a table that
+    differs in any of them is recomputed, naming the field. With ``checkpoint``, an interrupted scoring resumes
+    from ``<path>.ckpt``."""
     from .items import as_score_items
+    from .provenance import FIELDS, mismatch
+    from .scorer import table_provenance
 
     checked = as_score_items(items)
     if path.is_file():
         table = ScoreTable.load(path)
-        expected_clamp = "" if clamp_min is None else repr(float(clamp_min))
-        if (table.metadata.get("dataset_fingerprint") == dataset_fingerprint(checked)
-                and table.metadata.get("model") == str(model.config._name_or_path)
-                and table.metadata.get("clamp_min") == expected_clamp):
-            log.info("reusing %s (same model and items)", path)
+        wanted = table_provenance(model, clamp_min, provenance)
+        wanted["dataset_fingerprint"] = dataset_fingerprint(checked)
+        diff = mismatch(table.metadata, wanted, ("dataset_fingerprint",) + FIELDS)
+        if diff is None:
+            log.info("reusing %s (same items and provenance)", path)
             print(f"[culnig] {desc}: reusing {path}")
             return table
+        field_name, was, now = diff
+        print(f"[culnig] {desc}: {path} was scored with {field_name}={was!r}, this run has {now!r}: recomputing")
     print(f"[culnig] {desc}: scoring {len(checked)} items")
-    table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress)
+    ckpt = Path(str(path) + ".ckpt") if checkpoint else None
+    table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress,
+                  provenance=provenance, checkpoint=ckpt, checkpoint_every=checkpoint_every, keep_checkpoint=True,
+                  checkpoint_activations=checkpoint_activations)
     table.save(path)
+    if ckpt is not None:
+        ckpt.unlink(missing_ok=True)
     # Continue with the table as saved: saving adds metadata (format, package version) that enters its fingerprint,
     # and the neuron sets' sources must name the files on disk, the same in a fresh run and in a resumed one.
     return ScoreTable.load(path)
@@ -271,6 +295,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         else:
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
+    study_tasks = None
+    if cfg.finetune is not None:  # the study's settings and task, read before the model like the rest
+        from .finetune_study import load_study_tasks
+
+        study_tasks = load_study_tasks(cfg)
     log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
@@ -278,7 +307,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # model -----------------------------------------------------------------------------------------------
     log_fn(f"[culnig] loading model {cfg.model!r}")
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
+                                  attn_implementation=cfg.attn_implementation)
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = [f"Data: {sources.note}."] if sources.note else []
     fmt = cfg.format
@@ -289,30 +319,32 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # score -----------------------------------------------------------------------------------------------
     t = time.perf_counter()
-    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress)
+    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress, checkpoint=cfg.checkpoint,
+                checkpoint_every=cfg.checkpoint_every, checkpoint_activations=cfg.checkpoint_activations)
+    plain, controlled = {"prompt_format": fmt, "control": ""}, {"prompt_format": fmt, "control": cfg.control}
     scores = run_dir / "scores"
     # Cultural and control items are scored with their groups labelled by a random part: the part tables add up
     # to the ordinary ones, and halves / resamples of the parts give the stability measure at no scoring cost.
     parted = {
         "neur": score_cached(scores / "neur_parts.safetensors", model,
                              stability.label_parts(encode(neur_items, tokenizer, format=fmt), cfg.n_parts, cfg.seed),
-                             clamp_min=None, desc="culture items", **opts),
+                             clamp_min=None, desc="culture items", provenance=plain, **opts),
         "ctrl": score_cached(scores / "ctrl_parts.safetensors", model,
                              stability.label_parts(encode(neur_items, tokenizer, format=fmt, control=cfg.control),
                                                    cfg.n_parts, cfg.seed),
-                             clamp_min=0.0, desc=f"control items ({cfg.control})", **opts),
+                             clamp_min=0.0, desc=f"control items ({cfg.control})", provenance=controlled, **opts),
     }
     for role, table in parted.items():
         stability.collapse(table).save(scores / f"{role}.safetensors")
     neur = ScoreTable.load(scores / "neur.safetensors")
     ctrl = ScoreTable.load(scores / "ctrl.safetensors")
     crc = score_cached(scores / "crc.safetensors", model, encode(crc_items, tokenizer, format=fmt),
-                       clamp_min=None, desc="CountryRC items", **opts)
+                       clamp_min=None, desc="CountryRC items", provenance=plain, **opts)
     contrast = None
     if general_contrast:
         contrast = score_cached(scores / "general.safetensors", model,
                                 encode(general_contrast, tokenizer, format=fmt), clamp_min=0.0,
-                                desc="general-ability contrast items", **opts)
+                                desc="general-ability contrast items", provenance=plain, **opts)
     timings["score"] = time.perf_counter() - t
 
     # identify --------------------------------------------------------------------------------------------
@@ -404,4 +436,12 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)
+    if cfg.finetune is not None:
+        from .finetune_study import run_finetune_step
+
+        t = time.perf_counter()
+        before = {name: by_cond["original"] for name, by_cond in results.items()}
+        run_finetune_step(model, tokenizer, general, cfg, study_tasks, eval_sets, fmt, before, log_fn=log_fn)
+        timings["finetune"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
     return RunOutputs(run_dir, fmt, general, specific, report, timings)

@@ -120,10 +120,11 @@ def output_dir(path: str | os.PathLike, what: str = "--out", files: Sequence[str
 # ----------------------------------------------------------------------------------------------------- inputs
 
 
-def items(source: str, what: str = "--data", **load_kw: Any) -> list[MCItem]:
-    """``load_items(source, **load_kw)``; errors name the option as well as the file, line and field."""
+def items(source: str, what: str = "--data", loader: Any = None, **load_kw: Any) -> list[MCItem]:
+    """``load_items(source, **load_kw)`` (or ``loader``); errors name the option as well as the file, line and
+    field."""
     try:
-        return load_items(source, **load_kw)
+        return (loader or load_items)(source, **load_kw)
     except UnicodeDecodeError as exc:  # a reader that did not name the file: name the source
         if Path(source).is_file():
             raise ValueError(describe_utf8_error(source)) from None
@@ -259,15 +260,34 @@ def _model_options(opts: Any) -> dict[str, int] | None:
     return model_layout(opts.model)
 
 
-def check_score(opts: Any) -> list[MCItem]:
-    """``culnig score``: options, items (returned), model, output file."""
+def check_score(opts: Any) -> Any:
+    """``culnig score``: options, items (returned: a list, or a re-iterable lazy reader of a .jsonl), model, output
+    file, checkpoint file."""
+    from .checkpoint import resolve_checkpoint
+    from .streaming import lazy_item_source
+
     finite("--clamp-min", getattr(opts, "clamp_min", None), optional=True)
-    loaded = items(opts.data, split=opts.split, seed=opts.seed)
+    positive_int("--checkpoint-every", getattr(opts, "checkpoint_every", 1))
+    if getattr(opts, "max_items", None) is not None:
+        positive_int("--max-items", opts.max_items)
+    # a canonical .jsonl streams: validated here in one pass, read again lazily while scoring
+    loaded = items(opts.data, split=opts.split, seed=opts.seed, loader=lazy_item_source)
     _model_options(opts)
     output_file(opts.out)
-    if getattr(opts, "checkpoint", None):
-        output_file(opts.checkpoint, "--checkpoint")
+    checkpoint = resolve_checkpoint(getattr(opts, "checkpoint", None), opts.out)
+    if checkpoint:
+        output_file(checkpoint, "--checkpoint")
     return loaded
+
+
+def check_merge(opts: Any) -> list[ScoreTable]:
+    """``culnig merge``: every table readable and of one model and layout, the output writable. Provenance and
+    overlapping items are compared by ``ScoreTable.merge`` itself."""
+    paths = list(opts.tables)
+    tables = [score_table(p, "culnig merge") for p in paths]
+    same_layout({str(p): t for p, t in zip(paths, tables)})
+    output_file(opts.out)
+    return tables
 
 
 @dataclass
@@ -416,7 +436,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 __all__ = [
     "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run", "check_sweep",
-    "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
+    "check_merge", "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",
 ]
