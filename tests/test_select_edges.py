@@ -159,3 +159,30 @@ def test_general_names_a_zero_total():
     with pytest.raises(ValueError, match=r"^the neur table has total summed probability \(prob_sums\) 0\.0; "
                                          r"cannot normalize by it$"):
         general(no_p, None, None, t_mlp=0.1, normalize="prob")
+
+
+@pytest.mark.parametrize("name", ["t_mlp", "t_attn", "r_mlp", "r_attn"])
+def test_general_names_the_bad_fraction(name):
+    from culnig_ext.select import general
+
+    neur = two_group_table([1.0] * 10, [0.0] * 10)
+    with pytest.raises(ValueError, match=rf"^{name} must be a fraction in \[0, 1\], got -0\.5$"):
+        general(neur, None, None, **{name: -0.5})
+
+
+def test_general_names_the_ctrl_and_contrast_tables():
+    from culnig_ext.select import general
+
+    neur = two_group_table([1.0] * 10, [0.0] * 10)
+    wide = ScoreTable(["A", "B"], [2, 2], {SITE: torch.zeros(2, 12, dtype=torch.float64)},
+                      torch.ones(2, dtype=torch.float64), {"model": "m"})
+    zero = two_group_table([1.0] * 10, [0.0] * 10, counts=(0, 0))
+    for role in ("ctrl", "contrast"):
+        kw = {"ctrl": None, "crc": None}
+        kw["ctrl" if role == "ctrl" else "contrast"] = wide
+        with pytest.raises(ValueError, match=rf"^site 'layers\.0\.mlp\.gate_proj': width 10 in the neur table but "
+                                             rf"12 in the {role} table$"):
+            general(neur, t_mlp=0.1, **kw)
+        kw["ctrl" if role == "ctrl" else "contrast"] = zero
+        with pytest.raises(ValueError, match=rf"^the {role} table has total item count 0\.0; cannot normalize by it$"):
+            general(neur, t_mlp=0.1, **kw)
