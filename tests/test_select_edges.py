@@ -186,3 +186,18 @@ def test_general_names_the_ctrl_and_contrast_tables():
         kw["ctrl" if role == "ctrl" else "contrast"] = zero
         with pytest.raises(ValueError, match=rf"^the {role} table has total item count 0\.0; cannot normalize by it$"):
             general(neur, t_mlp=0.1, **kw)
+
+
+def test_general_crc_zero_total_and_attention_only_tables():
+    from culnig_ext.select import general
+
+    neur = two_group_table([1.0] * 10, [0.0] * 10)
+    zero = two_group_table([1.0] * 10, [0.0] * 10, counts=(0, 0))
+    with pytest.raises(ValueError, match=r"^the crc table has total item count 0\.0; cannot normalize by it$"):
+        general(neur, None, zero, t_mlp=0.1)
+    # No MLP site at all: the attention neurons are still chosen (top 0.25 of 8 = 2: indices 6 and 2, listed in index order).
+    q = "layers.0.self_attn.q_proj"
+    sums = torch.tensor([[0, 1, 5, 0, 0, 0, 7, 0], [0, 0, 0, 0, 0, 0, 1, 0]], dtype=torch.float64)
+    attn_only = ScoreTable(["A", "B"], [1, 1], {q: sums}, torch.ones(2, dtype=torch.float64), {"model": "m"})
+    got = general(attn_only, None, None, t_attn=0.25, normalize="count")
+    assert [(n.site, n.index, n.score) for n in got] == [(q, 2, 2.5), (q, 6, 4.0)]
