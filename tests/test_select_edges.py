@@ -201,3 +201,18 @@ def test_general_crc_zero_total_and_attention_only_tables():
     attn_only = ScoreTable(["A", "B"], [1, 1], {q: sums}, torch.ones(2, dtype=torch.float64), {"model": "m"})
     got = general(attn_only, None, None, t_attn=0.25, normalize="count")
     assert [(n.site, n.index, n.score) for n in got] == [(q, 2, 2.5), (q, 6, 4.0)]
+
+
+def test_general_refuses_non_finite_contrast_and_crc():
+    from culnig_ext.select import general
+
+    big = two_group_table([1e308] * 10, [0.0] * 10, counts=(1, 0))
+    neg = two_group_table([-1e308] * 10, [0.0] * 10, counts=(1, 0))
+    # (1e308 / 1) - (-1e308 / 1) overflows to inf.
+    with pytest.raises(ValueError, match=r"^site 'layers\.0\.mlp\.gate_proj': the contrast scores hold NaN or inf$"):
+        general(big, neg, None, t_mlp=0.1)
+    # CountryRC sums of 1e308 + 1e308 over the two groups overflow to inf.
+    both = two_group_table([1e308] * 10, [1e308] * 10)
+    ok = two_group_table([1.0] * 10, [0.0] * 10)
+    with pytest.raises(ValueError, match=r"^site 'layers\.0\.mlp\.gate_proj': the crc scores hold NaN or inf$"):
+        general(ok, None, both, t_mlp=0.1)
