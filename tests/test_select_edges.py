@@ -211,8 +211,9 @@ def test_general_refuses_non_finite_contrast_and_crc():
     # (1e308 / 1) - (-1e308 / 1) overflows to inf.
     with pytest.raises(ValueError, match=r"^site 'layers\.0\.mlp\.gate_proj': the contrast scores hold NaN or inf$"):
         general(big, neg, None, t_mlp=0.1)
-    # CountryRC sums of 1e308 + 1e308 over the two groups overflow to inf.
-    both = two_group_table([1e308] * 10, [1e308] * 10)
+    # CountryRC sums of 1e308 over a total summed probability of 0.5: 2e308 overflows to inf.
+    crc = ScoreTable(["A", "B"], [1, 1], {SITE: torch.tensor([[1e308] * 10, [0.0] * 10], dtype=torch.float64)},
+                     torch.tensor([0.25, 0.25], dtype=torch.float64), {"model": "m"})
     ok = two_group_table([1.0] * 10, [0.0] * 10)
     with pytest.raises(ValueError, match=r"^site 'layers\.0\.mlp\.gate_proj': the crc scores hold NaN or inf$"):
-        general(ok, None, both, t_mlp=0.1)
+        general(ok, None, crc, t_mlp=0.1, normalize="prob")
