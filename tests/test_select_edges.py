@@ -217,3 +217,12 @@ def test_general_refuses_non_finite_contrast_and_crc():
     ok = two_group_table([1.0] * 10, [0.0] * 10)
     with pytest.raises(ValueError, match=r"^site 'layers\.0\.mlp\.gate_proj': the crc scores hold NaN or inf$"):
         general(ok, None, crc, t_mlp=0.1, normalize="prob")
+
+
+def test_a_table_without_model_gives_a_set_without_model():
+    from culnig_ext.select import general
+
+    bare = ScoreTable(["A", "B"], [1, 1], {SITE: torch.tensor([[3.0] + [0.0] * 9, [0.0] * 10], dtype=torch.float64)},
+                      torch.ones(2, dtype=torch.float64), {})
+    assert general(bare, None, None, t_mlp=0.1).model == ""
+    assert specific(bare, None, None, "A", t=0.1, r=0.0).model == ""
