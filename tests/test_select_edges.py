@@ -226,3 +226,11 @@ def test_a_table_without_model_gives_a_set_without_model():
                       torch.ones(2, dtype=torch.float64), {})
     assert general(bare, None, None, t_mlp=0.1).model == ""
     assert specific(bare, None, None, "A", t=0.1, r=0.0).model == ""
+
+
+def test_top_fraction_names_its_fraction():
+    from culnig_ext.select import top_fraction
+
+    with pytest.raises(ValueError, match=r"^fraction must be a fraction in \[0, 1\], got 2$"):
+        top_fraction(torch.zeros(4), 2)
+    assert top_fraction(torch.tensor([1.0, 3.0, 3.0, 2.0]), 0.75).tolist() == [1, 2, 3]
