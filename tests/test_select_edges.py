@@ -234,3 +234,6 @@ def test_top_fraction_names_its_fraction():
     with pytest.raises(ValueError, match=r"^fraction must be a fraction in \[0, 1\], got 2$"):
         top_fraction(torch.zeros(4), 2)
     assert top_fraction(torch.tensor([1.0, 3.0, 3.0, 2.0]), 0.75).tolist() == [1, 2, 3]
+    assert top_fraction(torch.tensor([1.0, 3.0, 3.0, 2.0]), 0.25).tolist() == [1]
+    with pytest.raises(ValueError, match=r"^fraction must be a fraction in \[0, 1\], got True$"):
+        top_fraction(torch.zeros(4), True)
