@@ -43,3 +43,129 @@ def test_accumulators_snapshot_grows_rows_and_fills_untouched_sites():
     # A later update lands in the grown accumulator, not in a stale copy.
     acc.get("a", torch.device("cpu"))[2, 0] += 5.0
     assert acc.cpu()["a"].tolist() == [[1.0, 2.0, 3.0], [0.0, 0.0, 0.0], [5.0, 0.0, 0.0]]
+
+
+def test_table_provenance_records_empty_defaults_the_clamp_and_extras_as_strings():
+    # Expectations written out: the model's provenance, then the table's own fields ("" when unset; the clamp as
+    # repr(float)), then the caller's extras as strings, overriding.
+    from culnig_ext.provenance import model_provenance
+    from culnig_ext.scorer import table_provenance
+
+    model = tiny_model("llama")
+    base = model_provenance(model)
+    assert table_provenance(model, None) == {**base, "prompt_format": "", "control": "", "clamp_min": ""}
+    assert table_provenance(model, 0)["clamp_min"] == "0.0"
+    assert table_provenance(model, -0.25)["clamp_min"] == "-0.25"
+    got = table_provenance(model, None, {"control": "ctrl", "prompt_format": 3})
+    assert got == {**base, "prompt_format": "3", "control": "ctrl", "clamp_min": ""}
+
+
+def _hash_of_sites(table) -> str:
+    # The resume key's site hash, written out: sha256 of the (name, width) list in the table's site order.
+    import hashlib
+
+    pairs = [(site, int(table[site].shape[1])) for site in table.sites]
+    return hashlib.sha256(repr(pairs).encode()).hexdigest()[:16]
+
+
+def test_a_kept_checkpoint_records_the_whole_resume_key_and_the_final_sums(tmp_path):
+    import json
+
+    import torch
+
+    from culnig_ext.table import ScoreTable
+
+    model = tiny_model("llama")
+    items = random_items(7, seed=41)
+    ckpt = tmp_path / "k.safetensors"
+    table = culnig_ext.score(model, items, batch_size=2, window=3, shard=(1, 2), max_items=6, groups=["C", "B", "A"],
+                             checkpoint=ckpt, checkpoint_every=1, keep_checkpoint=True, progress=False,
+                             provenance={"control": "ctrl"})
+    own = items[1:6:2]  # shard 1 of 2 of the first six items
+    assert table.groups == ["C", "B", "A"]
+    assert table.counts.tolist() == [sum(it["group"] == g for it in own) for g in ["C", "B", "A"]]
+    saved = ScoreTable.load(ckpt)
+    meta = saved.metadata
+    want = {"batch_size": "2", "window": "3", "shard": "1/2", "max_items": "6", "world": "1", "rank": "0",
+            "fixed_groups": json.dumps(["C", "B", "A"]), "control": "ctrl", "clamp_min": "", "prompt_format": "",
+            "checkpoint": "culnig-checkpoint/1", "batches_done": "2", "sites_hash": _hash_of_sites(table)}
+    assert {k: meta.get(k) for k in want} == want
+    assert saved.groups == table.groups and saved.counts.tolist() == table.counts.tolist()
+    torch.testing.assert_close(saved.prob_sums, table.prob_sums, rtol=0, atol=0)
+    for site in table.sites:
+        torch.testing.assert_close(saved[site], table[site], rtol=0, atol=0)
+    # Without shard, item limit or fixed groups, those key fields are empty (not "None").
+    ckpt2 = tmp_path / "k2.safetensors"
+    culnig_ext.score(model, items[:3], batch_size=3, checkpoint=ckpt2, checkpoint_every=1, keep_checkpoint=True,
+                     progress=False)
+    meta2 = ScoreTable.load(ckpt2).metadata
+    assert {k: meta2.get(k) for k in ("shard", "max_items", "fixed_groups", "batch_size", "window", "batches_done")} \
+        == {"shard": "", "max_items": "", "fixed_groups": "", "batch_size": "3", "window": "32", "batches_done": "1"}
+
+
+def test_two_ranks_split_the_batches_and_their_reduced_sums_match_the_reference(monkeypatch):
+    # torch.distributed replaced by an in-process stand-in (the real two-process job is in test_distributed.py,
+    # out of the mutation run's reach): rank 1 scores first and its all-reduce returns its own part; rank 0's
+    # all-reduce adds rank 1's part, so rank 0's table must be the whole float64 reference.
+    import torch
+
+    from culnig_ext import distributed as dmod
+    from test_scorer import reference_scores
+
+    model = tiny_model("llama")
+    items = random_items(7, seed=43, multi_token=True)
+    parts, checks = {}, []
+
+    def run(rank, other):
+        def reduce(job, tensors):
+            assert job.rank == rank and job.world == 2
+            parts[rank] = [t.detach().clone() for t in tensors]
+            return [t.detach().clone() + (0 if other is None else o) for t, o in zip(tensors, other or tensors)]
+
+        monkeypatch.setattr(dmod, "discover", lambda distributed=None: dmod.Dist(rank, 2, torch.device("cpu")))
+        monkeypatch.setattr(dmod, "check", lambda job, ok: checks.append((job.rank, ok)))
+        monkeypatch.setattr(dmod, "all_reduce_sum", reduce)
+        monkeypatch.setattr(dmod, "close", lambda job: checks.append((job.rank, "closed")))
+        return culnig_ext.score(model, items, batch_size=2, progress=False)
+
+    one = run(1, None)
+    zero = run(0, parts[1])
+    n1, n0 = int(parts[1][0].sum()), int(parts[0][0].sum())
+    assert n1 > 0 and n0 > 0 and n0 + n1 == len(items)  # a disjoint split of every item
+    assert one.counts.tolist() == parts[1][0].tolist()
+    assert checks.count((1, True)) >= 1 and checks.count((0, True)) >= 1
+    assert checks[-1] == (0, "closed") and checks.count((1, "closed")) == 1
+    assert not [c for c in checks if c[1] is False]
+    groups, sums, probs = reference_scores(model, "llama", items)
+    order = [zero.groups.index(g) for g in groups]
+    assert zero.counts[order].tolist() == [sum(it["group"] == g for it in items) for g in groups]
+    torch.testing.assert_close(zero.prob_sums[order], probs, rtol=1e-5, atol=0)
+    for site in sums:
+        assert zero[site].dtype == torch.float64
+        torch.testing.assert_close(zero[site][order], sums[site], rtol=1e-4, atol=1e-10)
+    assert zero.metadata["dataset_fingerprint"] == one.metadata["dataset_fingerprint"]
+    assert zero.item_hashes is not None and len(zero.item_hashes) == len(items)
+
+
+def test_a_failing_rank_tells_the_others_and_raises_its_own_error(monkeypatch):
+    import pytest
+    import torch
+
+    from culnig_ext import distributed as dmod
+
+    model = tiny_model("llama")
+    checks = []
+    monkeypatch.setattr(dmod, "discover", lambda distributed=None: dmod.Dist(0, 2, torch.device("cpu")))
+    monkeypatch.setattr(dmod, "check", lambda job, ok: checks.append(ok))
+    monkeypatch.setattr(dmod, "close", lambda job: None)
+
+    def crash(module, args):
+        raise KeyError("boom")
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(KeyError, match="boom"):
+            culnig_ext.score(model, random_items(4, seed=44), batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    assert checks == [False]
