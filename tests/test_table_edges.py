@@ -149,3 +149,61 @@ def test_merged_metadata_keeps_the_first_tables_and_adds_the_fingerprints():
     merged = ScoreTable.merge(bare)
     assert merged.metadata == {"model": "m"}
     assert merged.counts.tolist() == [2, 3, 1]
+
+
+# ---------------------------------------------------------------- item-id hashes, repr, the canonical header
+def test_item_hashes_are_int64_and_kept_through_save_load_and_merge(tmp_path):
+    a = table(item_hashes=torch.tensor([7, 3], dtype=torch.int32))
+    assert a.item_hashes.dtype == torch.int64 and a.item_hashes.tolist() == [7, 3]
+    loaded = ScoreTable.load(a.save(tmp_path / "a.safetensors"))
+    assert loaded.item_hashes.dtype == torch.int64 and loaded.item_hashes.tolist() == [7, 3]
+    b = table(groups=["B", "C"], item_hashes=[5, 1],
+              metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "d"})
+    b = ScoreTable.load(b.save(tmp_path / "b.safetensors"))  # both stamped with the package version
+    merged = ScoreTable.merge([loaded, b])
+    assert merged.item_hashes.tolist() == [1, 3, 5, 7]  # the union, sorted
+    assert merged.groups == ["A", "B", "C"] and merged.counts.tolist() == [2, 5, 3]
+    # A merged table still knows its items: merging it with one of its parts again is refused.
+    with pytest.raises(ValueError, match="share 2 item"):
+        ScoreTable.merge([merged, b])
+
+
+def test_merge_checks_every_pair_for_shared_items_and_names_the_tables():
+    a, b, c = (table(item_hashes=h) for h in ([1, 2], [3, 4], [4, 9]))
+    with pytest.raises(ValueError, match="table 1 and table 2 share 1 item"):
+        ScoreTable.merge([a, b, c])
+    with pytest.raises(ValueError, match="y.st and z.st share 1 item"):
+        ScoreTable.merge([a, b, c], names=["x.st", "y.st", "z.st"])
+    with pytest.raises(ValueError, match=r"^y\.st records no item ids"):
+        ScoreTable.merge([a, table(), c], names=["x.st", "y.st", "z.st"])
+
+
+def test_merging_a_table_without_groups_adds_nothing():
+    empty = table(groups=[], counts=[], prob_sums=[], sums={GATE: torch.zeros(0, 3), Q: torch.zeros(0, 1)},
+                  metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "d"})
+    merged = ScoreTable.merge([empty, table()])
+    assert merged.groups == ["A", "B"] and merged.counts.tolist() == [2, 3]
+    assert merged.prob_sums.tolist() == [0.25, 1.5]
+    assert merged[GATE].tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]] and merged[Q].tolist() == [[0.5], [-0.5]]
+
+
+def test_repr_names_groups_items_sites_neurons_and_model():
+    assert repr(table()) == "ScoreTable(2 groups, 5 items, 2 sites, 4 neurons, model='m')"
+    assert repr(table(metadata={})) == "ScoreTable(2 groups, 5 items, 2 sites, 4 neurons, model='?')"
+
+
+def test_saved_header_is_sorted_compact_json_padded_with_spaces(tmp_path):
+    # Equal tables must give equal bytes: the header is rewritten as sorted, compact, non-escaped JSON of the
+    # length safetensors reserved. One of eight padding lengths fills the reserved length exactly.
+    keys = ["zeta", "alpha", "omega", "beta", "kappa", "delta", "mu", "gamma", "epsilon", "lambda"]
+    for pad in range(8):
+        meta = {k: f"{k}-{i}" for i, k in enumerate(keys)}
+        meta.update(model="Türkiye 日本", pad="x" * pad)
+        path = table(metadata=meta).save(tmp_path / f"h{pad}.safetensors")
+        raw = path.read_bytes()
+        size = int.from_bytes(raw[:8], "little")
+        text = raw[8 : 8 + size].rstrip(b" ")
+        header = json.loads(text)
+        assert text == json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        assert raw[8 + len(text) : 8 + size] == b" " * (size - len(text))
+        assert ScoreTable.load(path).metadata["model"] == "Türkiye 日本"
