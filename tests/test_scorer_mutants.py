@@ -169,3 +169,51 @@ def test_a_failing_rank_tells_the_others_and_raises_its_own_error(monkeypatch):
     finally:
         handle.remove()
     assert checks == [False]
+
+
+def test_checkpoint_seconds_alone_makes_snapshots_due(tmp_path, monkeypatch):
+    # checkpoint_every far away, checkpoint_seconds=0: every batch ends "too long" after the last snapshot.
+    import pytest
+
+    from culnig_ext.table import ScoreTable
+
+    model = tiny_model("llama")
+    saved_at = []
+    real_save = ScoreTable.save
+
+    def spy(self, path):
+        saved_at.append(self.metadata.get("batches_done"))
+        return real_save(self, path)
+
+    monkeypatch.setattr(ScoreTable, "save", spy)
+    calls = {"n": 0}
+
+    def crash(module, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyError("stop")
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(KeyError):
+            culnig_ext.score(model, random_items(8, seed=45), batch_size=2, progress=False,
+                             checkpoint=tmp_path / "t.safetensors", checkpoint_every=1000, checkpoint_seconds=0.0)
+    finally:
+        handle.remove()
+    assert saved_at == ["1", "2"]
+
+
+def test_each_rank_keeps_its_own_checkpoint_file(tmp_path, monkeypatch):
+    import torch
+
+    from culnig_ext import distributed as dmod
+
+    model = tiny_model("llama")
+    monkeypatch.setattr(dmod, "discover", lambda distributed=None: dmod.Dist(1, 2, torch.device("cpu")))
+    monkeypatch.setattr(dmod, "check", lambda job, ok: None)
+    monkeypatch.setattr(dmod, "all_reduce_sum", lambda job, tensors: [t.clone() for t in tensors])
+    monkeypatch.setattr(dmod, "close", lambda job: None)
+    ckpt = tmp_path / "r.safetensors"
+    culnig_ext.score(model, random_items(4, seed=46), batch_size=1, progress=False, checkpoint=ckpt,
+                     checkpoint_every=1, keep_checkpoint=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors.rank1-of-2"]
