@@ -217,3 +217,47 @@ def test_each_rank_keeps_its_own_checkpoint_file(tmp_path, monkeypatch):
     culnig_ext.score(model, random_items(4, seed=46), batch_size=1, progress=False, checkpoint=ckpt,
                      checkpoint_every=1, keep_checkpoint=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors.rank1-of-2"]
+
+
+def _assert_matches_reference(model, items, table):
+    import torch
+
+    from test_scorer import reference_scores
+
+    groups, sums, probs = reference_scores(model, "llama", items)
+    order = [table.groups.index(g) for g in groups]
+    assert table.counts[order].tolist() == [sum(it["group"] == g for it in items) for g in groups]
+    torch.testing.assert_close(table.prob_sums[order], probs, rtol=1e-6, atol=0)
+    for site, expected in sums.items():
+        torch.testing.assert_close(table[site][order], expected, rtol=1e-6, atol=1e-12)
+
+
+def test_out_of_memory_on_two_items_splits_them_into_one_and_one(monkeypatch):
+    import torch
+
+    from culnig_ext import ops
+
+    model = tiny_model("llama")
+    items = random_items(2, seed=47)
+    real = ops.max_attribution_accumulate_
+
+    def flaky(acc, act, grad, *args):
+        if act.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real(acc, act, grad, *args)
+
+    monkeypatch.setattr(ops, "max_attribution_accumulate_", flaky)
+    _assert_matches_reference(model, items, culnig_ext.score(model, items, batch_size=2, progress=False))
+
+
+def test_checkpointed_activations_are_recomputed_and_give_the_reference_table():
+    model = tiny_model("llama")
+    items = random_items(3, seed=48)
+    calls = []
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        table = culnig_ext.score(model, items, batch_size=3, progress=False, checkpoint_activations=True)
+    finally:
+        handle.remove()
+    assert len(calls) == 2  # one batch: its forward pass, and the layer's recomputation in the backward pass
+    _assert_matches_reference(model, items, table)
