@@ -261,3 +261,43 @@ def test_checkpointed_activations_are_recomputed_and_give_the_reference_table():
         handle.remove()
     assert len(calls) == 2  # one batch: its forward pass, and the layer's recomputation in the backward pass
     _assert_matches_reference(model, items, table)
+    handle = model.model.layers[0].mlp.register_forward_hook(lambda module, args, output: calls.append(1))
+    try:
+        culnig_ext.score(model, items, batch_size=3, progress=False)
+    finally:
+        handle.remove()
+    assert len(calls) == 3  # without checkpointing: the forward pass only
+
+
+def test_resume_at_a_window_boundary_checks_the_items_once(tmp_path):
+    # One batch per window, snapshot after batch 2 = the end of window 2: the resumed run checks the items read
+    # up to there (refusing other items) and not again in window 3 (where more items have been read).
+    import pytest
+
+    from culnig_ext.checkpoint import CheckpointError
+
+    model = tiny_model("llama")
+    items = random_items(8, seed=49)
+    ckpt = tmp_path / "w.safetensors"
+    calls = {"n": 0}
+
+    def crash(module, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyError("stop")
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash)
+    try:
+        with pytest.raises(KeyError):
+            culnig_ext.score(model, items, batch_size=2, window=1, progress=False, checkpoint=ckpt,
+                             checkpoint_every=1)
+    finally:
+        handle.remove()
+    before = ckpt.read_bytes()
+    with pytest.raises(CheckpointError, match="other items"):
+        culnig_ext.score(model, random_items(8, seed=50), batch_size=2, window=1, progress=False, checkpoint=ckpt,
+                         checkpoint_every=1)
+    assert ckpt.read_bytes() == before
+    resumed = culnig_ext.score(model, items, batch_size=2, window=1, progress=False, checkpoint=ckpt,
+                               checkpoint_every=1)
+    _assert_matches_reference(model, items, resumed)
