@@ -142,3 +142,12 @@ def test_defaults_and_confidence_level_bounds():
         with pytest.raises(ValueError, match="confidence_level"):
             paired_bootstrap(a, b, confidence_level=level)
     assert paired_bootstrap(a, b, confidence_level=0.5).ci_high <= res.ci_high
+
+
+def test_holm_accepts_the_bounds_of_a_probability():
+    from culnig_ext.stats import holm
+
+    # by hand: sorted 0.0, 0.25, 1.0 -> 3 * 0.0, max(0, 2 * 0.25), max(0.5, min(1, 1 * 1.0))
+    assert holm([0.0, 1.0, 0.25]) == [0.0, 1.0, 0.5]
+    with pytest.raises(ValueError, match="p-value 1 is 1.5"):
+        holm([0.2, 1.5])
