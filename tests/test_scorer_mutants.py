@@ -156,7 +156,7 @@ def test_a_failing_rank_tells_the_others_and_raises_its_own_error(monkeypatch):
     model = tiny_model("llama")
     checks = []
     monkeypatch.setattr(dmod, "discover", lambda distributed=None: dmod.Dist(0, 2, torch.device("cpu")))
-    monkeypatch.setattr(dmod, "check", lambda job, ok: checks.append(ok))
+    monkeypatch.setattr(dmod, "check", lambda job, ok: checks.append((job.rank, ok)))
     monkeypatch.setattr(dmod, "close", lambda job: None)
 
     def crash(module, args):
@@ -168,7 +168,7 @@ def test_a_failing_rank_tells_the_others_and_raises_its_own_error(monkeypatch):
             culnig_ext.score(model, random_items(4, seed=44), batch_size=2, progress=False)
     finally:
         handle.remove()
-    assert checks == [False]
+    assert checks == [(0, False)]
 
 
 def test_checkpoint_seconds_alone_makes_snapshots_due(tmp_path, monkeypatch):
@@ -301,3 +301,61 @@ def test_resume_at_a_window_boundary_checks_the_items_once(tmp_path):
     resumed = culnig_ext.score(model, items, batch_size=2, window=1, progress=False, checkpoint=ckpt,
                                checkpoint_every=1)
     _assert_matches_reference(model, items, resumed)
+
+
+def test_a_crash_between_snapshots_saves_the_completed_batches_and_says_so(tmp_path, caplog):
+    # No periodic snapshot is due (every 1000 batches, 10^9 s): the only one is written on the way out, for the
+    # batches completed before the crash, and the error says where; resuming from it gives the reference table.
+    import logging
+
+    import pytest
+
+    from culnig_ext.table import ScoreTable
+
+    model = tiny_model("llama")
+    items = random_items(8, seed=51)
+    ckpt = tmp_path / "x.safetensors"
+    calls = {"n": 0}
+
+    def crash(module, args):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyError("stop")
+
+    kw = dict(batch_size=2, progress=False, checkpoint=ckpt, checkpoint_every=1000, checkpoint_seconds=1e9)
+    handle = model.get_input_embeddings().register_forward_pre_hook(crash)
+    try:
+        with caplog.at_level(logging.WARNING, logger="culnig"), pytest.raises(KeyError) as info:
+            culnig_ext.score(model, items, **kw)
+    finally:
+        handle.remove()
+    assert info.value.__notes__ == [f"scoring stopped after batch 2; progress is saved in {ckpt}: run the same "
+                                    "command (the same score() call) again to resume"]
+    assert not [r for r in caplog.records if "could not tell" in r.getMessage()]  # a single process tells nobody
+    saved = ScoreTable.load(ckpt)
+    assert saved.metadata["batches_done"] == "2" and saved.num_items == 4
+    _assert_matches_reference(model, items, culnig_ext.score(model, items, **kw))
+
+
+def test_a_refused_checkpoint_is_neither_rewritten_nor_annotated(tmp_path):
+    import pytest
+
+    from culnig_ext.checkpoint import CheckpointError
+
+    model = tiny_model("llama")
+    ckpt = tmp_path / "y.safetensors"
+    ckpt.write_bytes(b"not a table")
+    with pytest.raises(CheckpointError) as info:
+        culnig_ext.score(model, random_items(4, seed=52), batch_size=2, progress=False, checkpoint=ckpt)
+    assert ckpt.read_bytes() == b"not a table" and not getattr(info.value, "__notes__", [])
+
+
+def test_an_empty_shard_is_named_with_the_number_of_items():
+    import pytest
+
+    from culnig_ext.items import ItemError
+
+    with pytest.raises(ItemError, match=r"^shard \(1, 2\) has no items \(1 items in all\)$"):
+        culnig_ext.score(tiny_model("llama"), random_items(1, seed=53), progress=False, shard=(1, 2))
+    with pytest.raises(ItemError, match="^no items to score$"):
+        culnig_ext.score(tiny_model("llama"), [], progress=False)
