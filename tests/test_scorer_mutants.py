@@ -359,3 +359,12 @@ def test_an_empty_shard_is_named_with_the_number_of_items():
         culnig_ext.score(tiny_model("llama"), random_items(1, seed=53), progress=False, shard=(1, 2))
     with pytest.raises(ItemError, match="^no items to score$"):
         culnig_ext.score(tiny_model("llama"), [], progress=False)
+
+
+def test_distributed_true_without_a_job_is_refused(monkeypatch):
+    import pytest
+
+    monkeypatch.delenv("RANK", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with pytest.raises(ValueError, match="distributed=True"):
+        culnig_ext.score(tiny_model("llama"), random_items(2, seed=54), progress=False, distributed=True)
