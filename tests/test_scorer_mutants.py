@@ -368,3 +368,22 @@ def test_distributed_true_without_a_job_is_refused(monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with pytest.raises(ValueError, match="distributed=True"):
         culnig_ext.score(tiny_model("llama"), random_items(2, seed=54), progress=False, distributed=True)
+
+
+def test_target_log_probs_of_bfloat16_logits_are_computed_in_float32():
+    # log P(y|x) summed over the masked target positions, against float64 on the same (exactly representable)
+    # bfloat16 logits: a bfloat16 softmax would be off by ~1e-2.
+    import torch
+
+    from culnig_ext.scorer import Batch, target_log_probs
+
+    g = torch.Generator().manual_seed(55)
+    logits = (torch.randn(2, 3, 97, generator=g) * 8).to(torch.bfloat16)
+    targets = torch.tensor([[0, 5, 7], [11, 13, 17]])
+    mask = torch.tensor([[False, True, True], [True, True, True]])
+    batch = Batch([0, 1], None, None, None, targets, mask, torch.zeros(2, dtype=torch.int64), 0)
+    got = target_log_probs(logits, batch)
+    ref = torch.log_softmax(logits.double(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    want = (ref * mask).sum(dim=1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
