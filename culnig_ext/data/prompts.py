@@ -106,6 +106,17 @@ def cloze_prompt(item: MCItem, control: Control = None) -> str:
     return f"Question: {question}\nAnswer:" if question else "Answer:"
 
 
+def _is_paper(item: MCItem, format: str, control: Control) -> bool:
+    """True for an item of the paper's protocol (``protocols.PaperItem``): it carries its own prompt and labels,
+    in the letter format only and without control variants."""
+    if getattr(item, "labels", None) is None or not hasattr(item, "benchmark"):
+        return False
+    if format != "letter" or control is not None:
+        raise ValueError(f"item {item.id!r} follows the paper's protocol: letter format only (its answer labels), "
+                         f"no control variant (got format={format!r}, control={control!r})")
+    return True
+
+
 def render(item: MCItem, tokenizer: Any, *, format: Format = "letter", control: Control = None) -> str:
     """The exact prompt text the model is fed for ``item`` (before the answer).
 
@@ -116,6 +127,10 @@ def render(item: MCItem, tokenizer: Any, *, format: Format = "letter", control: 
         control: None, ``"empty"`` or ``"frame"``.
     """
     _check(format, control)
+    if _is_paper(item, format, control):
+        from .protocols import render_paper
+
+        return render_paper(item, tokenizer)[0]
     if format == "cloze":
         return cloze_prompt(item, control)
     message = letter_message(item, control)
@@ -145,6 +160,7 @@ def encode_choices(
     """
     text = render(item, tokenizer, format=format, control=control)
     name = tokenizer_name(tokenizer)
+    paper = _is_paper(item, format, control)
     if format == "cloze":
         prompt_ids = _ids(tokenizer, text, True)
         choice_ids = []
@@ -157,7 +173,7 @@ def encode_choices(
     special = not has_chat_template(tokenizer)
     prompt_ids = _ids(tokenizer, text, special)
     letter_ids = []
-    for letter in LETTERS[: len(item.choices)]:
+    for letter in (item.labels if paper else LETTERS[: len(item.choices)]):
         # Check in context: the letter must add exactly one token and leave the prompt's tokens unchanged.
         full = _ids(tokenizer, text + letter, special)
         if len(full) != len(prompt_ids) + 1 or full[: len(prompt_ids)] != prompt_ids:
