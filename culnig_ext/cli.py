@@ -92,6 +92,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="all", choices=["neur", "test", "all"], help="BLEnD topic split")
     p.add_argument("--inhibit", help="NeuronSet JSON to inhibit (without it: plain evaluation)")
     p.add_argument("--random", type=int, default=0, help="number of random sets (same count per site)")
+    p.add_argument("--paper-random", type=int, default=0,
+                   help="number of random sets drawn the paper's way (uniform over all neurons pooled)")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="which protocol the items follow (stated in the report); paper: use paper:SOURCE data")
     p.add_argument("--restrict-to-choices", action="store_true",
                    help="letter format: argmax over the option letters instead of the full vocabulary")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets and option draws")
@@ -112,8 +116,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=defaults.out, help="run folder (default: %(default)s); re-running resumes")
     p.add_argument("--model", default=defaults.model, help="model (default: the embedded smollm2)")
     p.add_argument("--data", default=defaults.data, help="cultural item source (default: %(default)s)")
-    p.add_argument("--crc", default=defaults.crc, help="CountryRC scoring templates (default: %(default)s)")
-    p.add_argument("--crc-test", default=defaults.crc_test, help="CountryRC evaluation templates")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="ours (default) or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
+                        "bfloat16, eager attention for Gemma, its pooled random baseline beside ours")
+    p.add_argument("--crc", default=None, help=f"CountryRC scoring templates (default: {defaults.crc}; "
+                                                 "paper: paper:countryrc)")
+    p.add_argument("--crc-test", default=None, help=f"CountryRC evaluation templates (default: {defaults.crc_test}"
+                                                      "; paper: paper:countryrc)")
     p.add_argument("--general", default=defaults.general, help="non-cultural set for specificity ('' to skip)")
     _add_format(p, default="auto")
     p.add_argument("--control", default=defaults.control, choices=["empty", "frame"],
@@ -130,11 +139,14 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
                        help=f"{help_text} (default: %(default)s, the paper's)")
     p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
+    p.add_argument("--paper-random", type=int, default=None,
+                   help="random sets drawn the paper's way, uniform over all neurons pooled (default: 0; paper: 10)")
     p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
     p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
                    help="cap per evaluation set (seeded sample; default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help=f"default: {defaults.dtype}; paper: bfloat16")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -185,9 +197,9 @@ def _cmd_identify(args) -> str:
 def _cmd_evaluate(args) -> str:
     from . import select
     from .models import load_model
-    from .pipeline import Condition, evaluate_conditions
+    from .pipeline import Condition, accuracy_rows, evaluate_conditions
     from .preflight import check_evaluate
-    from .report import ReportResults, accuracy_row, write_report
+    from .report import ReportResults, write_report
 
     inputs = check_evaluate(args)
     sets, neurons = inputs.sets, inputs.neurons
@@ -198,17 +210,17 @@ def _cmd_evaluate(args) -> str:
         conditions.append(Condition("inhibited", neurons))
         conditions += [Condition(f"random{i}", select.random_like(neurons, model, seed=args.seed + i))
                        for i in range(args.random)]
+        conditions += [Condition(f"paper_random{i}", select.random_like(neurons, model, seed=args.seed + i,
+                                                                         match="none"))
+                       for i in range(args.paper_random)]
     out = Path(args.out)
     results = evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
                                   progress=not args.no_progress, save_dir=out / "eval")
-    rows = []
-    for name, by_cond in results.items():
-        randoms = [r for c, r in by_cond.items() if c.startswith("random")]
-        inhibited = by_cond.get("inhibited", by_cond["original"])
-        rows.append(accuracy_row(name, by_cond["original"], inhibited, randoms, seed=args.seed))
+    rows = [row for name, by_cond in results.items()
+            for row in accuracy_rows(name, by_cond, "inhibited", cultural=True, seed=args.seed)]
     res = ReportResults(title=f"Evaluation: {args.model}", model=args.model,
                         neuron_set=args.inhibit or "(none)", n_neurons=len(neurons) if neurons else None,
-                        rows=rows, metadata={"format": args.format})
+                        rows=rows, metadata={"protocol": args.protocol, "format": args.format})
     report = write_report(out, res)
     lines = [f"{r.eval_set}: original {r.original:.3f}, inhibited {r.inhibited:.3f}"
              + (f", random {r.random_mean:.3f}, p={r.p_value:.3g}" if r.random else "") for r in rows]
@@ -223,20 +235,25 @@ def _cmd_report(args) -> str:
 
 
 def _cmd_run(args) -> str:
-    from .pipeline import RunConfig, run_pipeline
+    from .pipeline import RunConfig, paper_config, run_pipeline
 
-    cfg = RunConfig(
-        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test,
-        general=args.general or None, format=args.format, control=args.control, normalize=args.normalize,
+    given = {k: v for k, v in (("crc", args.crc), ("crc_test", args.crc_test), ("dtype", args.dtype),
+                               ("n_random_paper", args.paper_random)) if v is not None}
+    if args.format != "auto" or args.protocol == "ours":
+        given["format"] = args.format
+    cfg = (paper_config if args.protocol == "paper" else RunConfig)(
+        out=args.out, model=args.model, data=args.data, **given,
+        general=args.general or None, control=args.control, normalize=args.normalize,
         contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
-        max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
+        max_test_items=args.max_test_items, batch_size=args.batch_size, device=args.device,
         t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
         r_specific=args.r_specific, z_min=args.z_min,
         seed=args.seed, progress=not args.no_progress, checkpoint_activations=args.checkpoint_activations,
     )
     out = run_pipeline(cfg)
     return "\n".join([
-        f"[culnig] done in {out.timings['total']:.0f} s ({out.format} format). Outputs in {out.run_dir}/:",
+        f"[culnig] done in {out.timings['total']:.0f} s ({out.format} format, protocol {cfg.protocol}). "
+        f"Outputs in {out.run_dir}/:",
         f"  report     {out.report}",
         f"  summary    {out.run_dir / 'summary.md'}",
         f"  neurons    {out.run_dir / 'neurons'}/general.json, specific/<group>.json",

@@ -58,6 +58,10 @@ class RunConfig:
         n_random: random neuron sets (same count per site) to compare against.
         max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
         checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
+        protocol: ``ours`` or ``paper`` (``paper_config``: the paper's prompts, CountryRC items, dtype and random
+            baseline; see ``culnig_ext.data.protocols``). Stated in every report.
+        n_random_paper: random sets drawn the paper's way (uniform over all gate and q/k/v neurons pooled), shown
+            beside ours (``n_random``, same count per site); 0 = none.
     """
 
     out: str = "culnig_runs/default"
@@ -87,6 +91,25 @@ class RunConfig:
     seed: int = 0
     progress: bool = True
     checkpoint_activations: bool = False
+    protocol: str = "ours"
+    n_random_paper: int = 0
+
+
+#: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
+PAPER_PRESET: dict[str, Any] = dict(
+    protocol="paper", crc="paper:countryrc", crc_test="paper:countryrc", format="letter", dtype="bfloat16",
+    n_random_paper=10,
+)
+
+
+def paper_config(**overrides: Any) -> RunConfig:
+    """A ``RunConfig`` with the paper's protocol (``PAPER_PRESET``); ``overrides`` win over the preset."""
+    return RunConfig(**{**PAPER_PRESET, **overrides})
+
+
+def attn_implementation(cfg: RunConfig) -> str:
+    """The paper runs Gemma models with eager attention; everything else (and ``ours``) with SDPA."""
+    return "eager" if cfg.protocol == "paper" and "gemma" in str(cfg.model).lower() else "sdpa"
 
 
 @dataclass
@@ -185,6 +208,23 @@ def evaluate_conditions(
     return results
 
 
+def accuracy_rows(set_name: str, by_cond: dict[str, EvalResult], inhibited: str, *, cultural: bool,
+                  seed: int) -> list:
+    """Report rows of one evaluation set: against our random sets (conditions ``random*``) and, when there are
+    any, against the paper's pooled ones (``paper_random*``), each labelled when both are there."""
+    randoms = [r for c, r in by_cond.items() if c.startswith("random")]
+    paper = [r for c, r in by_cond.items() if c.startswith("paper_random")]
+    both = bool(randoms) and bool(paper)
+    rows = []
+    if randoms or not paper:
+        rows.append(accuracy_row(set_name + (" [random: ours, per site]" if both else ""), by_cond["original"],
+                                 by_cond.get(inhibited, by_cond["original"]), randoms, cultural=cultural, seed=seed))
+    if paper:
+        rows.append(accuracy_row(set_name + " [random: paper's, pooled]", by_cond["original"],
+                                 by_cond.get(inhibited, by_cond["original"]), paper, cultural=cultural, seed=seed))
+    return rows
+
+
 def slug(text: str) -> str:
     """A file-name-safe form of a group or set name (no path separators)."""
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_").lower()
@@ -238,10 +278,15 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     # data ------------------------------------------------------------------------------------------------
     neur_items = load_items(cfg.data, split="neur", seed=cfg.seed)
     test_items = _sample(load_items(cfg.data, split="test", seed=cfg.seed), cfg.max_test_items, cfg.seed)
-    # CountryRC only for the groups of the cultural set: its top neurons are removed per group.
+    # CountryRC only for the groups of the cultural set: its top neurons are removed per group. The paper's
+    # protocol scores its own 8 countries on the first half of the templates and evaluates on all of them.
     groups = list(dict.fromkeys(it.group for it in neur_items))
-    crc_items = load_items(cfg.crc, seed=cfg.seed, countries=groups)
-    crc_test = _sample(load_items(cfg.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
+    if cfg.protocol == "paper":
+        crc_items = load_items(cfg.crc, seed=cfg.seed, split="neur" if cfg.crc.startswith("paper:") else "all")
+        crc_test = _sample(load_items(cfg.crc_test, seed=cfg.seed), cfg.max_test_items, cfg.seed)
+    else:
+        crc_items = load_items(cfg.crc, seed=cfg.seed, countries=groups)
+        crc_test = _sample(load_items(cfg.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
     general_eval: list[MCItem] = []
     general_contrast: list[MCItem] = []
     if cfg.general:
@@ -258,7 +303,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # model -----------------------------------------------------------------------------------------------
     log_fn(f"[culnig] loading model {cfg.model!r}")
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                  attn_implementation=attn_implementation(cfg))
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = []
     fmt = cfg.format
@@ -316,6 +362,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     conditions = [Condition("original", None), Condition("general", general)]
     conditions += [Condition(f"random{i}", select.random_like(general, model, seed=cfg.seed + i, match="site"))
                    for i in range(cfg.n_random)]
+    conditions += [Condition(f"paper_random{i}", select.random_like(general, model, seed=cfg.seed + i, match="none"))
+                   for i in range(cfg.n_random_paper)]
     eval_sets = {"Cultural test (BLEnD-style)": test_items, "CountryRC test": crc_test}
     if general_eval:
         eval_sets["General knowledge"] = general_eval
@@ -323,9 +371,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                                   progress=cfg.progress, save_dir=run_dir / "eval")
     rows = []
     for set_name, by_cond in results.items():
-        randoms = [by_cond[c.name] for c in conditions if c.name.startswith("random")]
-        rows.append(accuracy_row(set_name, by_cond["original"], by_cond["general"], randoms,
-                                 cultural=set_name != "General knowledge", seed=cfg.seed))
+        rows += accuracy_rows(set_name, by_cond, "general", cultural=set_name != "General knowledge", seed=cfg.seed)
     timings["evaluate"] = time.perf_counter() - t
 
     kin = None
@@ -344,6 +390,16 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                  f"{cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons.")
     notes.append(f"Random baselines: {cfg.n_random} sets with the same number of neurons per site (seeds "
                  f"{cfg.seed}..{cfg.seed + cfg.n_random - 1}); p: paired bootstrap over items, one-sided.")
+    if cfg.n_random_paper:
+        from .data.protocols import paper_random_note
+
+        notes.append(paper_random_note(cfg.n_random_paper, cfg.seed) + " Drawn with torch's generator, so the sets "
+                     "differ from the paper's Python-random draws; the distribution they come from is the same.")
+    if cfg.protocol == "paper":
+        notes.append("Protocol: the paper's (ynklab/CULNIG): CountryRC over its 8 countries x 4 instruction variants "
+                     "(scored on the first half of the templates, evaluated on all of them, as its eval script does), "
+                     "accuracy averaged over the variants, letter/number answer labels, "
+                     f"dtype {cfg.dtype}, attention {attn_implementation(cfg)}.")
     timings["total"] = time.perf_counter() - t0
     results_obj = ReportResults(
         title=f"CULNIG run: {model.config._name_or_path}",
@@ -354,7 +410,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         kinship=kin,
         layers={"num_layers": num_layers, "counts": layer_counts(general, num_layers)},
         notes=notes,
-        metadata={"format": fmt, "data": cfg.data, "seconds": f"{timings['total']:.0f}",
+        metadata={"protocol": cfg.protocol, "format": fmt, "data": cfg.data, "seconds": f"{timings['total']:.0f}",
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)

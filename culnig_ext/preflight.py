@@ -320,6 +320,9 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
     non_negative_int("--random", opts.random)
     if opts.random and not opts.inhibit:
         raise ValueError("--random needs --inhibit (random sets are drawn like the inhibited set)")
+    non_negative_int("--paper-random", getattr(opts, "paper_random", 0))
+    if getattr(opts, "paper_random", 0) and not opts.inhibit:
+        raise ValueError("--paper-random needs --inhibit (random sets are drawn as large as the inhibited set)")
     sets = {source: items(source, split=opts.split, seed=opts.seed) for source in opts.data}
     neurons = neuron_set(opts.inhibit) if opts.inhibit else None
     layout = _model_options(opts)
@@ -352,6 +355,15 @@ def check_report(opts: Any):
 RUN_TABLES = ("neur", "ctrl", "crc", "general")
 
 
+def protocol(name: Any) -> str:
+    """``--protocol``: ``ours`` or ``paper``."""
+    from .data.protocols import PROTOCOLS
+
+    if name not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    return name
+
+
 def check_run(cfg: Any) -> None:
     """``culnig run`` / ``run_pipeline``: every number, the model, the run folder and the score tables already in it
     (they are reused). The data sources are read by ``run_pipeline`` itself, before the model and before anything is
@@ -360,6 +372,10 @@ def check_run(cfg: Any) -> None:
         fraction("--" + name.replace("_", "-"), getattr(cfg, name))
     finite("--z-min", cfg.z_min, optional=True)
     non_negative_int("--random", cfg.n_random)
+    non_negative_int("--paper-random", getattr(cfg, "n_random_paper", 0))
+    protocol(getattr(cfg, "protocol", "ours"))
+    if getattr(cfg, "protocol", "ours") == "paper" and cfg.format == "cloze":
+        raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
     if cfg.max_test_items is not None:
         positive_int("--max-test-items", cfg.max_test_items)
     if cfg.format not in ("auto", "letter", "cloze"):
