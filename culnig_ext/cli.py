@@ -7,6 +7,8 @@
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
     culnig report RUN_DIR
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
+    culnig prompts --data D [--protocol paper] --out prompts.jsonl   # what the model sees, item by item
+    culnig run --protocol paper      # the paper's prompts, CountryRC items, dtype and random baseline
 """
 from __future__ import annotations
 
@@ -100,6 +102,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="letter format: argmax over the option letters instead of the full vocabulary")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets and option draws")
     p.add_argument("--out", required=True, help="output folder: per-condition records, results.json, report.md")
+
+    p = sub.add_parser("prompts", help="write each item's exact model input (after the chat template) and target")
+    p.add_argument("--data", required=True, help="item source (any: builtin:cultural, builtin:countryrc, a BLEnD "
+                                                  "folder, normad:PATH, paper:countryrc, ...)")
+    p.add_argument("--split", default="all", choices=["neur", "test", "all"],
+                   help="BLEnD topics, or the paper's neuron/held-out halves under --protocol paper")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="paper: the paper's own prompts for CountryRC, NormAd, CulturalBench, WVB, QNLI, MRPC, CSQA")
+    _add_format(p)
+    p.add_argument("--model", default="smollm2", help="the model whose tokenizer and chat template to use")
+    p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
+    p.add_argument("--out", required=True, help="output .jsonl (written atomically)")
 
     p = sub.add_parser("report", help="(re)write report.md and plots from a run folder's results.json")
     p.add_argument("run_dir", help="a folder written by 'culnig run' or 'culnig evaluate'")
@@ -227,6 +241,16 @@ def _cmd_evaluate(args) -> str:
     return "\n".join(lines + [f"wrote {report}"])
 
 
+def _cmd_prompts(args) -> str:
+    from .model_inputs import write_prompts
+    from .models import load_tokenizer
+    from .preflight import check_prompts
+
+    items = check_prompts(args)
+    n = write_prompts(items, load_tokenizer(args.model), args.out, format=args.format)
+    return f"wrote {args.out}: {n} prompts ({args.format} format, protocol {args.protocol})"
+
+
 def _cmd_report(args) -> str:
     from .preflight import check_report
     from .report import write_report
@@ -268,6 +292,7 @@ def _cmd_build(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
+            "prompts": _cmd_prompts,
             "run": _cmd_run, "build": _cmd_build}
 
 

@@ -97,6 +97,17 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """The tokenizer of a model (same names as ``load_model``), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    path, kwargs, _ = resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise ValueError(f"cannot load the tokenizer of model {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,

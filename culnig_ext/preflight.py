@@ -364,6 +364,20 @@ def protocol(name: Any) -> str:
     return name
 
 
+def check_prompts(opts: Any) -> list[MCItem]:
+    """``culnig prompts``: protocol, format, output file, items (returned), model (checked, weights not loaded)."""
+    from .model_inputs import paper_source
+
+    protocol(opts.protocol)
+    if opts.protocol == "paper" and opts.format == "cloze":
+        raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
+    output_file(opts.out)
+    source = paper_source(opts.data) if opts.protocol == "paper" else opts.data
+    loaded = items(source, split=opts.split, seed=opts.seed)
+    model_layout(opts.model)  # the same checks as the commands that load weights (no weights read here)
+    return loaded
+
+
 def check_run(cfg: Any) -> None:
     """``culnig run`` / ``run_pipeline``: every number, the model, the run folder and the score tables already in it
     (they are reused). The data sources are read by ``run_pipeline`` itself, before the model and before anything is
@@ -407,7 +421,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 
 __all__ = [
-    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run",
+    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_prompts", "check_identify", "check_report", "check_run",
     "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",

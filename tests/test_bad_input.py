@@ -36,6 +36,7 @@ def no_model_loading(monkeypatch):
         raise ModelLoaded(f"load_model{args} was called")
 
     monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(models, "load_tokenizer", refuse)  # culnig prompts loads only the tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +121,7 @@ COMMANDS = {
     "evaluate": Command("evaluate --model {model} --data {items} --format cloze --inhibit {neurons} "
                         "--random {count} --batch-size {batch} --out {out_dir}"),
     "report": Command("report {run_dir}"),
+    "prompts": Command("prompts --model {model} --data {items} --format cloze --out {out_file}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
 }
