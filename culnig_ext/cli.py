@@ -8,6 +8,7 @@
     culnig report RUN_DIR
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
     culnig prompts --data D [--protocol paper] --out prompts.jsonl   # what the model sees, item by item
+    culnig overlap A.json B.json [--eval SRC_A --eval SRC_B --model M] --out DIR   # shared neurons, cross-effects
     culnig run --protocol paper      # the paper's prompts, CountryRC items, dtype and random baseline
 """
 from __future__ import annotations
@@ -115,6 +116,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
     p.add_argument("--out", required=True, help="output .jsonl (written atomically)")
 
+    p = sub.add_parser("overlap", help="overlap of neuron sets (counts, Jaccard, per layer) and the cross-effects "
+                                       "of inhibiting each on the others' evaluation sets")
+    _add_model_args(p)
+    p.add_argument("sets", nargs="+", help="neuron-set JSON files (culnig identify), at least 2")
+    p.add_argument("--eval", action="append", default=[],
+                   help="evaluation source of each set, in the same order (repeat; omit for overlap counts only)")
+    p.add_argument("--split", default="test", choices=["neur", "test", "all"],
+                   help="split of the evaluation sources (default: test, the held-out halves)")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="paper: the evaluation sources are read with the paper's prompts (paper:NAME:PATH)")
+    p.add_argument("--format", default="letter", choices=list(FORMATS), help="answer format (default: letter)")
+    p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
+    p.add_argument("--out", required=True, help="output folder: overlap.json, overlap.md, overlap.png")
+
     p = sub.add_parser("report", help="(re)write report.md and plots from a run folder's results.json")
     p.add_argument("run_dir", help="a folder written by 'culnig run' or 'culnig evaluate'")
 
@@ -156,6 +171,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--paper-random", type=int, default=None,
                    help="random sets drawn the paper's way, uniform over all neurons pooled (default: 0; paper: 10)")
     p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
+    p.add_argument("--saq", default=None, help="a BLEnD folder: also evaluate its short-answer questions in English "
+                                               "and the local languages (greedy generation)")
+    p.add_argument("--saq-max-per-country", type=int, default=defaults.saq_max_per_country,
+                   help="short-answer questions per country (default: %(default)s)")
+    p.add_argument("--saq-max-new-tokens", type=int, default=defaults.saq_max_new_tokens,
+                   help="generated tokens per short answer (default: %(default)s)")
     p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
                    help="cap per evaluation set (seeded sample; default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -251,6 +272,22 @@ def _cmd_prompts(args) -> str:
     return f"wrote {args.out}: {n} prompts ({args.format} format, protocol {args.protocol})"
 
 
+def _cmd_overlap(args) -> str:
+    from .overlap import cross_effects, overlap_stats, write_overlap
+    from .preflight import check_overlap
+
+    inputs = check_overlap(args)
+    stats = overlap_stats(inputs.sets)
+    effects = None
+    if inputs.eval_sets is not None:
+        from .models import load_model
+
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        effects = cross_effects(model, tokenizer, inputs.sets, inputs.eval_sets, fmt=args.format,
+                                batch_size=args.batch_size, progress=not args.no_progress)
+    return f"wrote {write_overlap(args.out, stats, effects)}"
+
+
 def _cmd_report(args) -> str:
     from .preflight import check_report
     from .report import write_report
@@ -271,7 +308,8 @@ def _cmd_run(args) -> str:
         contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
         max_test_items=args.max_test_items, batch_size=args.batch_size, device=args.device,
         t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
-        r_specific=args.r_specific, z_min=args.z_min,
+        r_specific=args.r_specific, z_min=args.z_min, saq=args.saq, saq_max_per_country=args.saq_max_per_country,
+        saq_max_new_tokens=args.saq_max_new_tokens,
         seed=args.seed, progress=not args.no_progress, checkpoint_activations=args.checkpoint_activations,
     )
     out = run_pipeline(cfg)
@@ -292,7 +330,7 @@ def _cmd_build(args: argparse.Namespace) -> str:
 
 
 COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
-            "prompts": _cmd_prompts,
+            "prompts": _cmd_prompts, "overlap": _cmd_overlap,
             "run": _cmd_run, "build": _cmd_build}
 
 

@@ -30,6 +30,7 @@ from . import select
 from .analysis import kinship_matrix_encoded, layer_counts, positive_share
 from .atomic import atomic_write_text, partial_dir, publish_dir
 from .data import TokenizerError, encode, encode_choices, load_items, split_items
+from .data.countries import BLEND_COUNTRIES
 from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
@@ -60,6 +61,8 @@ class RunConfig:
         checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
         protocol: ``ours`` or ``paper`` (``paper_config``: the paper's prompts, CountryRC items, dtype and random
             baseline; see ``culnig_ext.data.protocols``). Stated in every report.
+        saq: a BLEnD folder: also evaluate its short-answer questions (English and local language, held-out topics)
+            by greedy generation, ``saq_max_per_country`` questions per country, ``saq_max_new_tokens`` tokens.
         n_random_paper: random sets drawn the paper's way (uniform over all gate and q/k/v neurons pooled), shown
             beside ours (``n_random``, same count per site); 0 = none.
     """
@@ -93,6 +96,9 @@ class RunConfig:
     checkpoint_activations: bool = False
     protocol: str = "ours"
     n_random_paper: int = 0
+    saq: str | None = None
+    saq_max_per_country: int | None = 5
+    saq_max_new_tokens: int = 48
 
 
 #: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
@@ -372,6 +378,25 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     rows = []
     for set_name, by_cond in results.items():
         rows += accuracy_rows(set_name, by_cond, "general", cultural=set_name != "General knowledge", seed=cfg.seed)
+    if cfg.saq:
+        from .data.saq import load_saq
+        from .saq_eval import evaluate_saq, saq_rows
+
+        t_saq = time.perf_counter()
+        saq_groups = [g for g in groups if g in BLEND_COUNTRIES]
+        saq_items = load_saq(cfg.saq, countries=saq_groups, split="test", max_per_country=cfg.saq_max_per_country,
+                             seed=cfg.seed)
+        log_fn(f"[culnig] short answers: {len(saq_items)} items ({len(saq_groups)} countries, English and local)")
+        saq_results = evaluate_saq(model, tokenizer, saq_items, [c for c in conditions if not c.name.startswith(
+            "paper_random")], max_new_tokens=cfg.saq_max_new_tokens, batch_size=cfg.batch_size,
+            progress=cfg.progress)
+        rows += saq_rows(saq_results, "general", seed=cfg.seed)
+        atomic_write_text(run_dir / "saq_responses.json", json.dumps(
+            {c: [asdict(r) for r in res.records] for c, res in saq_results.items()}, ensure_ascii=False, indent=1))
+        notes.append(f"Short answers: greedy generation, at most {cfg.saq_max_new_tokens} new tokens, scored by "
+                     "lemma match against the annotators' answers (culnig_ext/data/saq.py); responses in "
+                     "saq_responses.json.")
+        timings["saq"] = time.perf_counter() - t_saq
     timings["evaluate"] = time.perf_counter() - t
 
     kin = None

@@ -378,6 +378,47 @@ def check_prompts(opts: Any) -> list[MCItem]:
     return loaded
 
 
+@dataclass
+class OverlapInputs:
+    """The neuron sets of ``culnig overlap`` by name, and their evaluation sets (by the same names) when given."""
+
+    sets: dict[str, NeuronSet]
+    eval_sets: dict[str, list[MCItem]] | None
+
+
+def check_overlap(opts: Any) -> OverlapInputs:
+    """``culnig overlap``: neuron sets (parsed; at least 2), evaluation sources (one per set), model, output."""
+    from .overlap import OVERLAP_JSON, OVERLAP_MD, OVERLAP_PNG, set_name
+
+    if len(opts.sets) < 2:
+        raise ValueError(f"give at least 2 neuron sets to compare, got {len(opts.sets)}")
+    sets: dict[str, NeuronSet] = {}
+    for path in opts.sets:
+        sets[set_name(path, list(sets))] = neuron_set(path, "neuron set")
+    eval_sets = None
+    if opts.eval:
+        if len(opts.eval) != len(opts.sets):
+            raise ValueError(f"--eval: give one evaluation source per neuron set ({len(opts.sets)}), "
+                             f"got {len(opts.eval)}")
+        protocol(opts.protocol)
+        eval_sets = {}
+        for name, source in zip(sets, opts.eval):
+            if opts.protocol == "paper":
+                from .model_inputs import paper_source
+
+                source = paper_source(source)
+            eval_sets[name] = items(source, "--eval", split=opts.split, seed=opts.seed)
+        layout = _model_options(opts)
+        if layout is not None:
+            for (name, ns), path in zip(sets.items(), opts.sets):
+                try:
+                    ns.validate(layout)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: {exc} (model {opts.model})") from None
+    output_dir(opts.out, files=(OVERLAP_JSON, OVERLAP_MD, OVERLAP_PNG))
+    return OverlapInputs(sets, eval_sets)
+
+
 def check_run(cfg: Any) -> None:
     """``culnig run`` / ``run_pipeline``: every number, the model, the run folder and the score tables already in it
     (they are reused). The data sources are read by ``run_pipeline`` itself, before the model and before anything is
@@ -388,6 +429,12 @@ def check_run(cfg: Any) -> None:
     non_negative_int("--random", cfg.n_random)
     non_negative_int("--paper-random", getattr(cfg, "n_random_paper", 0))
     protocol(getattr(cfg, "protocol", "ours"))
+    if getattr(cfg, "saq", None):
+        if not Path(cfg.saq, "annotations").is_dir() or not Path(cfg.saq, "prompts").is_dir():
+            raise ValueError(f"--saq {cfg.saq}: not a BLEnD folder (needs annotations/, questions/ and prompts/)")
+        if cfg.saq_max_per_country is not None:
+            positive_int("--saq-max-per-country", cfg.saq_max_per_country)
+        positive_int("--saq-max-new-tokens", cfg.saq_max_new_tokens)
     if getattr(cfg, "protocol", "ours") == "paper" and cfg.format == "cloze":
         raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
     if cfg.max_test_items is not None:
@@ -421,7 +468,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 
 __all__ = [
-    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_prompts", "check_identify", "check_report", "check_run",
+    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_overlap", "check_prompts", "check_identify", "check_report", "check_run",
     "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",

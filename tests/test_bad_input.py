@@ -121,6 +121,8 @@ COMMANDS = {
     "evaluate": Command("evaluate --model {model} --data {items} --format cloze --inhibit {neurons} "
                         "--random {count} --batch-size {batch} --out {out_dir}"),
     "report": Command("report {run_dir}"),
+    "overlap": Command("overlap {neurons} {neurons} --model {model} --eval {items} --eval {items} --split all --format cloze "
+                       "--batch-size {batch} --out {out_dir}"),
     "prompts": Command("prompts --model {model} --data {items} --format cloze --out {out_file}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
