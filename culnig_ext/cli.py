@@ -90,8 +90,13 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy with and without inhibiting a neuron set, against random sets")
     _add_model_args(p)
     _add_format(p)
-    p.add_argument("--data", required=True, action="append",
-                   help="item source to evaluate (repeat for several sets)")
+    p.add_argument("--data", action="append", default=[],
+                   help="item source to evaluate (repeat for several sets; or only --lm-eval)")
+    p.add_argument("--lm-eval", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks, run on the model under every condition")
+    p.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                   help="folder of lm-eval task YAML files (tasks on local data files)")
+    p.add_argument("--lm-eval-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
     p.add_argument("--split", default="all", choices=["neur", "test", "all"], help="BLEnD topic split")
     p.add_argument("--inhibit", help="NeuronSet JSON to inhibit (without it: plain evaluation)")
     p.add_argument("--random", type=int, default=0, help="number of random sets (same count per site)")
@@ -249,10 +254,18 @@ def _cmd_evaluate(args) -> str:
                                                                          match="none"))
                        for i in range(args.paper_random)]
     out = Path(args.out)
-    results = evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
-                                  progress=not args.no_progress, save_dir=out / "eval")
+    results = (evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
+                                   progress=not args.no_progress, save_dir=out / "eval") if sets else {})
     rows = [row for name, by_cond in results.items()
             for row in accuracy_rows(name, by_cond, "inhibited", cultural=True, seed=args.seed)]
+    if inputs.lm_eval_tasks:
+        from .lmeval import run_lm_eval
+
+        lm = run_lm_eval(model, tokenizer, inputs.lm_eval_tasks, conditions, include_path=args.lm_eval_include,
+                         limit=args.lm_eval_limit, batch_size=args.batch_size, seed=args.seed)
+        rows += [row for task, by_cond in lm.items()
+                 for row in accuracy_rows(f"lm-eval: {task} ({next(iter(by_cond.values())).metric})", by_cond,
+                                          "inhibited", cultural=False, seed=args.seed)]
     res = ReportResults(title=f"Evaluation: {args.model}", model=args.model,
                         neuron_set=args.inhibit or "(none)", n_neurons=len(neurons) if neurons else None,
                         rows=rows, metadata={"protocol": args.protocol, "format": args.format})

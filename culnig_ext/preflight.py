@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -313,6 +313,7 @@ class EvaluateInputs:
 
     sets: dict[str, list[MCItem]]
     neurons: NeuronSet | None
+    lm_eval_tasks: list[str] = field(default_factory=list)
 
 
 def check_evaluate(opts: Any) -> EvaluateInputs:
@@ -323,6 +324,17 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
     non_negative_int("--paper-random", getattr(opts, "paper_random", 0))
     if getattr(opts, "paper_random", 0) and not opts.inhibit:
         raise ValueError("--paper-random needs --inhibit (random sets are drawn as large as the inhibited set)")
+    tasks = [t.strip() for t in (getattr(opts, "lm_eval", None) or "").split(",") if t.strip()]
+    if not opts.data and not tasks:
+        raise ValueError("give --data (an item source) and/or --lm-eval TASKS")
+    if getattr(opts, "lm_eval_limit", None) is not None:
+        positive_int("--lm-eval-limit", opts.lm_eval_limit)
+    if getattr(opts, "lm_eval_include", None) and not Path(opts.lm_eval_include).is_dir():
+        raise FileNotFoundError(f"--lm-eval-include {opts.lm_eval_include}: folder not found")
+    if tasks:
+        from .lmeval import check_tasks
+
+        check_tasks(tasks, getattr(opts, "lm_eval_include", None))
     sets = {source: items(source, split=opts.split, seed=opts.seed) for source in opts.data}
     neurons = neuron_set(opts.inhibit) if opts.inhibit else None
     layout = _model_options(opts)
@@ -336,7 +348,7 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
     out = output_dir(opts.out, files=(RESULTS_FILE, REPORT_FILE))
     if (out / "eval").exists() and not (out / "eval").is_dir():
         raise ValueError(f"--out {out}: {out / 'eval'} is a file; it must be the folder of evaluation records")
-    return EvaluateInputs(sets, neurons)
+    return EvaluateInputs(sets, neurons, tasks)
 
 
 def check_report(opts: Any):

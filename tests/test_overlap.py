@@ -71,8 +71,8 @@ def test_overlap_cli_cross_effects(tmp_path):
     a.save(tmp_path / "a.json")
     b.save(tmp_path / "b.json")
     cultural, general = load_items("builtin:cultural")[:10], load_items("builtin:general")[:10]
-    write_jsonl(tmp_path / "c.jsonl", cultural)
-    write_jsonl(tmp_path / "g.jsonl", general)
+    write_jsonl(cultural, tmp_path / "c.jsonl")
+    write_jsonl(general, tmp_path / "g.jsonl")
     out = tmp_path / "ov"
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
