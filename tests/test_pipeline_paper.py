@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from culnig_ext.data import FRAME_QUESTION, load_items
 from culnig_ext.pipeline import PAPER_PRESET, RunConfig, attn_implementation, paper_config
 from culnig_ext.table import ScoreTable
 
+BLEND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "blend"
 FRACTIONS = ["--t-mlp", "0.1", "--t-attn", "0.05", "--r-mlp", "0.05", "--r-attn", "0.03", "--t-specific", "0.05",
              "--r-specific", "0.02"]
 
@@ -79,7 +81,8 @@ def test_run_protocol_paper_cli(model_dir, tmp_path):
     with contextlib.redirect_stdout(buf):
         code = cli.main(["run", "--protocol", "paper", "--model", str(model_dir), "--out", str(out), "--dtype",
                          "float32", "--random", "2", "--paper-random", "3", "--max-test-items", "8", "--no-kinship",
-                         "--no-progress", *FRACTIONS])
+                         "--no-progress", "--saq", str(BLEND), "--saq-max-per-country", "1",
+                         "--saq-max-new-tokens", "3", *FRACTIONS])
     assert code == 0, buf.getvalue()
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["protocol"] == "paper" and cfg["n_random_paper"] == 3 and cfg["format"] == "letter"
@@ -98,5 +101,14 @@ def test_run_protocol_paper_cli(model_dir, tmp_path):
     for i, acc in enumerate(paper_rows["random"]):
         rec = json.loads((out / "eval" / f"countryrc_test__paper_random{i}.json").read_text())
         assert acc == pytest.approx(sum(r["correct"] for r in rec["records"]) / len(rec["records"]))
+    # short answers: one row per (country, language), English for every country, local for the non-English ones
+    saq = {n: by_name[n] for n in names if n.startswith("BLEnD short answers")}
+    assert "BLEnD short answers: Spain (es)" in saq and "BLEnD short answers: US (en)" in saq
+    assert "BLEnD short answers: US (ko)" not in saq and len(saq["BLEnD short answers: Spain (es)"]["random"]) == 2
+    responses = json.loads((out / "saq_responses.json").read_text())
+    assert set(responses) == {"original", "general", "random0", "random1"}
+    spain_es = [r for r in responses["original"] if r["group"] == "Spain" and r["language"] == "es"]
+    assert saq["BLEnD short answers: Spain (es)"]["original"] == pytest.approx(
+        sum(r["correct"] for r in spain_es) / len(spain_es))
     report = (out / "report.md").read_text()
     assert "- protocol: paper" in report and "Paper's random baseline: 3 sets" in report
