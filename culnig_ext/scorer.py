@@ -29,11 +29,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import ops
+from . import moe, ops
 from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .items import ScoreItem, as_score_items, group_names
 from .sites import Site, select_sites
 from .table import ScoreTable
+from .wrapped import check_differentiable
 
 ItemLike = ScoreItem | Mapping[str, Any]
 log = logging.getLogger("culnig")
@@ -127,7 +128,19 @@ class BatchState:
     token_mask: torch.Tensor  # [B, T] bool
     group: torch.Tensor  # [B] int64
     weight: torch.Tensor | None = None  # [B] float32, P(y|x), known after the forward pass
+    rows: torch.Tensor | None = None  # [B'] int64: for a sub-batch (MoE expert), its rows in the whole batch
     _cache: dict = field(default_factory=dict)
+
+    def subset(self, rows: torch.Tensor, token_mask: torch.Tensor) -> "BatchState":
+        """The state of the batch rows ``rows [B'] int64`` with another ``token_mask [B', T]`` (an MoE expert's
+        routed tokens)."""
+        rows_cpu = rows.cpu()
+        return BatchState(
+            token_mask=token_mask,
+            group=self.group[rows_cpu.to(self.group.device)],
+            weight=None if self.weight is None else self.weight[rows.to(self.weight.device)],
+            rows=rows_cpu,
+        )
 
     def on(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, device)
@@ -148,11 +161,16 @@ class _Hooks:
         for site in sites:
             by_module.setdefault(id(site.module), []).append(site)
             modules[id(site.module)] = site.module
+        paths = {id(m): name for name, m in model.named_modules()}
         try:
             embedding = model.get_input_embeddings()
             self.handles.append(embedding.register_forward_hook(self._embedding_hook))
             for key, module in modules.items():
-                self.handles.append(module.register_forward_hook(self._site_hook(by_module[key], on_grad)))
+                if by_module[key][0].expert is not None:
+                    self.handles.append(moe.tap(module, self._expert_tap(by_module[key], on_grad)))
+                else:
+                    hook = self._site_hook(by_module[key], on_grad, paths.get(key, type(module).__name__))
+                    self.handles.append(module.register_forward_hook(hook))
         except BaseException:
             self.close()
             raise
@@ -163,16 +181,54 @@ class _Hooks:
         self.embeds = leaf
         return leaf
 
-    def _site_hook(self, sites: list[Site], on_grad: GradCallback):
-        def hook(module, args, output):
-            if not output.requires_grad:
+    def _expert_tap(self, sites: list[Site], on_grad: GradCallback):
+        """An MoE experts module: each expert's gate neurons, attributed only on the tokens routed to it (an item
+        none of whose tokens reach the expert adds nothing to that expert's scores)."""
+        by_expert = {site.expert: site for site in sites}
+
+        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> None:
+            site = by_expert.get(expert)
+            if site is None or not gate_up.requires_grad:
                 return None
+            act, tokens = gate_up.detach(), token_idx.detach()
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                state = self.state
+                b, t = state.token_mask.shape
+                if int(tokens.max()) >= b * t:
+                    raise RuntimeError(f"{site.name}: the experts' input rows are not the batch's B * T tokens")
+                routed = torch.zeros(b * t, dtype=torch.bool, device=act.device)
+                routed[tokens] = True
+                mask = routed.view(b, t) & state.on("token_mask", act.device)
+                rows = mask.any(1).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    return
+                dense_act = moe.scatter_rows(site.view(act), tokens, b, t)[rows]
+                dense_grad = moe.scatter_rows(site.view(grad), tokens, b, t)[rows]
+                on_grad(site, dense_act, dense_grad, state.subset(rows, mask[rows]))
+
+            gate_up.register_hook(grad_hook)
+            return None
+
+        return expert_tap
+
+    def _site_hook(self, sites: list[Site], on_grad: GradCallback, path: str):
+        def hook(module, args, output):
+            if not isinstance(output, torch.Tensor) or not output.requires_grad:
+                raise RuntimeError(
+                    f"site {sites[0].name}: module {path} ({type(module).__name__}) returned "
+                    f"{'an output with no gradient path' if isinstance(output, torch.Tensor) else type(output).__name__}"
+                    "; its neurons cannot be attributed (a quantised layer without a backward?)"
+                )
             act = output.detach()
 
             def grad_hook(grad: torch.Tensor) -> None:
-                # One hook per module output: fused projections are sliced here, with no copy.
+                # One hook per module output: fused projections are sliced here, with no copy. OPT feeds its MLP
+                # the flattened [B * T, H] tokens: its fc1 output is seen as [B, T, N] again.
+                shape = (*self.state.token_mask.shape, -1)
+                a, g = (act, grad) if act.dim() == 3 else (act.reshape(shape), grad.reshape(shape))
                 for site in sites:
-                    on_grad(site, site.view(act), site.view(grad), self.state)
+                    on_grad(site, site.view(a), site.view(g), self.state)
 
             output.register_hook(grad_hook)
             return None
@@ -218,6 +274,7 @@ def _run(
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     tokens, started = 0, time.perf_counter()
     with frozen(model):
+        check_differentiable(sites, {id(m): name for name, m in model.named_modules()})
         hooks = _Hooks(model, sites, on_grad)
         try:
             batches = make_batches(items, group_rows, batch_size, device, pad_id(model))
@@ -433,7 +490,7 @@ def item_scores(
     def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
         out_cols, idx = columns[site.name]
         maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device))
-        rows = current["rows"]
+        rows = current["rows"] if state.rows is None else current["rows"][state.rows]
         result[rows.unsqueeze(1), out_cols.unsqueeze(0)] = maxima[:, idx.to(maxima.device)].float().cpu()
 
     def on_probs(batch: Batch, probs: torch.Tensor) -> None:
