@@ -97,13 +97,19 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
+def auto_attn_implementation(config) -> str:
+    """``"eager"`` when the (text) config soft-caps attention logits (Gemma 2), else ``"sdpa"``."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return "eager" if getattr(text, "attn_logit_softcapping", None) else "sdpa"
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | None = None,
     device_map: str | dict | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
 ):
     """Load ``(model, tokenizer)`` for scoring and evaluation (eval mode, weights frozen by the scorer itself).
 
@@ -112,14 +118,19 @@ def load_model(
         dtype: weights' dtype (``torch.float32``, ``torch.bfloat16`` ... or its name).
         device: put the whole model on this device (ignored when ``device_map`` is given).
         device_map: spread the model over devices (``"auto"`` or an accelerate map).
+        attn_implementation: ``"sdpa"``, ``"eager"`` ...; None picks ``"eager"`` for models whose attention logits
+            are soft-capped (Gemma 2: sdpa would silently drop the cap and compute another model) and ``"sdpa"``
+            for every other model.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = _dtype(dtype)
     path, kwargs, display = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model_kwargs = dict(kwargs, dtype=dtype)
+        if attn_implementation is None:
+            attn_implementation = auto_attn_implementation(AutoConfig.from_pretrained(path, **kwargs))
         if attn_implementation:
             model_kwargs["attn_implementation"] = attn_implementation
         if device_map is not None:
