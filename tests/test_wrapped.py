@@ -101,15 +101,18 @@ def test_quantised_layer_with_a_backward_scores_as_its_dequantised_linear():
 
 
 @pytest.mark.parametrize(
-    "wrapper, reason", [(KernelQuantLinear, "backward of module .* fails: RuntimeError: int4 kernel has no backward"),
-                        (DetachedQuantLinear, "no gradient path")],
+    "wrapper, message",
+    [(KernelQuantLinear, "the backward of module model.layers.1.self_attn.k_proj (KernelQuantLinear) fails: "
+                         "RuntimeError: int4 kernel has no backward"),
+     (DetachedQuantLinear, "module model.layers.1.self_attn.k_proj (DetachedQuantLinear) returns an output with no "
+                           "gradient path")],
 )
-def test_quantised_layer_without_a_backward_is_refused_by_name(wrapper, reason):
+def test_quantised_layer_without_a_backward_is_refused_by_name(wrapper, message):
     model = tiny_model("llama")
     model.model.layers[1].self_attn.k_proj = wrapper(model.model.layers[1].self_attn.k_proj)
-    with pytest.raises(NotDifferentiableError, match=f"layers.1.self_attn.k_proj: .*model.layers.1.self_attn.k_proj "
-                                                     f"\\({wrapper.__name__}\\).*{reason}"):
+    with pytest.raises(NotDifferentiableError) as info:
         culnig_ext.score(model, random_items(3), progress=False)
+    assert str(info.value).startswith("site layers.1.self_attn.k_proj: ") and message in str(info.value)
     # Leaving its sites out is the way round it.
     others = ["layers.0.mlp.gate_proj", "layers.1.self_attn.q_proj"]
     table = culnig_ext.score(model, random_items(3), sites=others, progress=False)
