@@ -274,7 +274,7 @@ def _run(
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     tokens, started = 0, time.perf_counter()
     with frozen(model):
-        check_differentiable(sites, {id(m): name for name, m in model.named_modules()})
+        check_differentiable(model, sites)
         hooks = _Hooks(model, sites, on_grad)
         try:
             batches = make_batches(items, group_rows, batch_size, device, pad_id(model))

@@ -4,7 +4,8 @@ A site's module need not be an ``nn.Linear``: PEFT LoRA layers (scored as the me
 their output *is* base + LoRA), bitsandbytes 4/8-bit layers, or any wrapper exposing ``out_features``. What
 attribution needs is a gradient from the module's output back to its input. ``check_differentiable`` runs each
 such module once on a one-token random input and refuses, naming the module, one whose output has no gradient path
-or whose backward raises. Plain ``nn.Linear`` and transformers' ``Conv1D`` are trusted without the probe.
+or whose backward raises. Plain ``nn.Linear`` and transformers' ``Conv1D`` are trusted without the probe; every
+other projection of the model is probed, since the backward of every earlier neuron runs through it.
 """
 from __future__ import annotations
 
@@ -38,45 +39,51 @@ def _first_float_param(module: nn.Module) -> torch.Tensor | None:
     return None
 
 
-def check_differentiable(sites: Sequence, names: dict[int, str] | None = None) -> None:
-    """Refuse sites whose module has no working backward.
+def check_differentiable(model: nn.Module, sites: Sequence = ()) -> None:
+    """Refuse a model holding a projection without a working backward.
+
+    Every projection module of the model (see ``sites.out_width``) that is not a plain ``nn.Linear``/``Conv1D``
+    is probed, not only the chosen sites' modules: the backward pass runs through every layer between the output
+    and the embeddings, so one module without a backward breaks (or, computed outside autograd, silently
+    truncates) the attribution of every neuron before it.
 
     Args:
-        sites: ``Site`` objects (MoE expert sites are skipped: their module is the experts container, computed by
-            ``culnig_ext.moe`` with differentiable ops).
-        names: ``{id(module): dotted path}`` for the error message (the type name is used without it).
+        model: the model to be scored.
+        sites: the chosen ``Site`` objects, to name the site a refused module holds.
 
     Raises:
-        NotDifferentiableError: naming the module path, its type and the site.
+        NotDifferentiableError: naming the module path, its type and (when it holds one) the site.
     """
-    seen: set[int] = set()
-    for site in sites:
-        module = site.module
-        if site.expert is not None or id(module) in seen or _trusted(module):
+    from .sites import out_width
+
+    site_of = {id(site.module): site.name for site in sites}
+    probed: list[str] = []
+    for path, module in model.named_modules():
+        if out_width(module) is None or _trusted(module) or any(path.startswith(p + ".") for p in probed):
             continue
-        seen.add(id(module))
-        where = (names or {}).get(id(module), type(module).__name__)
         width = _in_features(module)
-        param = _first_float_param(module)
         if width is None:
             continue  # nothing to probe with; the scorer's runtime check still refuses a missing gradient
+        probed.append(path)
+        where = f"site {site_of[id(module)]}: " if id(module) in site_of else ""
+        what = f"module {path} ({type(module).__name__})"
+        param = _first_float_param(module)
         dtype = param.dtype if param is not None else torch.float32
         device = param.device if param is not None else torch.device("cpu")
         x = torch.randn(1, 1, width, dtype=dtype, device=device, requires_grad=True)
+        advice = "; dequantise it: attribution needs its backward, for its own neurons and every neuron before it"
         try:
             with torch.enable_grad():
                 out = module(x)
                 if not isinstance(out, torch.Tensor) or not out.requires_grad:
                     raise NotDifferentiableError(
-                        f"site {site.name}: module {where} ({type(module).__name__}) returns an output with no "
-                        "gradient path to its input, so its neurons cannot be attributed (a quantised layer without "
-                        "a backward?); dequantise it or leave its sites out (sites=...)"
+                        f"{where}{what} returns an output with no gradient path to its input (a quantised layer "
+                        f"computed outside autograd?){advice}"
                     )
                 torch.autograd.grad(out.float().sum(), [x])
         except NotDifferentiableError:
             raise
         except Exception as exc:
             raise NotDifferentiableError(
-                f"site {site.name}: the backward of module {where} ({type(module).__name__}) fails: "
-                f"{type(exc).__name__}: {exc}; dequantise it or leave its sites out (sites=...)"
+                f"{where}the backward of {what} fails: {type(exc).__name__}: {exc}{advice}"
             ) from exc
