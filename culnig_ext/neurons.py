@@ -36,10 +36,16 @@ _TOP_KEYS = ("format", "method", "params", "model", "sources", "neurons")
 _NEURON_KEYS = ("site", "index", "score")
 
 
-def site_key(site: str) -> tuple[int, int]:
-    """Sort key of a site name: ``(layer, rank)`` with rank gate=0, q=1, k=2, v=3. Refuses a non-site name."""
+def site_key(site: str) -> tuple[int, ...]:
+    """Sort key of a site name: ``(layer, rank)`` with rank gate=0, q=1, k=2, v=3; a mixture-of-experts layer's
+    gates sort as ``(layer, 0, expert)``, its shared expert after them. Refuses a non-site name."""
     layer, _ = parse_site_name(site)
-    return layer, _PROJ_RANK[site.split(".", 2)[2]]
+    proj = site.split(".", 2)[2]
+    if proj.startswith("mlp.experts."):
+        return layer, 0, int(proj.split(".")[2])
+    if proj == "mlp.shared_expert.gate_proj":
+        return layer, 0, 1 << 30
+    return layer, _PROJ_RANK[proj]
 
 
 def site_widths(source: nn.Module | ScoreTable | Mapping[str, int]) -> dict[str, int]:

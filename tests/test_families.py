@@ -84,7 +84,8 @@ def _moe_reference_forward(experts_module, captured):
             if tok.numel() == 0:
                 continue
             gate_up = hidden[tok] @ experts_module.gate_up_proj[e].T
-            gate_up.retain_grad()
+            if gate_up.requires_grad:
+                gate_up.retain_grad()
             captured[(id(experts_module), e)] = (gate_up, tok)
             h = experts_module.act_fn(gate_up[:, :inter]) * gate_up[:, inter:]
             out = out.index_add(0, tok, (h @ experts_module.down_proj[e].T) * top_k_weights[tok, pos, None])
