@@ -280,6 +280,24 @@ class NeuronSet:
         return NeuronSet([n for n in self._neurons if (n.site, n.index) not in other], **meta)
 
     # ------------------------------------------------------------------------------------------------- I/O
+    def to_pandas(self):
+        """Long DataFrame ``site | layer | kind | index | group | score``, one row per neuron (``culnig_ext.frames``)."""
+        from .frames import neurons_to_pandas
+
+        return neurons_to_pandas(self)
+
+    @classmethod
+    def from_pandas(cls, df, **meta: Any) -> "NeuronSet":
+        """A set from a DataFrame with ``site``, ``index`` (and ``score``) columns; metadata from ``df.attrs``."""
+        from .frames import neurons_from_pandas
+
+        return neurons_from_pandas(df, **meta)
+
+    def _repr_html_(self) -> str:
+        from .frames import neurons_html
+
+        return neurons_html(self)
+
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object (see the module docstring)."""
         return {
