@@ -99,6 +99,7 @@ def reference_scores(model, arch, items):
     widths = {n: len(c) for n, (_, c) in dense.items()}
     widths.update({n: m.gate_up_proj.shape[1] // 2 for n, (m, _) in experts.items()})
     sums = {n: torch.zeros(len(groups), w, dtype=torch.float64) for n, w in widths.items()}
+    probs = torch.zeros(len(groups), dtype=torch.float64)
     modules = {id(m): m for m, _ in dense.values()}
     expert_modules = {id(m): m for m, _ in experts.values()}
     for item in items:
@@ -126,6 +127,7 @@ def reference_scores(model, arch, items):
         p = torch.softmax(logits.double(), -1)[-1, item["answer_id"]]
         p.backward()
         row = groups.index(item["group"])
+        probs[row] += p.item()
         for n, (m, cols) in dense.items():
             out = captured[id(m)]
             out, grad = out.detach().reshape(1, fed.shape[1], -1), out.grad.reshape(1, fed.shape[1], -1)  # OPT: [T, F]
@@ -136,7 +138,7 @@ def reference_scores(model, arch, items):
             gate_up, _ = captured[(id(m), e)]
             inter = m.gate_up_proj.shape[1] // 2
             sums[n][row] += p.item() * (gate_up.detach()[:, :inter] * gate_up.grad[:, :inter]).max(0).values
-    return groups, sums
+    return groups, sums, probs
 
 
 @pytest.mark.parametrize("arch", FAMILIES)
@@ -145,7 +147,7 @@ def test_family_scores_match_float64_reference(arch):
     # Gemma 2 runs eager attention, whose float64 mask (finfo.min) becomes -inf in its float32 softmax: a fully
     # masked padding row is NaN there, and 0 * NaN leaks into real rows. Equal lengths: batched, but no padding.
     items = random_items(5, seed=3, min_len=6, max_len=6) if arch == "gemma2" else random_items(5, seed=3)
-    groups, ref = reference_scores(model, arch, items)
+    groups, ref, _ = reference_scores(model, arch, items)
     table = culnig_ext.score(model, items, batch_size=3, progress=False)
     assert table.groups == groups
     assert set(table.sites) == set(ref), sorted(set(table.sites) ^ set(ref))
@@ -191,3 +193,19 @@ def test_unsupported_model_is_refused_naming_what_was_looked_for():
     model.layers = torch.nn.ModuleList([torch.nn.Module()])
     with pytest.raises(ValueError, match="cannot find the decoder layers.*not supported"):
         neuron_sites(model)
+
+
+def test_item_scores_of_expert_neurons_are_per_item_and_zero_where_not_routed():
+    """Per-item (unweighted) scores of expert neurons in a batch: each item's own max over its routed tokens."""
+    model = family_model("qwen2_moe")
+    items = random_items(5, seed=8)
+    neurons = [("layers.0.mlp.experts.0.gate_proj", 3), ("layers.0.mlp.experts.2.gate_proj", 0),
+               ("layers.0.mlp.shared_expert.gate_proj", 5), ("layers.1.mlp.gate_proj", 1)]
+    got = culnig_ext.item_scores(model, items, neurons, batch_size=3, progress=False)
+    zeros = 0
+    for row, item in enumerate(items):
+        _, ref, probs = reference_scores(model, "qwen2_moe", [item])
+        want = torch.tensor([ref[s][0, i].item() / probs[0].item() for s, i in neurons], dtype=torch.float64)
+        zeros += int((want == 0).sum())
+        torch.testing.assert_close(got[row].double(), want, rtol=1e-5, atol=1e-9)
+    assert zeros > 0  # some item sends no token to one of the experts: its score there is 0
