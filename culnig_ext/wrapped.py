@@ -32,11 +32,15 @@ def _in_features(module: nn.Module) -> int | None:
     return None
 
 
-def _first_float_param(module: nn.Module) -> torch.Tensor | None:
-    for p in module.parameters():
-        if p.dtype.is_floating_point:
-            return p
-    return None
+def _probe_dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The input dtype and device a module expects: its compute dtype (bitsandbytes) or first float parameter's
+    dtype; the device of any of its tensors (a 4-bit weight is uint8 but sits on the right device)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    dtype = getattr(module, "compute_dtype", None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        dtype = next((t.dtype for t in tensors if t.dtype.is_floating_point), torch.float32)
+    return dtype, device
 
 
 def check_differentiable(model: nn.Module, sites: Sequence = ()) -> None:
@@ -67,9 +71,7 @@ def check_differentiable(model: nn.Module, sites: Sequence = ()) -> None:
         probed.append(path)
         where = f"site {site_of[id(module)]}: " if id(module) in site_of else ""
         what = f"module {path} ({type(module).__name__})"
-        param = _first_float_param(module)
-        dtype = param.dtype if param is not None else torch.float32
-        device = param.device if param is not None else torch.device("cpu")
+        dtype, device = _probe_dtype_device(module)
         x = torch.randn(1, 1, width, dtype=dtype, device=device, requires_grad=True)
         advice = "; dequantise it: attribution needs its backward, for its own neurons and every neuron before it"
         try:
