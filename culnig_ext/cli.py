@@ -142,39 +142,19 @@ def _parser() -> argparse.ArgumentParser:
 
 def _add_compare(sub) -> None:
     from .compare import CompareConfig
+    from .options import add_arguments
 
-    d = CompareConfig()
     p = sub.add_parser("compare", help="CULNIG's neurons beside LAPE's (activation probability): overlap, layers, "
                                        "inhibition effect against random sets")
-    p.add_argument("--out", default=d.out, help="output folder (default: %(default)s); re-running reuses scores")
-    p.add_argument("--model", default=d.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=d.data, help="cultural item source (default: %(default)s)")
-    p.add_argument("--crc", default=d.crc, help="CountryRC scoring templates (default: %(default)s)")
-    _add_format(p, default="auto")
-    for name in ("t_specific", "r_specific", "z_min", "top_rate", "filter_rate", "activation_bar_ratio"):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name),
-                       help=f"(default: %(default)s, the {'LAPE' if name in ('top_rate', 'filter_rate', 'activation_bar_ratio') else 'CULNIG'} paper's)")
-    p.add_argument("--random", type=int, default=d.n_random, help="random sets per method (default: %(default)s)")
-    p.add_argument("--max-items", type=int, default=d.max_items, help="cap on scoring items (seeded sample)")
-    p.add_argument("--max-test-items", type=int, default=d.max_test_items, help="cap on test items (seeded sample)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--dtype", default=d.dtype, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_arguments(p, CompareConfig)
 
 
 def _cmd_compare(args) -> str:
     from .compare import CompareConfig, compare_markdown, run_compare
+    from .options import build
 
-    cfg = CompareConfig(
-        out=args.out, model=args.model, data=args.data, crc=args.crc, format=args.format, t_specific=args.t_specific,
-        r_specific=args.r_specific, z_min=args.z_min, top_rate=args.top_rate, filter_rate=args.filter_rate,
-        activation_bar_ratio=args.activation_bar_ratio, n_random=args.random, max_items=args.max_items,
-        max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        seed=args.seed, progress=not args.no_progress,
-    )
-    return compare_markdown(run_compare(cfg)) + f"\nwrote {Path(args.out) / 'compare.md'}"
+    cfg = build(CompareConfig, args)
+    return compare_markdown(run_compare(cfg)) + f"\nwrote {Path(cfg.out) / 'compare.md'}"
 
 
 def _cmd_score(args) -> str:
@@ -300,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     restore_bars = None
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         # --no-progress hides transformers' model-loading bars too (they would bury a one-line error on stderr).
         from transformers.utils import logging as hf_logging
 

@@ -74,7 +74,10 @@ HELP_OPTIONS = {
     ("run",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--control",
                "--normalize", "--contrast-general", "--random", "--no-kinship", "--max-test-items", "--batch-size",
                "--dtype", "--device", "--seed", "--no-progress"],
-    (): ["score", "identify", "evaluate", "report", "run", "--version"],
+    ("compare",): ["--out", "--model", "--data", "--crc", "--format", "--control", "--t-specific", "--r-specific",
+                   "--z-min", "--top-rate", "--filter-rate", "--activation-bar-ratio", "--random", "--max-items",
+                   "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
+    (): ["score", "identify", "evaluate", "report", "run", "compare", "--version"],
 }
 
 
