@@ -359,7 +359,12 @@ def _layer_sites(layer: int, block: nn.Module, config, kinds: tuple[str, ...]) -
 
 
 def neuron_sites(model: nn.Module, kinds: tuple[str, ...] = KINDS) -> list[Site]:
-    """All neuron sites of ``model`` in layer order (per layer: gate, then q, k, v).
+    """All neuron sites of ``model`` in layer order (per layer: gate(s), then q, k, v).
+
+    Supported: the families in the module docstring's table (gated, fused, gate-less and mixture-of-experts MLPs;
+    separate, fused and interleaved q/k/v), also wrapped in PEFT adapters or quantised layers. Not supported, and
+    refused with an error saying what was looked for: encoder-decoder and encoder-only models, experts kept as a
+    ``ModuleList`` of MLPs or without a gate, state-space/recurrent blocks, latent (MLA) attention.
 
     Args:
         model: a Hugging Face decoder LM (``*ForCausalLM``, or ``Gemma3ForConditionalGeneration``).
