@@ -17,6 +17,15 @@ from tiny_families import FAMILIES, MOE, family_model
 from tiny_models import random_items
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def _cols(lo, hi):
     return torch.arange(lo, hi)
 

@@ -11,6 +11,15 @@ from tiny_families import family_model
 from tiny_models import random_items, tiny_model
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def hand_counts(model, items, gate_modules, experts=None):
     """Per item, unbatched: count tokens with gate output > 0 per group (experts: over the routed tokens only)."""
     groups = list(dict.fromkeys(it["group"] for it in items))

@@ -86,6 +86,15 @@ class DetachedQuantLinear(FakeQuantLinear):
             return F.linear(x, self.dequantised().to(x.dtype))
 
 
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 def test_quantised_layer_with_a_backward_scores_as_its_dequantised_linear():
     model = tiny_model("llama")
     reference = copy.deepcopy(model)
