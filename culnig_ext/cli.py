@@ -7,7 +7,7 @@
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
     culnig report RUN_DIR
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
-    culnig compare --max-items 200      # CULNIG's neurons beside LAPE's (activation probability)
+    culnig compare --max-items 200   # CULNIG's neurons beside LAPE's (activation probability)
 """
 from __future__ import annotations
 
