@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -104,40 +105,26 @@ def _parser() -> argparse.ArgumentParser:
     add_build_arguments(p)
 
     p = sub.add_parser("run", help="the whole pipeline: score, identify, inhibit/evaluate, report")
+    from .options import add_arguments
     from .pipeline import RunConfig
 
-    defaults = RunConfig()
-    p.add_argument("--out", default=defaults.out, help="run folder (default: %(default)s); re-running resumes")
-    p.add_argument("--model", default=defaults.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=defaults.data, help="cultural item source (default: %(default)s)")
-    p.add_argument("--crc", default=defaults.crc, help="CountryRC scoring templates (default: %(default)s)")
-    p.add_argument("--crc-test", default=defaults.crc_test, help="CountryRC evaluation templates")
-    p.add_argument("--general", default=defaults.general, help="non-cultural set for specificity ('' to skip)")
-    _add_format(p, default="auto")
-    p.add_argument("--control", default=defaults.control, choices=["empty", "frame"],
-                   help="control prompt: empty (question removed, paper) or frame (keeps the question frame)")
-    p.add_argument("--normalize", default=defaults.normalize, choices=["count", "prob"],
-                   help="divide by item counts (paper) or by summed P (sets answered with different confidence)")
-    p.add_argument("--contrast-general", action="store_true",
-                   help="also subtract a general-ability table (half of --general; the other half is evaluated)")
-    for name, help_text in (("t_mlp", "top fraction of MLP gate neurons"), ("t_attn", "top fraction of q/k/v neurons"),
-                            ("r_mlp", "CountryRC removal fraction, MLP"), ("r_attn", "CountryRC removal fraction, q/k/v"),
-                            ("t_specific", "top fraction for culture-specific neurons"),
-                            ("r_specific", "CountryRC removal fraction for culture-specific neurons"),
-                            ("z_min", "minimum z-score of a culture-specific neuron")):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
-                       help=f"{help_text} (default: %(default)s, the paper's)")
-    p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
-    p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
-    p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
-                   help="cap per evaluation set (seeded sample; default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--config", metavar="FILE",
+                   help="options from a YAML or JSON file (keys: the option names with underscores, e.g. the "
+                        "config.json a run writes); flags given here override it")
+    add_arguments(p, RunConfig)
     _add_compare(sub)
+    for command in sub.choices.values():  # on every subcommand, after its name: culnig run --json ...
+        _add_output_args(command)
     return parser
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    from .logs import LEVELS
+
+    p.add_argument("--log-level", default="info", choices=LEVELS,
+                   help="messages on stderr from this level up (default: info)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable JSON summary on stdout instead of the text summary")
 
 
 def _add_compare(sub) -> None:
@@ -149,12 +136,14 @@ def _add_compare(sub) -> None:
     add_arguments(p, CompareConfig)
 
 
-def _cmd_compare(args) -> str:
+def _cmd_compare(args) -> dict:
     from .compare import CompareConfig, compare_markdown, run_compare
     from .options import build
 
     cfg = build(CompareConfig, args)
-    return compare_markdown(run_compare(cfg)) + f"\nwrote {Path(cfg.out) / 'compare.md'}"
+    with _hf_bars(cfg.progress):
+        result = run_compare(cfg)
+    return {"message": compare_markdown(result) + f"\nwrote {Path(cfg.out) / 'compare.md'}", "compare": result}
 
 
 def _cmd_score(args) -> str:
@@ -234,26 +223,41 @@ def _cmd_report(args) -> str:
     return f"wrote {write_report(args.run_dir, check_report(args))}"
 
 
-def _cmd_run(args) -> str:
+@contextlib.contextmanager
+def _hf_bars(enabled: bool):
+    """transformers' model-loading bars off while the body runs when ``enabled`` is False, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    switch = not enabled and hf_logging.is_progress_bar_enabled()
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()
+
+
+def _cmd_run(args) -> dict:
+    from .options import build, to_dict
     from .pipeline import RunConfig, run_pipeline
 
-    cfg = RunConfig(
-        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test,
-        general=args.general or None, format=args.format, control=args.control, normalize=args.normalize,
-        contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
-        max_test_items=args.max_test_items, batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
-        r_specific=args.r_specific, z_min=args.z_min,
-        seed=args.seed, progress=not args.no_progress,
-    )
-    out = run_pipeline(cfg)
-    return "\n".join([
-        f"[culnig] done in {out.timings['total']:.0f} s ({out.format} format). Outputs in {out.run_dir}/:",
+    cfg = build(RunConfig, args, args.config)
+    with _hf_bars(cfg.progress):  # progress may come from the config file
+        out = run_pipeline(cfg)
+    message = "\n".join([
+        f"done in {out.timings['total']:.0f} s ({out.format} format). Outputs in {out.run_dir}/:",
         f"  report     {out.report}",
         f"  summary    {out.run_dir / 'summary.md'}",
         f"  neurons    {out.run_dir / 'neurons'}/general.json, specific/<group>.json",
         f"  scores     {out.run_dir / 'scores'}/*.safetensors",
+        f"  config     {out.run_dir / 'config.json'} (culnig run --config FILE repeats the run)",
     ])
+    return {
+        "message": message, "run_dir": str(out.run_dir), "report": str(out.report), "format": out.format,
+        "general_neurons": len(out.general), "specific_neurons": {g: len(s) for g, s in out.specific.items()},
+        "timings": out.timings, "config": to_dict(cfg),
+    }
 
 
 def _cmd_build(args: argparse.Namespace) -> str:
@@ -264,6 +268,16 @@ def _cmd_build(args: argparse.Namespace) -> str:
 
 COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
             "run": _cmd_run, "build": _cmd_build, "compare": _cmd_compare}
+
+
+def _print_result(args, result: str | dict) -> None:
+    """The command's result on stdout: its text summary, or with --json one JSON object (``message`` holds the
+    text; commands that return more structure add their fields)."""
+    data = result if isinstance(result, dict) else {"message": result}
+    if getattr(args, "json", False):
+        print(json.dumps({"command": args.command, "ok": True, **data}, default=str))
+    else:
+        print(data["message"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,6 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from . import logs
+
+    log_handler = logs.setup(getattr(args, "log_level", "info"))
     restore_bars = None
     if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         # --no-progress hides transformers' model-loading bars too (they would bury a one-line error on stderr).
@@ -290,7 +307,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # SIGTERM raises like Ctrl-C does: the stack unwinds, finally blocks run (checkpoints, temp files).
         with signals_as_exceptions():
-            print(COMMANDS[args.command](args))
+            result = COMMANDS[args.command](args)
+            _print_result(args, result)
     except KeyboardInterrupt as exc:
         out = getattr(args, "out", None) or getattr(args, "run_dir", None)
         print(interrupted_message(args.command, exc, argv, out=out, checkpoint=getattr(args, "checkpoint", None)),
@@ -298,9 +316,13 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(exc)
     # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.
     except (ValueError, KeyError, OSError) as exc:
-        print(error_line(args.command, exc), file=sys.stderr)
+        line = error_line(args.command, exc)
+        print(line, file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "ok": False, "error": line}))
         return 1
     finally:
+        logs.teardown(log_handler)
         if restore_bars is not None:
             restore_bars()
     return 0

@@ -64,7 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
             continue
         parser.add_argument(
             flag, dest=f.name, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text,
-            metavar=f.name.upper() if not meta.get("choices") else None,
+            metavar=flag.lstrip("-").replace("-", "_").upper() if not meta.get("choices") else None,
             type=lambda raw, kind=kind, optional=optional: _parse_value(kind, optional, raw),
         )
 

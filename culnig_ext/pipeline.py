@@ -34,6 +34,7 @@ from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
 from .neurons import NeuronSet
+from .options import option
 from .report import ReportResults, accuracy_row, write_report
 from .scorer import dataset_fingerprint, item_scores, score
 from .sites import neuron_sites
@@ -59,32 +60,37 @@ class RunConfig:
         max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
     """
 
-    out: str = "culnig_runs/default"
-    model: str = "smollm2"
-    data: str = "builtin:cultural"
-    crc: str = "builtin:countryrc"
-    crc_test: str = "builtin:countryrc-test"
-    general: str | None = "builtin:general"
-    format: str = "auto"
-    control: str = "empty"
-    normalize: str = "count"
-    contrast_general: bool = False
-    t_mlp: float = 0.01
-    t_attn: float = 0.002
-    r_mlp: float = 0.01
-    r_attn: float = 0.01
-    t_specific: float = 0.003
-    r_specific: float = 0.01
-    z_min: float = 0.5
-    n_random: int = 3
-    kinship: bool = True
-    instance_view: bool = True
-    max_test_items: int | None = 120
-    batch_size: int = 16
-    dtype: str = "float32"
-    device: str | None = None
-    seed: int = 0
-    progress: bool = True
+    # One definition: each field is also ``culnig run``'s flag (``--name-with-dashes``) and a key of ``--config``
+    # files and of the config.json a run writes (culnig_ext.options). A new option is a new field here.
+    out: str = option("culnig_runs/default", "run folder; re-running into it resumes")
+    model: str = option("smollm2", "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
+    data: str = option("builtin:cultural", "cultural item source")
+    crc: str = option("builtin:countryrc", "CountryRC scoring templates")
+    crc_test: str = option("builtin:countryrc-test", "CountryRC evaluation templates")
+    general: str | None = option("builtin:general", "non-cultural set evaluated for specificity ('' or none to skip)")
+    format: str = option("auto", "letter: the next token is the option letter; cloze: the option's text scored by "
+                         "likelihood; auto: letter when answered above chance", choices=("letter", "cloze", "auto"))
+    control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
+                          "question frame)", choices=("empty", "frame"))
+    normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
+    contrast_general: bool = option(False, "also subtract a general-ability table (half of --general; the other "
+                                    "half is evaluated)")
+    t_mlp: float = option(0.01, "top fraction of MLP gate neurons (the paper's)")
+    t_attn: float = option(0.002, "top fraction of q/k/v neurons (the paper's)")
+    r_mlp: float = option(0.01, "CountryRC removal fraction, MLP (the paper's)")
+    r_attn: float = option(0.01, "CountryRC removal fraction, q/k/v (the paper's)")
+    t_specific: float = option(0.003, "top fraction for culture-specific neurons (the paper's)")
+    r_specific: float = option(0.01, "CountryRC removal fraction for culture-specific neurons (the paper's)")
+    z_min: float = option(0.5, "minimum z-score of a culture-specific neuron (the paper's)")
+    n_random: int = option(3, "random neuron sets to compare against", flag="--random")
+    kinship: bool = option(True, "the kinship matrix")
+    instance_view: bool = option(True, "the per-item view of the general neurons")
+    max_test_items: int | None = option(120, "cap per evaluation set (seeded sample; none = all)")
+    batch_size: int = option(16, "items per forward/backward pass")
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device for the whole model, e.g. cuda:0 (default: cpu)")
+    seed: int = option(0, "seed of samples and random sets")
+    progress: bool = option(True, "progress bars")
 
 
 @dataclass
@@ -136,10 +142,9 @@ def score_cached(
         if (table.metadata.get("dataset_fingerprint") == dataset_fingerprint(checked)
                 and table.metadata.get("model") == str(model.config._name_or_path)
                 and table.metadata.get("clamp_min") == expected_clamp):
-            log.info("reusing %s (same model and items)", path)
-            print(f"[culnig] {desc}: reusing {path}")
+            log.info("%s: reusing %s (same model and items)", desc, path)
             return table
-    print(f"[culnig] {desc}: scoring {len(checked)} items")
+    log.info("%s: scoring %d items", desc, len(checked))
     table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress)
     table.save(path)
     # Continue with the table as saved: saving adds metadata (format, package version) that enters its fingerprint,
@@ -175,7 +180,7 @@ def evaluate_conditions(
             results[set_name][cond.name] = res
             if staging is not None:
                 res.save(staging / f"{slug(set_name)}__{slug(cond.name)}.json")
-            print(f"[culnig] eval {set_name:<28} {cond.name:<12} accuracy {res.accuracy:.3f}")
+            log.info("eval %-28s %-12s accuracy %.3f", set_name, cond.name, res.accuracy)
     if staging is not None:
         publish_dir(staging, save_dir)
     return results
@@ -221,7 +226,7 @@ def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers
     return "\n".join(lines) + "\n"
 
 
-def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> RunOutputs:
+def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = log.info) -> RunOutputs:
     """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
     from .models import load_model
     from .preflight import check_run
@@ -247,20 +252,20 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         else:
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
-    log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
+    log_fn(f"data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     # model -----------------------------------------------------------------------------------------------
-    log_fn(f"[culnig] loading model {cfg.model!r}")
+    log_fn(f"loading model {cfg.model!r}")
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = []
     fmt = cfg.format
     if fmt == "auto":
         fmt, why = choose_format(model, tokenizer, neur_items, cfg.batch_size, cfg.progress)
-        log_fn(f"[culnig] {why}")
+        log_fn(f"{why}")
         notes.append(f"Format chosen automatically: {why}.")
 
     # score -----------------------------------------------------------------------------------------------
@@ -288,7 +293,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     specific: dict[str, NeuronSet] = {}
     for group in neur.groups:
         if crc is not None and group not in crc.groups:
-            log_fn(f"[culnig] no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
+            log_fn(f"no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
         # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
         # group is divided by its own summed P, so groups answered with different confidence compare fairly.
         ns = select.specific(neur, ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
@@ -304,7 +309,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         summary += instance_view(general, positive_share(per_item), len(neur_items))
         timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
-    log_fn(f"[culnig] {len(general)} culture-general neurons; specific: "
+    log_fn(f"{len(general)} culture-general neurons; specific: "
            + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
 
     # inhibit and evaluate ---------------------------------------------------------------------------------

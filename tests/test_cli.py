@@ -99,6 +99,19 @@ def test_identify_without_general_or_specific(tmp_path, capsys):
     assert "say which: 'culnig identify general ...' or 'culnig identify specific ...'" in error_line(capsys, "identify")
 
 
+def test_json_output_and_log_level_on_every_command(tmp_path, capsys):
+    """--json puts one JSON object on stdout (also for a failure, beside the error line on stderr)."""
+    missing = tmp_path / "nowhere" / "items.jsonl"
+    assert cli.main(["score", "--data", str(missing), "--out", str(tmp_path / "t.safetensors"), "--json"]) == 1
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert answer["ok"] is False and answer["command"] == "score" and str(missing) in answer["error"]
+    assert answer["error"] == captured.err.strip()
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(tmp_path), "--log-level", "loud"])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 def test_missing_data_file(tmp_path, capsys):
     missing = tmp_path / "nowhere" / "items.jsonl"
