@@ -98,19 +98,47 @@ def _cached_table(path: Path, items, compute, model) -> ScoreTable:
     return ScoreTable.load(path)
 
 
+def check_compare(cfg: CompareConfig) -> None:
+    """Every number, the model and the output folder, before any data is read or anything loaded or written
+    (``culnig_ext.preflight``'s checks, naming the option)."""
+    from . import preflight
+
+    for name in ("t_specific", "r_specific", "top_rate", "filter_rate", "activation_bar_ratio"):
+        preflight.fraction("--" + name.replace("_", "-"), getattr(cfg, name))
+    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        if getattr(cfg, name) == 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be above 0, got 0")
+    preflight.finite("--z-min", cfg.z_min, optional=True)
+    preflight.non_negative_int("--random", cfg.n_random)
+    for name in ("max_items", "max_test_items"):
+        if getattr(cfg, name) is not None:
+            preflight.positive_int("--" + name.replace("_", "-"), getattr(cfg, name))
+    preflight._model_options(cfg)
+    out = preflight.output_dir(cfg.out, files=("compare.md", "compare.json", "config.json"))
+    for role in ("neur", "ctrl", "crc", "activation"):
+        path = out / "scores" / f"{role}.safetensors"
+        if path.exists():
+            try:
+                preflight.score_table_header(path, f"{role} table")
+            except (ValueError, OSError) as exc:
+                raise ValueError(f"{exc}; delete {path} to score it again") from None
+
+
 def run_compare(cfg: CompareConfig) -> dict[str, Any]:
     """Score, select with both methods, compare, evaluate; writes ``cfg.out`` (see the module docstring) and
     returns the results that ``compare.json`` holds."""
     from .models import load_model
     from .pipeline import Condition, _sample, choose_format, evaluate_conditions, score_cached, slug
 
-    out = Path(cfg.out)
-    (out / "scores").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    check_compare(cfg)
+    # The data before anything is written: a bad source leaves no half-made output folder.
     neur_items = _sample(load_items(cfg.data, split="neur", seed=cfg.seed), cfg.max_items, cfg.seed)
     test_items = _sample(load_items(cfg.data, split="test", seed=cfg.seed), cfg.max_test_items, cfg.seed)
     groups = list(dict.fromkeys(it.group for it in neur_items))
     crc_items = _sample(load_items(cfg.crc, seed=cfg.seed, countries=groups), cfg.max_items, cfg.seed)
+    out = Path(cfg.out)
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
     log.info("compare: %d scoring items, %d test items, %d CountryRC items in %d groups", len(neur_items),
              len(test_items), len(crc_items), len(groups))
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)

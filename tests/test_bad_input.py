@@ -122,6 +122,8 @@ COMMANDS = {
     "report": Command("report {run_dir}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
+    "compare": Command("compare --model {model} --data {items} --format cloze --top-rate {fraction} --random {count} "
+                       "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
 }
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
