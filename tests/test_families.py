@@ -11,7 +11,7 @@ import torch
 from torch.nn import functional as F
 
 import culnig_ext
-from culnig_ext import inhibit
+from culnig_ext.inhibit import inhibit
 from culnig_ext.sites import neuron_sites
 from tiny_families import FAMILIES, MOE, family_model
 from tiny_models import random_items
