@@ -13,8 +13,8 @@ environment, so no compiler is needed at run time:
 
 A CUDAExtension (with csrc/cuda/attribution_cuda.cu) is built when torch is a CUDA build and nvcc is found
 (CUDA_HOME); its GPU architectures are TORCH_CUDA_ARCH_LIST if set, else those of the GPUs present, else
-8.0;9.0;10.0 (those of them the nvcc knows). CULNIG_NO_CUDA=1 forces the CPU-only build; CULNIG_PORTABLE_BUILD=1
-compiles without -march=native (for a wheel that runs on other machines).
+8.0;9.0;10.0 (those of them the nvcc knows). CULNIG_NO_CUDA=1 forces the CPU-only build. Every build is portable
+(no -march): the CPU kernel is compiled for the baseline, AVX2 and AVX-512 and chosen at load time.
 
 Which mode is decided from the environment and the command line alone, before anything imports torch: the
 default needs no torch at build time, so pip's isolated build environment never downloads one.

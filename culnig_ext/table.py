@@ -152,6 +152,13 @@ class ScoreTable:
                     raise ValueError(
                         f"table {i} has {key}={t.metadata.get(key)!r}, table 0 has {first.metadata.get(key)!r}"
                     )
+        seen: dict[str, int] = {}
+        for i, t in enumerate(tables):  # the same items twice would be counted twice
+            fp = t.metadata.get("dataset_fingerprint", "")
+            if fp and fp in seen:
+                raise ValueError(f"tables {seen[fp]} and {i} were scored on the same items (dataset_fingerprint "
+                                 f"{fp}); merge adds tables of disjoint items only")
+            seen.setdefault(fp, i)
         groups = list(dict.fromkeys(g for t in tables for g in t.groups))
         rows = {g: i for i, g in enumerate(groups)}
         counts = torch.zeros(len(groups), dtype=torch.int64)

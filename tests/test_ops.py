@@ -364,3 +364,247 @@ def test_opcheck():
         (acc, act, grad, mask, torch.rand(3), torch.tensor([0, 1, 0])),
         {"clamp_min": 0.0},
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# The token list (built once per batch): same results, no data-dependent host call per op call.
+# ----------------------------------------------------------------------------------------------------
+def _hand_token_list(mask: torch.Tensor):
+    """Independent token list: positions of True, ascending, zero-padded; counts (int32)."""
+    B, T = mask.shape
+    index = torch.zeros(B, T, dtype=torch.int32)
+    count = torch.zeros(B, dtype=torch.int32)
+    for b in range(B):
+        rows = [t for t in range(T) if bool(mask[b, t])]
+        index[b, : len(rows)] = torch.tensor(rows, dtype=torch.int32)
+        count[b] = len(rows)
+    return index, count
+
+
+def test_token_list_matches_hand_built_and_refuses_an_empty_row():
+    gen = torch.Generator().manual_seed(30)
+    mask = _random_mask(6, 19, gen, p_true=0.3)
+    index, count = ops.token_list(mask)
+    want_index, want_count = _hand_token_list(mask)
+    assert index.dtype == count.dtype == torch.int32
+    assert torch.equal(index, want_index) and torch.equal(count, want_count)
+    mask[4] = False
+    with pytest.raises(ValueError, match=r"culnig.token_list: token_mask\[4\] has no true token: sample 4"):
+        ops.token_list(mask)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 1, 1), (4, 9, 67), (3, 17, 520), (2, 300, 33)], ids=str)
+def test_with_token_list_matches_oracle(impl, dtype, shape):
+    max_fn, acc_fn = impl
+    act, grad, mask = _inputs(*shape, dtype, seed=31)
+    mask[0] = False
+    mask[0, -1] = True  # all masked but one
+    index, count = _hand_token_list(mask)
+    torch.testing.assert_close(max_fn(act, grad, mask, index, count).double(), _oracle_max(act, grad, mask),
+                               **_tolerance(dtype))
+    B, N = shape[0], shape[2]
+    acc = torch.randn(2, N, dtype=torch.float64)
+    weight, group = torch.rand(B) + 0.1, torch.arange(B) % 2
+    expected = _oracle_acc(acc, act, grad, mask, weight, group, 0.0)
+    acc_fn(acc, act, grad, mask, weight, group, 0.0, index, count)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(acc, expected, **tol)
+
+
+def test_token_list_is_read_instead_of_the_mask_values(impl):
+    """Given a token list, the op attributes exactly its tokens (the mask is only shape-checked)."""
+    max_fn, _ = impl
+    act, grad, mask = _inputs(2, 6, 10, torch.float64, seed=32)
+    other = torch.zeros_like(mask)
+    other[:, 2] = True
+    index, count = _hand_token_list(other)
+    torch.testing.assert_close(max_fn(act, grad, mask, index, count), _oracle_max(act, grad, other), rtol=0, atol=0)
+
+
+LIST_ERRORS = [
+    ("only index", lambda a: a.update(token_count=None), ValueError, r"token_index and token_count must be given together .*got only token_index"),
+    ("index dtype", lambda a: a.update(token_index=a["token_index"].long()), TypeError, r"token_index must be an int32 tensor, got int64"),
+    ("index shape", lambda a: a.update(token_index=a["token_index"][:, :4]), ValueError, r"token_index must have shape \[B, T\] = \[4, 5\], got \[4, 4\]"),
+    ("count dtype", lambda a: a.update(token_count=a["token_count"].float()), TypeError, r"token_count must be an int32 tensor, got float32"),
+    ("count shape", lambda a: a.update(token_count=a["token_count"][:2]), ValueError, r"token_count must have shape \[B\] = \[4\], got \[2\]"),
+    ("index on meta", lambda a: a.update(token_index=a["token_index"].to("meta")), ValueError, r"token_index must be on act's device cpu, got meta"),
+]
+LIST_VALUE_ERRORS = [  # checked on the host for CPU tensors by the extension (free: no sync there)
+    ("count zero", lambda a: a["token_count"].__setitem__(1, 0), ValueError, r"token_count\[1\] = 0 is out of range \[1, 5\]"),
+    ("count too big", lambda a: a["token_count"].__setitem__(2, 6), ValueError, r"token_count\[2\] = 6 is out of range \[1, 5\]"),
+    ("index too big", lambda a: a["token_index"].__setitem__((3, 0), 5), IndexError, r"token_index\[3, 0\] = 5 is out of range \[0, 5\)"),
+    ("index negative", lambda a: a["token_index"].__setitem__((0, 0), -1), IndexError, r"token_index\[0, 0\] = -1 is out of range \[0, 5\)"),
+    ("group too big", lambda a: a["group"].__setitem__(3, 3), IndexError, r"group\[3\] = 3 is out of range for acc with 3 rows"),
+]
+
+
+def _valid_with_list():
+    args = _valid()
+    args["token_index"], args["token_count"] = _hand_token_list(args["token_mask"])
+    return args
+
+
+def _call_acc(acc_fn, args):
+    acc_fn(args["acc"], args["act"], args["grad"], args["token_mask"], args["weight"], args["group"], 0.0,
+           args["token_index"], args["token_count"])
+
+
+@pytest.mark.parametrize("case", LIST_ERRORS, ids=[e[0] for e in LIST_ERRORS])
+def test_token_list_structure_refused_by_every_backend(impl, case):
+    _, acc_fn = impl
+    _, mutate, exc_type, pattern = case
+    args = _valid_with_list()
+    mutate(args)
+    before = args["acc"].clone()
+    with pytest.raises(exc_type, match="culnig.max_attribution_accumulate_: " + pattern):
+        _call_acc(acc_fn, args)
+    assert torch.equal(args["acc"], before)
+
+
+@pytest.mark.parametrize("case", LIST_VALUE_ERRORS, ids=[e[0] for e in LIST_VALUE_ERRORS])
+def test_extension_checks_token_list_values_on_cpu(case):
+    assert ops.EXTENSION_LOADED, ops.LOAD.detail
+    _, mutate, exc_type, pattern = case
+    args = _valid_with_list()
+    mutate(args)
+    before = args["acc"].clone()
+    with pytest.raises(exc_type, match="culnig.max_attribution_accumulate_: " + pattern):
+        _call_acc(torch.ops.culnig.max_attribution_accumulate_, args)
+    assert torch.equal(args["acc"], before)
+
+
+def test_messages_have_one_source():
+    """Every refusal's words come from csrc/messages.def: the reference parses it, the C++ expands it, and
+    neither file spells a message itself."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    keys = set(ops_reference.MESSAGES)
+    assert len(keys) >= 20
+    cpp = (root / "csrc" / "culnig.cpp").read_text()
+    py = (root / "culnig_ext" / "ops_reference.py").read_text()
+    for _, text in ops_reference.MESSAGES.values():
+        fragment = max(text.split("{}"), key=len)
+        assert len(fragment) >= 12, text
+        assert fragment not in cpp and fragment not in py, fragment
+    used = {k for k in keys if f"Msg::{k}" in cpp}
+    assert used == keys, keys - used
+
+
+# Aten ops that read tensor data on the host (a device->host sync on a GPU).
+_DATA_DEPENDENT = {"aten::item", "aten::_local_scalar_dense", "aten::nonzero", "aten::is_nonzero", "aten::equal",
+                   "aten::any", "aten::all", "aten::allclose", "aten::tolist"}
+
+
+def _data_dependent_calls(fn) -> list[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        fn()
+    return [e.name for e in prof.events() if e.name in _DATA_DEPENDENT]
+
+
+def test_ops_with_token_list_make_no_data_dependent_host_call(impl):
+    """The profiler records every aten call, also those made inside the C++ kernel: with the token list there is
+    none that reads data on the host (without it, the reference makes them: the detector works)."""
+    max_fn, acc_fn = impl
+    args = _valid_with_list()
+    assert _data_dependent_calls(lambda: _call_acc(acc_fn, args)) == []
+    assert _data_dependent_calls(
+        lambda: max_fn(args["act"], args["grad"], args["token_mask"], args["token_index"], args["token_count"])) == []
+    if max_fn is ops_reference.max_attribution:
+        assert _data_dependent_calls(lambda: max_fn(args["act"], args["grad"], args["token_mask"])) != []
+
+
+def test_scorer_batch_makes_no_data_dependent_host_call_per_site():
+    """A scorer batch: the data-dependent host calls (TorchDispatchMode counts item/_local_scalar_dense/nonzero ...)
+    do not grow with the number of sites scored: the batch is checked once, the op calls read no data on the host."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import culnig_ext
+    from tiny_models import random_items, tiny_model
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls += func._schema.name in _DATA_DEPENDENT
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_model("llama")
+    items = random_items(4, seed=33)
+    counts = {}
+    for sites in (["layers.0.mlp.gate_proj"], None):
+        with Count() as mode:
+            table = culnig_ext.score(model, items, batch_size=4, sites=sites, progress=False)
+        counts[len(table.sites)] = mode.calls
+    assert sorted(counts) == [1, 8]
+    assert counts[8] == counts[1], counts
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        culnig_ext.score(model, items, batch_size=4, progress=False)
+    inside = [e for e in prof.events() if e.name.startswith("culnig::")]
+    assert len(inside) == 8  # one op call per site; the C++ kernels call nothing data-dependent (test above)
+
+
+@pytest.fixture(params=["default", "avx2", "avx512"])
+def capability(request):
+    assert ops.EXTENSION_LOADED, ops.LOAD.detail
+    if request.param not in ops.cpu_capabilities():
+        pytest.skip(f"this CPU cannot run the {request.param} kernel (it runs {ops.cpu_capabilities()})")
+    before = ops.cpu_capability()
+    ops.set_cpu_capability(request.param)
+    try:
+        yield request.param
+    finally:
+        ops.set_cpu_capability(before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_every_cpu_variant_matches_oracle(capability, dtype, shape):
+    act, grad, mask = _inputs(*shape, dtype, seed=34)
+    assert ops.cpu_capability() == capability
+    out = torch.ops.culnig.max_attribution(act, grad, mask, *_hand_token_list(mask))
+    torch.testing.assert_close(out.double(), _oracle_max(act, grad, mask), **_tolerance(dtype))
+    acc = torch.zeros(2, shape[2], dtype=torch.float64)
+    weight, group = torch.rand(shape[0]) + 0.1, torch.arange(shape[0]) % 2
+    expected = _oracle_acc(acc, act, grad, mask, weight, group, 0.0)
+    torch.ops.culnig.max_attribution_accumulate_(acc, act, grad, mask, weight, group, 0.0)
+    tol = {"rtol": 1e-6, "atol": 1e-6} if dtype == torch.float32 else {"rtol": 1e-12, "atol": 1e-12}
+    torch.testing.assert_close(acc, expected, **tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_cpu_variant_propagates_nan(capability, dtype):
+    g = torch.Generator().manual_seed(35)
+    act = torch.randn(3, 9, 300, generator=g).to(dtype)
+    grad = torch.randn(3, 9, 300, generator=g).to(dtype)
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[0, :3] = False
+    act[0, 5, 37] = float("nan")
+    act[1, 8, 130] = float("nan")
+    act[0, 1, 64] = float("nan")  # masked
+    out = torch.ops.culnig.max_attribution(act, grad, mask).double()
+    assert {tuple(i) for i in torch.isnan(out).nonzero().tolist()} == {(0, 37), (1, 130)}
+
+
+def test_cpu_capability_choice_and_override(monkeypatch):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    assert ops.EXTENSION_LOADED, ops.LOAD.detail
+    supported = ops.cpu_capabilities()
+    assert supported[0] == "default" and ops.cpu_capability() in supported
+    with pytest.raises(ValueError, match="not a CPU capability; use default, avx2 or avx512"):
+        ops.set_cpu_capability("sse9")
+    root = Path(__file__).resolve().parents[1]
+    probe = "import culnig_ext.ops as o; print(o.cpu_capability())"
+    for name in supported:
+        env = {**__import__("os").environ, "CULNIG_CPU_CAPABILITY": name, "PYTHONPATH": str(root)}
+        out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0 and out.stdout.strip() == name, out.stderr
+    env = {**__import__("os").environ, "CULNIG_CPU_CAPABILITY": "avx9000", "PYTHONPATH": str(root)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0 and "CULNIG_CPU_CAPABILITY=avx9000 is not a CPU capability" in out.stderr

@@ -1,132 +1,311 @@
-// CUDA backend of the culnig ops.
+// CUDA backend of the culnig ops: reads act and grad once at memory bandwidth, never syncs with the host.
 //
-// Kernel 1 (max_kernel) reads every element of act and grad once. A block is kThreadsN x kSplitT
-// threads: threadIdx.x walks neurons (a warp = 32 consecutive neurons of one token row, so loads are
-// coalesced along neurons, which are unit-stride), threadIdx.y splits the tokens (t = y, y + kSplitT, ...)
-// so that short batches still put enough loads in flight. Each thread keeps its running max in a
-// register; the kSplitT partial maxima are combined through shared memory. blockIdx.y walks samples.
-// It writes the per-sample maxima m[B, N] (float32, float64 for float64 input).
+// Step 1, max_kernel: per (sample b, token split s, run of neurons) the running max of act * grad over the
+// sample's counted tokens. The tokens come from the batch's compact token list (index [B, T] int32, count
+// [B] int32; built once per batch on the host, or here from the mask for the old call signature), so no
+// load depends on a mask bit and padding is never read. Each thread owns kVec consecutive neurons
+// (16 bytes: 8 bf16/fp16, 4 fp32, 2 fp64) and loads them with one 16-byte vector load per row, kTokens
+// rows of act and of grad at a time (all issued before any is used: several tokens in flight per thread);
+// a warp reads 512 contiguous bytes of a row. The vector kernel is used when both tensors' base pointers
+// and row/sample strides are 16-byte aligned; otherwise (odd column offsets of a fused q/k/v slice) the same
+// kernel runs with kVec = 1 (scalar loads). When B x (N / neurons per block) blocks would not fill the
+// GPU, the tokens of each sample are split into S contiguous ranges (grid.z), one partial max each.
 //
-// Kernel 2 (accumulate_kernel), for max_attribution_accumulate_ only: one thread per neuron adds
-// weight[b] * max(clamp_min, m[b, n]) into acc[group[b], n] for b = 0..B-1 in order. We chose this
-// second pass over atomicAdd on double: samples sharing a group then add in a fixed order, so the
-// result is deterministic (atomics would make the float64 sums order-dependent from run to run), it
-// matches the CPU backend's order, and the extra traffic (B*N maxima, one write and one read) is small
-// next to reading B*T*N elements of act and grad twice.
+// Step 2 combines the S partials in split order (s = 0, 1, ...), which is token order, with the same
+// running_max, so the result does not depend on S: every backend gives the same bits (ties keep the
+// earliest token, NaN propagates). For max_attribution_accumulate_ step 2 is one kernel in which a block
+// owns whole columns: it combines the partials of all samples and adds weight[b] * max(clamp, m) into
+// acc[group[b], n] for b = 0..B-1 in order. Fixed summation order, no atomics: the float64 sums are
+// deterministic and equal to the CPU backend's (same order). Step 2 reads S*B*N*4 bytes, < 1% of step 1.
+//
+// Host side: no call reads device data when the token list is given; ranges (count in [1, T], positions
+// in [0, T), group in [0, G)) are checked by device-side asserts. All launches go to the current stream,
+// temporaries come from the caching allocator: one batch's calls can be captured in a CUDA graph.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 // c10/cuda headers only (not ATen/cuda/CUDAContext.h, which pulls in cuBLAS/cuSPARSE headers that a
 // minimal CUDA toolkit lacks).
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/macros/Macros.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <optional>
 
 #include "../attribution.h"
 
 namespace culnig {
 namespace {
 
-constexpr int kThreadsN = 64;  // neurons per block (2 warps wide)
-constexpr int kSplitT = 4;     // token lanes per neuron
-constexpr int kAccThreads = 256;
+constexpr int kThreads = 128;        // threads per block of step 1 (4 warps)
+constexpr int kTokens = 4;           // token rows loaded per thread before any is used
+constexpr int kMinTokensPerSplit = 64;
+constexpr int kMaxSplits = 64;
+constexpr int kColumns = 32;         // step 2: columns per block (one warp wide) ...
+constexpr int kRows = 8;             // ... and samples combined at once
 constexpr int64_t kMaxGridY = 65535;
 
-template <typename scalar_t, typename acc_t>
-__global__ void max_kernel(const scalar_t* __restrict__ act, const scalar_t* __restrict__ grad,
-                           const bool* __restrict__ mask, int64_t B, int64_t T, int64_t N, int64_t as0,
-                           int64_t as1, int64_t gs0, int64_t gs1, acc_t* __restrict__ out) {
-  __shared__ acc_t partial[kSplitT][kThreadsN];
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kThreadsN + threadIdx.x;
+// kVec scalars in one 16-byte load (kVec = 1: a plain scalar load).
+template <typename scalar_t, int kVec>
+struct alignas(sizeof(scalar_t) * kVec) Pack {
+  scalar_t v[kVec];
+};
+
+template <typename scalar_t, int kVec>
+__device__ __forceinline__ Pack<scalar_t, kVec> load_pack(const scalar_t* p) {
+  Pack<scalar_t, kVec> out;
+  if constexpr (sizeof(Pack<scalar_t, kVec>) == 16) {
+    // Streaming load (evict first): every element is read exactly once.
+    const int4 raw = __ldcs(reinterpret_cast<const int4*>(p));
+    static_assert(sizeof(raw) == sizeof(out), "pack size");
+    memcpy(&out, &raw, sizeof(out));
+  } else {
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) out.v[i] = p[i];
+  }
+  return out;
+}
+
+// Step 1. out: [S, B, N] (S = gridDim.z), partial maxima of token split s; a split with no token writes the
+// identity (-inf), which step 2 absorbs.
+template <typename scalar_t, int kVec>
+__global__ void __launch_bounds__(kThreads) max_kernel(
+    const scalar_t* __restrict__ act, const scalar_t* __restrict__ grad, const int32_t* __restrict__ index,
+    const int32_t* __restrict__ count, int64_t B, int64_t T, int64_t N, int64_t as0, int64_t as1, int64_t gs0,
+    int64_t gs1, int64_t is0, at::opmath_type<scalar_t>* __restrict__ out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * kVec;
+  if (n0 >= N) return;  // no barriers in this kernel
+  const int64_t splits = gridDim.z;
+  const int64_t s = blockIdx.z;
+  const int width = static_cast<int>(min(static_cast<int64_t>(kVec), N - n0));
   for (int64_t b = blockIdx.y; b < B; b += gridDim.y) {
-    acc_t m = max_identity<acc_t>();
-    if (n < N) {
-      const scalar_t* a = act + b * as0 + n;
-      const scalar_t* g = grad + b * gs0 + n;
-      const bool* mb = mask + b * T;
-      for (int64_t t = threadIdx.y; t < T; t += kSplitT) {
-        if (mb[t]) m = running_max(m, product(a[t * as1], g[t * gs1]));
+    const int64_t c = count[b];
+    CUDA_KERNEL_ASSERT_MSG(c >= 1 && c <= T, "culnig: token_count[b] is out of range [1, T]");
+    const int64_t per = (c + splits - 1) / splits;
+    int64_t k = s * per;
+    const int64_t k_end = min(c, k + per);
+    const int32_t* idx = index + b * is0;
+    const scalar_t* a = act + b * as0 + n0;
+    const scalar_t* g = grad + b * gs0 + n0;
+    acc_t m[kVec];
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) m[i] = max_identity<acc_t>();
+    if (width == kVec) {
+      for (; k + kTokens <= k_end; k += kTokens) {
+        int64_t t[kTokens];
+#pragma unroll
+        for (int u = 0; u < kTokens; ++u) {
+          t[u] = __ldg(idx + k + u);
+          CUDA_KERNEL_ASSERT_MSG(t[u] >= 0 && t[u] < T, "culnig: token_index[b, k] is out of range [0, T)");
+        }
+        Pack<scalar_t, kVec> pa[kTokens], pg[kTokens];
+#pragma unroll
+        for (int u = 0; u < kTokens; ++u) {
+          pa[u] = load_pack<scalar_t, kVec>(a + t[u] * as1);
+          pg[u] = load_pack<scalar_t, kVec>(g + t[u] * gs1);
+        }
+#pragma unroll
+        for (int u = 0; u < kTokens; ++u) {  // merged in token order: same result as one token at a time
+#pragma unroll
+          for (int i = 0; i < kVec; ++i) m[i] = running_max(m[i], product(pa[u].v[i], pg[u].v[i]));
+        }
+      }
+      for (; k < k_end; ++k) {
+        const int64_t t = __ldg(idx + k);
+        CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < T, "culnig: token_index[b, k] is out of range [0, T)");
+        const Pack<scalar_t, kVec> pa = load_pack<scalar_t, kVec>(a + t * as1);
+        const Pack<scalar_t, kVec> pg = load_pack<scalar_t, kVec>(g + t * gs1);
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) m[i] = running_max(m[i], product(pa.v[i], pg.v[i]));
+      }
+    } else {  // the last, partial run of neurons of a row: scalar loads
+      for (; k < k_end; ++k) {
+        const int64_t t = __ldg(idx + k);
+        CUDA_KERNEL_ASSERT_MSG(t >= 0 && t < T, "culnig: token_index[b, k] is out of range [0, T)");
+#pragma unroll
+        for (int i = 0; i < kVec; ++i) {  // constant indices keep m in registers
+          if (i < width) m[i] = running_max(m[i], product(a[t * as1 + i], g[t * gs1 + i]));
+        }
       }
     }
-    // Every thread reaches the barriers (no early return), also those past the last neuron.
-    partial[threadIdx.y][threadIdx.x] = m;
+    acc_t* o = out + (s * B + b) * N + n0;
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) {
+      if (i < width) o[i] = m[i];
+    }
+  }
+}
+
+// Step 2 of max_attribution (only when S > 1): out[b, n] = partials combined in split (= token) order.
+template <typename acc_t>
+__global__ void combine_kernel(const acc_t* __restrict__ partial, int64_t S, int64_t BN, acc_t* __restrict__ out) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < BN;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    acc_t m = partial[i];
+    for (int64_t s = 1; s < S; ++s) m = running_max(m, partial[s * BN + i]);
+    out[i] = m;
+  }
+}
+
+// Step 2 of max_attribution_accumulate_: a block owns kColumns columns of acc for all groups. Its kRows
+// warps combine the partials of kRows samples at a time (coalesced along the columns), then warp 0 adds
+// them into acc in sample order. One writer per element, fixed order: deterministic, no atomics.
+template <typename acc_t>
+__global__ void __launch_bounds__(kColumns * kRows) combine_accumulate_kernel(
+    const acc_t* __restrict__ partial, int64_t S, int64_t B, int64_t N, const float* __restrict__ weight,
+    const int64_t* __restrict__ group, int64_t G, bool has_clamp, double clamp_min, double* __restrict__ acc,
+    int64_t os0, int64_t os1) {
+  __shared__ acc_t tile[kRows][kColumns];
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
+  for (int64_t b0 = 0; b0 < B; b0 += kRows) {
+    const int64_t b = b0 + threadIdx.y;
+    acc_t m = max_identity<acc_t>();
+    if (b < B && n < N) {
+      m = partial[b * N + n];
+      for (int64_t s = 1; s < S; ++s) m = running_max(m, partial[(s * B + b) * N + n]);
+    }
+    tile[threadIdx.y][threadIdx.x] = m;
     __syncthreads();
     if (threadIdx.y == 0 && n < N) {
-#pragma unroll
-      for (int k = 1; k < kSplitT; ++k) m = running_max(m, partial[k][threadIdx.x]);
-      out[b * N + n] = m;
+      const int64_t rows = min(static_cast<int64_t>(kRows), B - b0);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t g = group[b0 + r];
+        CUDA_KERNEL_ASSERT_MSG(g >= 0 && g < G, "culnig: group[b] is out of range for acc");
+        acc[g * os0 + n * os1] += weighted_term(tile[r][threadIdx.x], weight[b0 + r], has_clamp, clamp_min);
+      }
     }
-    __syncthreads();  // partial is reused for the next sample
+    __syncthreads();  // tile is reused
   }
 }
 
-template <typename acc_t>
-__global__ void accumulate_kernel(const acc_t* __restrict__ maxima, const float* __restrict__ weight,
-                                  const int64_t* __restrict__ group, int64_t B, int64_t N, bool has_clamp,
-                                  double clamp_min, double* __restrict__ acc, int64_t os0, int64_t os1) {
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (n >= N) return;
-  // One thread owns column n of acc for all groups: no race, fixed (sample) order.
-  for (int64_t b = 0; b < B; ++b) {
-    acc[group[b] * os0 + n * os1] += weighted_term(maxima[b * N + n], weight[b], has_clamp, clamp_min);
+int sm_count(int device) {
+  static int counts[64] = {0};
+  if (device < 0 || device >= 64) return 132;
+  if (counts[device] == 0) {
+    int n = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    counts[device] = std::max(1, n);
   }
+  return counts[device];
 }
 
-// Launches max_kernel into out ([B, N], float32 or float64, contiguous).
-void launch_max(const at::Tensor& act, const at::Tensor& grad, const at::Tensor& mask, at::Tensor& out) {
+bool aligned16(const at::Tensor& t, int64_t vec) {
+  const auto p = reinterpret_cast<std::uintptr_t>(t.const_data_ptr());
+  return p % 16 == 0 && (t.size(0) <= 1 || t.stride(0) % vec == 0) && (t.size(1) <= 1 || t.stride(1) % vec == 0);
+}
+
+// The token list to read: the given one, or one built on the device from the mask (old call signature:
+// tensor ops only, so no sync here either).
+struct DeviceTokens {
+  at::Tensor index, count;
+};
+DeviceTokens device_tokens(const at::Tensor& mask, const TokenList& tokens) {
+  if (tokens.given()) return {tokens.index->contiguous(), tokens.count->contiguous()};
+  const int64_t B = mask.size(0), T = mask.size(1);
+  const at::Tensor count = mask.sum(1, /*keepdim=*/false, at::kInt);
+  const at::Tensor pos = at::arange(T, mask.options().dtype(at::kInt)).expand({B, T});
+  const at::Tensor key = at::where(mask, pos, at::scalar_tensor(T, pos.options()));
+  const at::Tensor ordered = std::get<0>(key.sort(/*stable=*/true, /*dim=*/1, /*descending=*/false));
+  return {ordered.to(at::kInt).contiguous(), count};
+}
+
+// Step 1 into partial ([S, B, N] contiguous, opmath type); returns S.
+int64_t launch_max(const at::Tensor& act, const at::Tensor& grad, const DeviceTokens& tok, at::Tensor* partial) {
   const int64_t B = act.size(0), T = act.size(1), N = act.size(2);
-  if (B == 0 || N == 0) return;
-  const dim3 block(kThreadsN, kSplitT);
-  const dim3 grid(static_cast<unsigned>((N + kThreadsN - 1) / kThreadsN),
-                  static_cast<unsigned>(std::min<int64_t>(B, kMaxGridY)));
+  const auto st = act.scalar_type();
+  const int64_t vec = 16 / static_cast<int64_t>(c10::elementSize(st));
+  const bool vector = aligned16(act, vec) && aligned16(grad, vec);
+  const int64_t per_block = kThreads * (vector ? vec : 1);
+  const int64_t blocks_x = (N + per_block - 1) / per_block;
+  const int64_t blocks_y = std::min<int64_t>(B, kMaxGridY);
+  // Enough blocks for two full waves (2048 resident threads per SM): split the tokens when B x columns
+  // alone do not give them, keeping >= kMinTokensPerSplit tokens per split.
+  const int64_t want = 2 * sm_count(act.get_device()) * (2048 / kThreads);
+  int64_t splits = (want + blocks_x * blocks_y - 1) / (blocks_x * blocks_y);
+  splits = std::max<int64_t>(1, std::min({splits, T / kMinTokensPerSplit, static_cast<int64_t>(kMaxSplits)}));
+  const auto acc_dtype = st == at::kDouble ? at::kDouble : at::kFloat;
+  *partial = at::empty({splits, B, N}, act.options().dtype(acc_dtype));
+  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y), static_cast<unsigned>(splits));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, act.scalar_type(), "culnig_max_attribution_cuda", [&] {
-    using acc_t = typename acc_type<scalar_t>::type;
-    max_kernel<scalar_t, acc_t><<<grid, block, 0, stream>>>(
-        act.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(), mask.const_data_ptr<bool>(), B, T,
-        N, act.stride(0), act.stride(1), grad.stride(0), grad.stride(1), out.mutable_data_ptr<acc_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "culnig_max_attribution_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    constexpr int kVec = 16 / sizeof(scalar_t);
+    auto run = [&](auto kernel) {
+      kernel<<<grid, kThreads, 0, stream>>>(act.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+                                            tok.index.const_data_ptr<int32_t>(), tok.count.const_data_ptr<int32_t>(),
+                                            B, T, N, act.stride(0), act.stride(1), grad.stride(0), grad.stride(1),
+                                            tok.index.stride(0), partial->mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (vector) {
+      run(max_kernel<scalar_t, kVec>);
+    } else {
+      run(max_kernel<scalar_t, 1>);
+    }
   });
+  return splits;
 }
 
-at::Tensor max_attribution_cuda(const at::Tensor& act_in, const at::Tensor& grad_in,
-                                const at::Tensor& token_mask) {
-  check_attribution_inputs("culnig.max_attribution", act_in, grad_in, token_mask);
+at::Tensor max_attribution_cuda(const at::Tensor& act_in, const at::Tensor& grad_in, const at::Tensor& token_mask,
+                                const std::optional<at::Tensor>& token_index,
+                                const std::optional<at::Tensor>& token_count) {
+  const TokenList tokens{token_index, token_count};
+  check_attribution_inputs("culnig.max_attribution", act_in, grad_in, token_mask, tokens);
   const c10::cuda::CUDAGuard guard(act_in.device());
   const at::Tensor act = unit_stride_last_dim(act_in);
   const at::Tensor grad = unit_stride_last_dim(grad_in);
-  const at::Tensor mask = token_mask.contiguous();
+  const int64_t B = act.size(0), N = act.size(2);
   const auto out_dtype = act.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor out = at::empty({act.size(0), act.size(2)}, act.options().dtype(out_dtype));
-  launch_max(act, grad, mask, out);
+  if (B == 0 || N == 0) return at::empty({B, N}, act.options().dtype(out_dtype));
+  const DeviceTokens tok = device_tokens(token_mask, tokens);
+  at::Tensor partial;
+  const int64_t splits = launch_max(act, grad, tok, &partial);
+  if (splits == 1) return partial.view({B, N});
+  at::Tensor out = at::empty({B, N}, act.options().dtype(out_dtype));
+  const int64_t BN = B * N;
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((BN + threads - 1) / threads, 65535));
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(out_dtype, "culnig_combine_cuda", [&] {
+    combine_kernel<scalar_t><<<blocks, threads, 0, stream>>>(partial.const_data_ptr<scalar_t>(), splits, BN,
+                                                             out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
   return out;
 }
 
 void max_attribution_accumulate_cuda(at::Tensor& acc, const at::Tensor& act_in, const at::Tensor& grad_in,
                                      const at::Tensor& token_mask, const at::Tensor& weight_in,
-                                     const at::Tensor& group_in, std::optional<double> clamp_min) {
-  check_accumulate_inputs(acc, act_in, grad_in, token_mask, weight_in, group_in);
+                                     const at::Tensor& group_in, std::optional<double> clamp_min,
+                                     const std::optional<at::Tensor>& token_index,
+                                     const std::optional<at::Tensor>& token_count) {
+  const TokenList tokens{token_index, token_count};
+  check_accumulate_inputs(acc, act_in, grad_in, token_mask, weight_in, group_in, tokens);
   const c10::cuda::CUDAGuard guard(act_in.device());
   const at::Tensor act = unit_stride_last_dim(act_in);
   const at::Tensor grad = unit_stride_last_dim(grad_in);
-  const at::Tensor mask = token_mask.contiguous();
   const at::Tensor weight = weight_in.contiguous();
   const at::Tensor group = group_in.contiguous();
   const int64_t B = act.size(0), N = act.size(2);
   if (B == 0 || N == 0) return;
-  const auto max_dtype = act.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor maxima = at::empty({B, N}, act.options().dtype(max_dtype));
-  launch_max(act, grad, mask, maxima);
+  const DeviceTokens tok = device_tokens(token_mask, tokens);
+  at::Tensor partial;
+  const int64_t splits = launch_max(act, grad, tok, &partial);
   const bool has_clamp = clamp_min.has_value();
   const double clamp = has_clamp ? *clamp_min : 0.0;
-  const dim3 grid(static_cast<unsigned>((N + kAccThreads - 1) / kAccThreads));
+  const dim3 block(kColumns, kRows);
+  const dim3 grid(static_cast<unsigned>((N + kColumns - 1) / kColumns));
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES(max_dtype, "culnig_accumulate_cuda", [&] {
-    accumulate_kernel<scalar_t><<<grid, kAccThreads, 0, stream>>>(
-        maxima.const_data_ptr<scalar_t>(), weight.const_data_ptr<float>(), group.const_data_ptr<int64_t>(), B,
-        N, has_clamp, clamp, acc.mutable_data_ptr<double>(), acc.stride(0), acc.stride(1));
+  AT_DISPATCH_FLOATING_TYPES(partial.scalar_type(), "culnig_accumulate_cuda", [&] {
+    combine_accumulate_kernel<scalar_t><<<grid, block, 0, stream>>>(
+        partial.const_data_ptr<scalar_t>(), splits, B, N, weight.const_data_ptr<float>(),
+        group.const_data_ptr<int64_t>(), acc.size(0), has_clamp, clamp, acc.mutable_data_ptr<double>(),
+        acc.stride(0), acc.stride(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

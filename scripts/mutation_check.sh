@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Mutation check (not part of CI: it is slow). mutmut plants small defects (mutants) in the modules whose numbers
+# users read and runs the fast tests that cover each one; this prints the kill rate per module and every
+# surviving mutant that is not in scripts/mutation_allowlist.txt (equivalent mutants, one-line reason each).
+#
+#   bash scripts/mutation_check.sh                   # every scoped module, one after the other
+#   bash scripts/mutation_check.sh stats select      # some modules only
+#   MUTATION_SUMMARY_ONLY=1 bash scripts/mutation_check.sh   # summarise earlier (e.g. per-module) runs again
+#   MUTATION_RERUN=1 bash scripts/mutation_check.sh stats    # re-check only the last run's survivors (new tests)
+#
+# Each module runs in its own scratch copy of the tracked files ($MUTATION_DIR/<module>, default
+# /tmp/culnig_mutation), with its own test selection, so the work tree gets no mutants/ folder and no mutmut
+# config. Mutated: every function of the module, except pipeline.py, where only the condition logic is
+# (evaluate_conditions, which inhibits each condition, and the helpers that feed the report: instance_view,
+# score_cached, _sample, slug). Not mutated: statements that only raise an error, warn, print or log (their
+# messages; the bad-input tests check the errors), and progress-bar lines.
+# Exit status: 0 when every module kills >= $MUTATION_MIN_RATE % (default 90) of its mutants, equivalent
+# (allow-listed) ones left out, and no survivor is unlisted. Tool: mutmut, pinned in requirements-dev.txt.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+python=${PYTHON:-$root/.venv/bin/python}
+[ -x "$python" ] || python=$(command -v python3)
+work=${MUTATION_DIR:-/tmp/culnig_mutation}
+jobs=${MUTATION_JOBS:-2}
+start=$SECONDS
+
+declare -A scope=(
+  [table]="culnig_ext.table.*"
+  [select]="culnig_ext.select.*"
+  [scorer]="culnig_ext.scorer.*"
+  [inhibit]="culnig_ext.inhibit.*"
+  [stats]="culnig_ext.stats.*"
+  [analysis]="culnig_ext.analysis.*"
+  [pipeline]="culnig_ext.pipeline.x_evaluate_conditions__mutmut_* culnig_ext.pipeline.x_instance_view__mutmut_*
+              culnig_ext.pipeline.x_score_cached__mutmut_* culnig_ext.pipeline.x__sample__mutmut_*
+              culnig_ext.pipeline.x_slug__mutmut_*"
+)
+# The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
+declare -A covering=(
+  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py"
+  [select]="tests/test_select.py tests/test_seams.py"
+  [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_seams.py"
+  [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
+  [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
+  [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
+  [pipeline]="tests/test_pipeline_parts.py tests/test_seams_pipeline.py tests/test_pipeline.py"
+)
+modules=("$@")
+[ ${#modules[@]} -gt 0 ] || modules=(table select scorer inhibit stats analysis pipeline)
+for m in "${modules[@]}"; do
+  [ -n "${scope[$m]:-}" ] || { echo "mutation_check: unknown module '$m' (one of: ${!scope[*]})" >&2; exit 2; }
+done
+"$python" -c "import mutmut" 2>/dev/null || {
+  echo "mutation_check: mutmut is not installed; run: $python -m pip install -r requirements-dev.txt" >&2; exit 2; }
+echo "== mutation check: ${modules[*]} (mutmut $("$python" -c 'import importlib.metadata as m; print(m.version("mutmut"))'), $jobs workers, in $work)"
+
+# CPU seconds (user + system) used by this script's finished children, into $cpu: on a loaded machine wall time
+# says little. ("times" must run in this shell, not in a pipe or $(...), to see the children.)
+measure_cpu() {
+  times > "$work/.times"
+  cpu=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += 60 * a[1] + a[2] }
+                       printf "%.0f", t }' "$work/.times")
+}
+runs=()
+# run_module MODULE DIR PATTERNS...: one mutmut run in a fresh scratch copy
+run_module() {
+  local m=$1 dir=$2
+  shift 2
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  git ls-files -z | tar --null -T - -cf - | tar -C "$dir" -xf -
+  cp culnig_ext/_C*.so "$dir/culnig_ext/" 2>/dev/null || true   # the built C++ ops, when present
+  {
+    echo "[mutmut]"
+    echo "source_paths = culnig_ext"
+    echo "only_mutate = culnig_ext/$m.py"
+    echo "pytest_add_cli_args_test_selection ="
+    for t in ${covering[$m]}; do echo "    $t"; done
+    echo "pytest_add_cli_args ="
+    echo "    -p"
+    echo "    no:cacheprovider"
+    echo "do_not_mutate_patterns ="
+    echo '    ^\s*raise \w'
+    echo '    warnings\.warn\('
+    echo '    ^\s*(print|log\.\w+|log_fn)\('
+    echo '    \b(bar\.\w+|tqdm)\('
+    echo "process_isolation = forkserver"
+    echo "use_git_change_detection = false"
+  } > "$dir/setup.cfg"
+  (
+    cd "$dir"
+    # One intra-op thread per worker: the tests' tiny models are faster single-threaded, and workers run side by side.
+    OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONPATH= "$python" -m mutmut run --max-children "$jobs" "$@" \
+      > "$dir/mutmut_run.log" 2>&1
+  ) || { tail -c 3000 "$dir/mutmut_run.log"; echo "mutation_check: mutmut failed on $m" >&2; exit 2; }
+}
+
+for m in "${modules[@]}"; do
+  t0=$SECONDS
+  dir=$work/$m
+  if [ -n "${MUTATION_SUMMARY_ONLY:-}" ]; then
+    runs+=("$m=$dir/mutants")
+    [ -d "$dir.rerun/mutants" ] && runs+=("$m=$dir.rerun/mutants")
+    continue
+  fi
+  if [ -n "${MUTATION_RERUN:-}" ]; then
+    mapfile -t again < <("$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt \
+                         --list-survivors "$m=$dir/mutants")
+    runs+=("$m=$dir/mutants")
+    if [ ${#again[@]} -gt 0 ]; then
+      run_module "$m" "$dir.rerun" "${again[@]}"
+      runs+=("$m=$dir.rerun/mutants")
+    fi
+  else
+    # shellcheck disable=SC2086
+    run_module "$m" "$dir" ${scope[$m]}
+    rm -rf "$dir.rerun"
+    runs+=("$m=$dir/mutants")
+  fi
+  measure_cpu
+  echo "   $m: $((SECONDS - t0)) s wall; $cpu CPU seconds so far (all workers)"
+done
+
+rc=0
+measure_cpu
+"$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt --min-rate "${MUTATION_MIN_RATE:-90}" \
+  --seconds $((SECONDS - start)) --cpu-seconds "$cpu" --survivors-out "$work/survivors.txt" "${runs[@]}" || rc=$?
+if [ -s "$work/survivors.txt" ] && [ -z "${MUTATION_QUIET:-}" ]; then
+  echo; echo "== the surviving mutants' diffs"
+  while read -r name; do
+    m=${name#culnig_ext.}; m=${m%%.*}
+    d=$work/$m; [ -d "$d.rerun/mutants" ] && d=$d.rerun
+    (cd "$d" && "$python" -m mutmut show "$name" 2>/dev/null) || echo "$name"
+  done < "$work/survivors.txt"
+fi
+exit $rc

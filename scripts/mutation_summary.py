@@ -1,0 +1,109 @@
+"""Summarise a mutmut run (``scripts/mutation_check.sh``): kill rate per module and the surviving mutants.
+
+Reads mutmut's result files (``mutants/<path>.meta``, JSON with ``exit_code_by_key``) and the allow-list
+(``mutant-name  # reason`` per line: equivalent mutants, which no test can kill). A mutant counts as killed when
+a test failed, timed out or crashed on it; as surviving when the tests passed or no test covers it. Mutants the
+run did not select (``exit code None``) are out of scope. Exit status 1 when a module's rate (equivalent mutants
+left out) is below ``--min-rate`` or a survivor is not allow-listed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+KILLED = {1, 3, 36, 24, -24, 152, 255, -11, -9}  # test failed, pytest internal error, timeout, crash
+SURVIVED = {0, 5, 33}  # tests passed; no test ran
+SKIPPED = {34}
+
+
+def read_allowlist(path: Path) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not path.is_file():
+        return out
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, reason = line.partition("#")
+        name, reason = name.strip(), reason.strip()
+        if not sep or not reason or " " in name:
+            raise SystemExit(f"{path}:{number}: expected 'mutant-name  # reason', got {line!r}")
+        out[name] = reason
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("runs", nargs="+", help="MODULE=DIR: a module's name and its run's mutants/ folder; a module may "
+                   "come several times (a re-run of survivors): later results override earlier ones")
+    p.add_argument("--list-survivors", action="store_true", help="only print the unlisted survivors' names")
+    p.add_argument("--allowlist", type=Path, required=True)
+    p.add_argument("--min-rate", type=float, default=90.0)
+    p.add_argument("--seconds", type=int, default=None, help="wall time of the run, printed")
+    p.add_argument("--cpu-seconds", type=int, default=None, help="CPU time of the run (all workers), printed")
+    p.add_argument("--survivors-out", type=Path, default=None, help="write unlisted survivors' names here")
+    args = p.parse_args(argv)
+
+    allow = read_allowlist(args.allowlist)
+    ok = True
+    unlisted: list[str] = []
+    rows = []
+    codes_by_module: dict[str, dict] = {}
+    for run in args.runs:
+        module, _, folder = run.partition("=")
+        meta = Path(folder) / "culnig_ext" / f"{module}.py.meta"
+        if not meta.is_file():
+            raise SystemExit(f"{module}: no results ({meta} missing)")
+        merged = codes_by_module.setdefault(module, {})
+        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            if code is not None or key not in merged:
+                merged[key] = code
+    if args.list_survivors:
+        for codes in codes_by_module.values():
+            for k, c in sorted(codes.items()):
+                if c is not None and c not in SKIPPED and c not in KILLED and k not in allow:
+                    print(k)
+        return 0
+    for module, codes in codes_by_module.items():
+        checked = {k: c for k, c in codes.items() if c is not None and c not in SKIPPED}
+        killed = sorted(k for k, c in checked.items() if c in KILLED)
+        survived = sorted(k for k, c in checked.items() if c not in KILLED)
+        other = sorted(k for k in survived if checked[k] not in SURVIVED)
+        equivalent = [k for k in survived if k in allow]
+        real = [k for k in survived if k not in allow]
+        unlisted += real
+        total = len(checked)
+        raw = 100.0 * len(killed) / total if total else 0.0
+        scored = total - len(equivalent)
+        rate = 100.0 * len(killed) / scored if scored else 100.0
+        ok &= rate >= args.min_rate and not real
+        rows.append((module, total, len(killed), len(equivalent), len(real), raw, rate))
+        for k in other:
+            print(f"note: {k} ended with exit code {checked[k]} (counted as surviving)")
+    print()
+    print("| module | mutants | killed | equivalent (allow-listed) | surviving | kill rate | kill rate, equivalents left out |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for module, total, killed, eq, real, raw, rate in rows:
+        print(f"| {module}.py | {total} | {killed} | {eq} | {real} | {raw:.1f}% | {rate:.1f}% |")
+    total = sum(r[1] for r in rows)
+    killed = sum(r[2] for r in rows)
+    eq = sum(r[3] for r in rows)
+    print(f"| all | {total} | {killed} | {eq} | {sum(r[4] for r in rows)} | "
+          f"{100.0 * killed / max(total, 1):.1f}% | {100.0 * killed / max(total - eq, 1):.1f}% |")
+    if args.seconds is not None:
+        print(f"\nwall time {args.seconds} s" + ("" if args.cpu_seconds is None else
+                                                 f", CPU time {args.cpu_seconds} s (user + system, all workers)"))
+    if unlisted:
+        print(f"\n{len(unlisted)} surviving mutant(s) not in {args.allowlist}:")
+        for k in unlisted:
+            print(f"  {k}")
+    if args.survivors_out is not None:
+        args.survivors_out.write_text("".join(k + "\n" for k in unlisted))
+    print(f"\nmutation check {'passed' if ok else 'FAILED'} (min kill rate {args.min_rate:g}% per module)")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
