@@ -4,7 +4,8 @@ config-file keys and the ``config.json`` a run writes.
 ``option(default, help, flag=None, choices=None)`` declares a field; ``add_arguments(parser, Config)`` adds one flag
 per field (booleans as ``--x/--no-x``, ``int | None`` fields also take ``none``); ``build(Config, args, config_file)``
 merges, in rising precedence, the dataclass defaults, a YAML or JSON config file (``--config FILE``; the
-``config.json`` of a run is one) and the flags given on the command line. Every key and value is checked: an unknown
+``config.json`` of a run is one) and the flags given on the command line (the namespace lists them in
+``given_options``; every field also has its default there, as plain argparse would give it). Every key and value is checked: an unknown
 key or a value of the wrong type is refused naming the file and the key.
 """
 from __future__ import annotations
@@ -49,9 +50,29 @@ def _parse_value(kind: type, optional: bool, raw: str) -> Any:
     return kind(raw)
 
 
+GIVEN = "given_options"  # the namespace attribute listing the fields set by a flag on the command line
+
+
+def _recording(action_cls):
+    """``action_cls`` that also records its field in ``namespace.given_options`` (flags given explicitly)."""
+
+    class Recording(action_cls):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            given = set(getattr(namespace, GIVEN, None) or ())
+            given.add(self.dest)
+            setattr(namespace, GIVEN, given)
+
+    return Recording
+
+
+_STORE = _recording(argparse._StoreAction)
+_BOOL = _recording(argparse.BooleanOptionalAction)
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per field of ``cls``; flags not given are absent from the namespace (``argparse.SUPPRESS``), so
-    ``build`` can tell them from the defaults."""
+    """One flag per field of ``cls`` (defaults: the field's); the fields set by a flag are listed in the namespace's
+    ``given_options``, so that ``build`` lets exactly those override a config file."""
     defaults = cls()
     for f, kind, optional in _fields(cls):
         meta = f.metadata.get(_META) or {}
@@ -59,11 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
         help_text = f"{meta.get('help', '')} (default: {default!r})".replace("%", "%%")
         flag = flag_of(f)
         if kind is bool:
-            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=help_text)
+            parser.add_argument(flag, dest=f.name, action=_BOOL, default=default, help=help_text)
             continue
         parser.add_argument(
-            flag, dest=f.name, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_text,
+            flag, dest=f.name, action=_STORE, default=default, choices=meta.get("choices"), help=help_text,
             metavar=flag.lstrip("-").replace("-", "_").upper() if not meta.get("choices") else None,
             type=lambda raw, kind=kind, optional=optional: _parse_value(kind, optional, raw),
         )
@@ -129,7 +149,8 @@ def check_options(raw: Mapping[str, Any], cls, where: str) -> dict[str, Any]:
 def build(cls, args: argparse.Namespace, config_file: str | Path | None = None):
     """``cls`` from its defaults, then ``config_file``, then the flags present in ``args``."""
     values = read_config_file(config_file, cls) if config_file else {}
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    names = set(getattr(args, GIVEN, None) or ())
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name in names}
     values.update(check_options(given, cls, "command line"))
     return cls(**values)
 

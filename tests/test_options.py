@@ -83,7 +83,7 @@ def non_default_run_config():
                      control="frame", normalize="prob", contrast_general=True, t_mlp=0.02, t_attn=0.004, r_mlp=0.03,
                      r_attn=0.05, t_specific=0.006, r_specific=0.02, z_min=1.0, n_random=5, kinship=False,
                      instance_view=False, max_test_items=None, batch_size=4, dtype="bfloat16", device="cpu", seed=7,
-                     progress=False)
+                     progress=False, checkpoint_activations=True)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -112,6 +112,7 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--format", "cloze", "--control", "frame", "--normalize", "prob", "--contrast-general", "--t-mlp", "0.02",
             "--t-attn", "0.004", "--r-mlp", "0.03", "--r-attn", "0.05", "--t-specific", "0.006", "--r-specific",
             "0.02", "--z-min", "1", "--random", "5", "--no-kinship", "--no-instance-view", "--max-test-items",
-            "none", "--batch-size", "4", "--dtype", "bfloat16", "--device", "cpu", "--seed", "7", "--no-progress"]
+            "none", "--batch-size", "4", "--dtype", "bfloat16", "--device", "cpu", "--seed", "7", "--no-progress",
+            "--checkpoint-activations"]
     args = cli._parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
