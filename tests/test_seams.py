@@ -277,22 +277,23 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--format", "letter", "--control", "frame", "--normalize", "prob", "--contrast-general",
             "--t-mlp", "0.11", "--t-attn", "0.12", "--r-mlp", "0.13", "--r-attn", "0.14", "--t-specific", "0.15",
             "--r-specific", "0.16", "--z-min", "0.17", "--random", "4", "--no-kinship", "--max-test-items", "9",
-            "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu", "--seed", "6", "--no-progress"]
+            "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu", "--seed", "6", "--no-progress",
+            "--checkpoint-activations", "--no-instance-view"]
     with pytest.raises(Done):
         cli.main(argv)
     want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
                      crc_test="builtin:countryrc", general="builtin:cultural", format="letter", control="frame",
                      normalize="prob", contrast_general=True, t_mlp=0.11, t_attn=0.12, r_mlp=0.13, r_attn=0.14,
                      t_specific=0.15, r_specific=0.16, z_min=0.17, n_random=4, kinship=False,
-                     instance_view=True, max_test_items=9, batch_size=5, dtype="bfloat16", device="cpu", seed=6,
-                     progress=False)
+                     instance_view=False, max_test_items=9, batch_size=5, dtype="bfloat16", device="cpu", seed=6,
+                     progress=False, checkpoint_activations=True)
     got = asdict(seen[0])
     for f in fields(RunConfig):
         if f.name in asdict(want):
             assert got[f.name] == asdict(want)[f.name], f.name
     # Every field the CLI offers was given a non-default value above, so each one is checked.
     defaults = asdict(RunConfig())
-    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model", "instance_view")]
+    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model",)]
     assert unchecked == []
 
     # No options: the RunConfig defaults (the paper's values), progress on.
@@ -347,13 +348,14 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
     assert calls["load_items"] == ("builtin:cultural", {"split": "neur", "seed": 4})
     assert calls["load_model"] == ("smollm2", {"dtype": "bfloat16", "device": "cpu"})
     assert calls["encode"] == (["item"], "tok", {"format": "cloze", "control": "frame"})
-    assert calls["score"] == {"batch_size": 3, "clamp_min": 0.0, "progress": False}  # a control set clamps at 0
+    assert calls["score"] == {"batch_size": 3, "clamp_min": 0.0, "progress": False,  # a control set clamps at 0
+                              "checkpoint_activations": False}
     assert ScoreTable.load(out).num_items == 4
     argv = ["score", "--data", "builtin:cultural", "--clamp-min", "-0.5", "--out", str(out)]
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(argv) == 0
     assert calls["encode"][2] == {"format": "letter", "control": None}
-    assert calls["score"] == {"batch_size": 16, "clamp_min": -0.5, "progress": True}
+    assert calls["score"] == {"batch_size": 16, "clamp_min": -0.5, "progress": True, "checkpoint_activations": False}
     assert calls["load_items"] == ("builtin:cultural", {"split": "all", "seed": 0})
 
 
