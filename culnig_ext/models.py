@@ -120,7 +120,7 @@ def load_model(
         device_map: spread the model over devices (``"auto"`` or an accelerate map).
         attn_implementation: ``"sdpa"``, ``"eager"`` ...; None picks ``"eager"`` for models whose attention logits
             are soft-capped (Gemma 2: sdpa would silently drop the cap and compute another model) and ``"sdpa"``
-            for every other model.
+            for every other model. Recorded in score tables.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -148,6 +148,26 @@ def load_model(
         # from_pretrained records only the folder; two GGUF files of one folder (e.g. two quantisations) must not
         # share a name, since score tables are reused on resume when the model name matches.
         model.config._name_or_path = name
+    # Local weights are identified by a hash of their files in score tables (hub models by their revision).
+    if "gguf_file" in kwargs:
+        model.culnig_weights_path = str(Path(path) / kwargs["gguf_file"])
+    elif Path(path).is_dir():
+        model.culnig_weights_path = str(path)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def parse_device_map(spec: str | dict | None) -> str | dict | None:
+    """A ``device_map`` option as ``load_model`` takes it: None, ``"auto"``, or a JSON object given as text."""
+    if spec is None or isinstance(spec, dict) or spec == "auto":
+        return spec
+    import json
+
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r}")
+    return value

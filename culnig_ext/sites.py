@@ -394,3 +394,17 @@ def select_sites(model: nn.Module, names: list[str] | None = None) -> list[Site]
         raise ValueError(f"unknown site(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}; e.g. {sites[0].name!r}")
     wanted = set(names)
     return [site for site in sites if site.name in wanted]
+
+
+def site_names(model: nn.Module, spec: str | None) -> list[str] | None:
+    """Site names from a comma-separated spec of site names and/or kinds (``mlp``, ``attn``); None for all sites."""
+    if spec is None or spec.strip() in ("", "all"):
+        return None
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if part in KINDS:
+            names.extend(site.name for site in neuron_sites(model, (part,)))
+        else:
+            parse_site_name(part)
+            names.append(part)
+    return list(dict.fromkeys(names))

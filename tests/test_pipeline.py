@@ -42,6 +42,9 @@ GROUPS = ["US", "UK", "South_Korea", "China", "Mexico", "Spain", "Iran", "Ethiop
 EVAL_SETS = ["Cultural test (BLEnD-style)", "CountryRC test", "General knowledge"]
 EVAL_SLUGS = ["cultural_test__blend-style", "countryrc_test", "general_knowledge"]
 TABLES = ["neur", "ctrl", "crc", "general"]
+SCORED = ["neur_parts", "ctrl_parts", "crc", "general"]  # what is scored; neur/ctrl are their sums by group
+# The tiny tokenizer knows the builtin sets' words only (the default, auto, would find BLEnD in ../shared/data).
+BUILTIN = dict(data="builtin:cultural", crc="builtin:countryrc", crc_test="builtin:countryrc-test")
 
 # Fractions large enough for a tiny model to get neurons: floor(96*0.1)=9 and floor(128*0.05)=6 general neurons
 # before removing floor(96*0.05)=4 / floor(128*0.03)=3 CountryRC neurons; specific: floor(224*0.05)=11, minus
@@ -125,6 +128,7 @@ def run_captured(cfg: RunConfig):
 @pytest.fixture(scope="module")
 def run(model_dir, tmp_path_factory):
     cfg = RunConfig(out=str(tmp_path_factory.mktemp("run") / "r"), model=str(model_dir), format="cloze", n_random=2,
+                    **BUILTIN,
                     max_test_items=MAX_TEST, progress=False, contrast_general=True, **FRACTIONS)
     result, printed = run_captured(cfg)
     return cfg, result, printed
@@ -316,7 +320,7 @@ def test_specific_neurons_equal_a_recomputation(run):
 def test_rerun_reuses_the_score_tables(run):
     cfg, first, _ = run
     run_dir = Path(cfg.out)
-    files = [run_dir / "scores" / f"{name}.safetensors" for name in TABLES]
+    files = [run_dir / "scores" / f"{name}.safetensors" for name in SCORED]
     before = {f: f.stat().st_mtime_ns for f in files}
     second, printed = run_captured(cfg)
     for f in files:
@@ -338,7 +342,8 @@ def test_rerun_reuses_the_score_tables(run):
 def test_cli_run_and_resume(model_dir, tmp_path, capsys):
     out = tmp_path / "cli_run"
     argv = ["run", "--out", str(out), "--model", str(model_dir), "--format", "cloze", "--random", "2",
-            "--max-test-items", "5", "--no-progress", "--contrast-general", "--seed", "3"]
+            "--max-test-items", "5", "--no-progress", "--contrast-general", "--seed", "3", "--data", BUILTIN["data"],
+            "--crc", BUILTIN["crc"], "--crc-test", BUILTIN["crc_test"]]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     printed = captured.out
@@ -361,8 +366,9 @@ def test_cli_run_and_resume(model_dir, tmp_path, capsys):
         assert row["inhibited"] == row["original"] and row["random"] == [row["original"]] * 2
     assert "report.md" in {p.name for p in out.iterdir()}
 
-    files = sorted((out / "scores").iterdir())
-    assert [f.name for f in files] == sorted(f"{name}.safetensors" for name in TABLES)
+    assert sorted(f.name for f in (out / "scores").iterdir()) == sorted(
+        f"{name}.safetensors" for name in set(TABLES) | set(SCORED))
+    files = [out / "scores" / f"{name}.safetensors" for name in SCORED]
     before = {f: f.stat().st_mtime_ns for f in files}
     assert cli.main(argv) == 0
     logged = capsys.readouterr().err
@@ -415,3 +421,29 @@ def test_choose_format_falls_back_to_cloze_without_letter_tokens(tmp_path):
     fmt, why = choose_format(model, tokenizer, items_with_gold(0, n=3), batch_size=4, progress=False)
     assert fmt == "cloze"
     assert why.startswith("the tokenizer cannot encode the letter format") and "answer letters share token ids" in why
+
+
+def test_report_states_intervals_power_holm_stability_and_verdict(run):
+    cfg, result, printed = run
+    out = Path(cfg.out)
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    ps = [r["p_value"] for r in rows]
+    # Holm by hand over the report's rows
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    want, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        want[i] = running
+    assert [r["p_holm"] for r in rows] == pytest.approx(want)
+    for r in rows:
+        diff = r["inhibited"] - sum(r["random"]) / len(r["random"])
+        assert r["diff_low"] <= diff + 1e-12 and diff - 1e-12 <= r["diff_high"] and r["mde"] >= 0
+    assert results["verdict"]["label"] in ("culture-specific", "not specific", "inconclusive")
+    assert set(results["verdict"]["per_set"]) == {r["eval_set"] for r in rows}
+    md = (out / "report.md").read_text()
+    assert "## Specificity verdict" in md and "## Stability of the culture-general neurons" in md
+    stab = next(s for s in results["sections"] if s["title"].startswith("Stability"))["markdown"]
+    line = next(l for l in stab.splitlines() if l.startswith("| all neurons |"))
+    assert int(line.split("|")[2]) == len(result.general)
+    assert "Data: " not in " ".join(results["notes"])  # explicit builtin sources: nothing was resolved
