@@ -30,7 +30,7 @@ from . import moe
 from .batching import length_sorted_batches, left_pad, pad_id, takes_logits_to_keep
 from .items import as_score_items, group_names
 from .neurons import Neuron, NeuronSet, site_key
-from .scorer import ItemLike, _model_metadata, dataset_fingerprint, frozen
+from .scorer import ItemLike, dataset_fingerprint, frozen, table_provenance
 from .sites import KINDS, MLP, Site, parse_site_name, select_sites
 from .table import ScoreTable
 
@@ -136,7 +136,7 @@ def activation_probability(
         for name, routed in expert_tokens.items():
             scale = torch.where(routed > 0, tokens / routed.clamp(min=1), torch.zeros_like(routed))
             active[name] *= scale[:, None]
-    metadata = _model_metadata(model)
+    metadata = table_provenance(model, None)
     metadata.update(dataset_fingerprint=dataset_fingerprint(checked), clamp_min="", method=METHOD)
     return ScoreTable(names, counts, active, tokens, metadata)
 

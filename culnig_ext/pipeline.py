@@ -311,7 +311,6 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = log.info) ->
 
     # data ------------------------------------------------------------------------------------------------
     sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
-    log_fn(f"data: {sources.note or 'as given'}")
     per_q = dict(max_per_question=cfg.max_per_question)
     neur_items = _sample(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
                          cfg.seed)
@@ -335,6 +334,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = log.info) ->
         from .finetune_study import load_study_tasks
 
         study_tasks = load_study_tasks(cfg)
+    log_fn(f"data: {sources.note or 'as given'}")  # after the data read cleanly: an error stays the only line
     log_fn(f"data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)

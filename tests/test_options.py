@@ -83,7 +83,12 @@ def non_default_run_config():
                      control="frame", normalize="prob", contrast_general=True, t_mlp=0.02, t_attn=0.004, r_mlp=0.03,
                      r_attn=0.05, t_specific=0.006, r_specific=0.02, z_min=1.0, n_random=5, kinship=False,
                      instance_view=False, max_test_items=None, batch_size=4, dtype="bfloat16", device="cpu", seed=7,
-                     progress=False, checkpoint_activations=True)
+                     progress=False, checkpoint_activations=True, max_scoring_items=None, max_per_question=None,
+                     n_parts=4, n_boot=2, device_map="auto", attn_implementation="eager", checkpoint=False,
+                     checkpoint_every=3, finetune=True, finetune_end="top", finetune_budget=0.2,
+                     finetune_by="density", finetune_task="t.jsonl", finetune_task_test="u.jsonl", finetune_lora=True,
+                     finetune_epochs=2, finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2,
+                     finetune_max_steps=5, finetune_max_train_items=8)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -113,6 +118,11 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--t-attn", "0.004", "--r-mlp", "0.03", "--r-attn", "0.05", "--t-specific", "0.006", "--r-specific",
             "0.02", "--z-min", "1", "--random", "5", "--no-kinship", "--no-instance-view", "--max-test-items",
             "none", "--batch-size", "4", "--dtype", "bfloat16", "--device", "cpu", "--seed", "7", "--no-progress",
-            "--checkpoint-activations"]
+            "--checkpoint-activations", "--max-scoring-items", "none", "--max-per-question", "none", "--n-parts", "4",
+            "--n-boot", "2", "--device-map", "auto", "--attn-implementation", "eager", "--no-checkpoint",
+            "--checkpoint-every", "3", "--finetune", "--finetune-end", "top", "--finetune-budget", "0.2",
+            "--finetune-by", "density", "--finetune-task", "t.jsonl", "--finetune-task-test", "u.jsonl",
+            "--finetune-lora", "--finetune-epochs", "2", "--finetune-lr", "0.001", "--finetune-train-batch-size", "3",
+            "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8"]
     args = cli._parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
