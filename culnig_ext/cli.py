@@ -2,6 +2,8 @@
 
     culnig run                       # the whole pipeline on the embedded default (SmolLM2-135M + builtin data)
     culnig score --model M --data D --out scores.safetensors
+    torchrun --nproc-per-node K $(which culnig) score --model M --data D --out scores.safetensors
+    culnig merge shard0.safetensors shard1.safetensors --out scores.safetensors
     culnig identify general --neur N --ctrl C --crc R --out general.json
     culnig identify specific --neur N --ctrl C --crc R --group US --out us.json
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
@@ -10,10 +12,13 @@
     culnig prompts --data D [--protocol paper] --out prompts.jsonl   # what the model sees, item by item
     culnig overlap A.json B.json [--eval SRC_A --eval SRC_B --model M] --out DIR   # shared neurons, cross-effects
     culnig run --protocol paper      # the paper's prompts, CountryRC items, dtype and random baseline
+    culnig compare --max-items 200   # CULNIG's neurons beside LAPE's (activation probability)
+    culnig finetune --neurons general.json --end top bottom random --budget 0.1 --task builtin:qnli --out ft_dir
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -35,10 +40,85 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
+def _add_scale_args(p: argparse.ArgumentParser, *, score_only: bool = True) -> None:
+    """Options of long scoring jobs (``culnig score``; ``culnig run`` forwards the ones that apply to it)."""
+    p.add_argument("--checkpoint", default="auto",
+                   help="snapshot file for resuming an interrupted run: a path, 'auto' (next to the output, "
+                        "<out>.ckpt) or 'none' (default: auto). Re-running the same command resumes from it")
+    p.add_argument("--checkpoint-every", type=int, default=20,
+                   help="snapshot every N batches (and at least every 5 minutes) (default: 20)")
+    p.add_argument("--device-map", default=None,
+                   help="spread the model over devices: 'auto' or an accelerate map as JSON (default: none)")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager", "flash_attention_2"],
+                   help="attention kernel; recorded in the table (default: sdpa)")
+    if score_only:
+        p.add_argument("--shard", default=None, metavar="K/N",
+                       help="score only items K, K+N, K+2N, ... (0 <= K < N); 'culnig merge' the N outputs")
+        p.add_argument("--sites", default=None,
+                       help="comma-separated site names and/or kinds 'mlp', 'attn' (default: all)")
+        p.add_argument("--max-items", type=int, default=None, help="score only the first N items")
+
+
+def _shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        return None
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must be K/N with integers, e.g. 0/4; got {spec!r}") from None
+    if not 0 <= k < n:
+        raise ValueError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
+
+
+def _device_map(spec: str | None):
+    from .models import parse_device_map
+
+    return parse_device_map(spec)
+
+
 def _add_format(p: argparse.ArgumentParser, default: str = "letter") -> None:
     p.add_argument("--format", default=default, choices=FORMATS + (("auto",) if default == "auto" else ()),
                    help="letter: the next token is the option letter (instruction-tuned models); cloze: the target "
                         "is the option's text, scored by likelihood (small models) (default: %(default)s)")
+
+
+def _add_finetune_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The module study's options (``culnig finetune``; prefixed ``--finetune-`` on ``culnig run``)."""
+    from .finetune_study import StudySettings
+
+    d = StudySettings()
+    p.add_argument(f"--{prefix}end", nargs="+", default=list(d.ends), choices=["top", "bottom", "random"],
+                   help="which ends to train, each from the same start (default: top bottom random)")
+    p.add_argument(f"--{prefix}budget", type=float, default=d.budget,
+                   help="share of the decoder layers' parameters to train (default: %(default)s, the paper's)")
+    p.add_argument(f"--{prefix}by", default=d.by, choices=["count", "density"],
+                   help="rank blocks by neuron count (paper) or count per neuron of the block (default: count)")
+    p.add_argument(f"--{prefix}task", default="builtin:qnli",
+                   help="target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH (default: %(default)s)")
+    p.add_argument(f"--{prefix}task-test", default=None,
+                   help="target task's test items (default: the task's test split; needed for a local file)")
+    p.add_argument(f"--{prefix}lora", action="store_true", help="LoRA (r=32, alpha=64) on the picked modules")
+    p.add_argument(f"--{prefix}epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
+    p.add_argument(f"--{prefix}lr", type=float, default=d.lr, help="constant AdamW lr (default: %(default)s)")
+    p.add_argument(f"--{prefix}train-batch-size", type=int, default=d.batch_size,
+                   help="training items per forward/backward (default: %(default)s)")
+    p.add_argument(f"--{prefix}grad-accum", type=int, default=d.grad_accum,
+                   help="batches per optimizer step (default: %(default)s)")
+    p.add_argument(f"--{prefix}max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    p.add_argument(f"--{prefix}max-train-items", type=int, default=None,
+                   help="seeded sample of the training items (default: all)")
+
+
+def _study_settings(args, prefix: str = "", **extra):
+    from .finetune_study import StudySettings
+
+    def get(name):
+        return getattr(args, prefix + name)
+
+    return StudySettings(ends=tuple(get("end")), budget=get("budget"), by=get("by"), lora=get("lora"),
+                         epochs=get("epochs"), lr=get("lr"), batch_size=get("train_batch_size"),
+                         grad_accum=get("grad_accum"), max_steps=get("max_steps"), **extra)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,9 +140,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--clamp-min", type=float, default=None, help="clamp each item's max at this value")
     p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
     p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
+    _add_scale_args(p)
     p.add_argument("--checkpoint-activations", action="store_true",
                    help="recompute each decoder layer in the backward pass instead of keeping its activations "
                         "(long inputs: far less memory, ~1.3x the time; same scores)")
+
+    p = sub.add_parser("merge", help="add up score tables of disjoint items (shards) into one")
+    p.add_argument("tables", nargs="+", help="score tables (.safetensors) of the same model, sites, dtype, clamp")
+    p.add_argument("--out", required=True, help="output .safetensors file (written atomically)")
 
     p = sub.add_parser("identify", help="select culture-general or culture-specific neurons from score tables")
     kind = p.add_subparsers(dest="which", metavar="general|specific")
@@ -143,73 +228,139 @@ def _parser() -> argparse.ArgumentParser:
 
     add_build_arguments(p)
 
+    p = sub.add_parser("finetune", help="module study: fine-tune the blocks with the most / fewest culture "
+                                        "neurons (or random ones) and measure target gain and cultural loss")
+    _add_model_args(p)
+    _add_format(p, default="auto")
+    p.add_argument("--neurons", required=True, help="NeuronSet JSON ranking the blocks (e.g. general.json)")
+    _add_finetune_args(p)
+    p.add_argument("--data", default="builtin:cultural", help="cultural set; its test split is evaluated")
+    p.add_argument("--crc-test", default="builtin:countryrc-test", help="CountryRC evaluation set")
+    p.add_argument("--general", default="builtin:general", help="non-cultural set ('' to skip)")
+    p.add_argument("--max-test-items", type=int, default=120, help="cap per evaluation set (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of picks' ties, data order, LoRA init, samples")
+    p.add_argument("--out", required=True, help="output folder: ranking, per-item records, finetune.md")
+
     p = sub.add_parser("run", help="the whole pipeline: score, identify, inhibit/evaluate, report")
+    from .options import add_arguments
     from .pipeline import RunConfig
 
-    defaults = RunConfig()
-    p.add_argument("--out", default=defaults.out, help="run folder (default: %(default)s); re-running resumes")
-    p.add_argument("--model", default=defaults.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=defaults.data, help="cultural item source (default: %(default)s)")
-    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
-                   help="ours (default) or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
-                        "bfloat16, eager attention for Gemma, its pooled random baseline beside ours")
-    p.add_argument("--crc", default=None, help=f"CountryRC scoring templates (default: {defaults.crc}; "
-                                                 "paper: paper:countryrc)")
-    p.add_argument("--crc-test", default=None, help=f"CountryRC evaluation templates (default: {defaults.crc_test}"
-                                                      "; paper: paper:countryrc)")
-    p.add_argument("--general", default=defaults.general, help="non-cultural set for specificity ('' to skip)")
-    _add_format(p, default="auto")
-    p.add_argument("--control", default=defaults.control, choices=["empty", "frame"],
-                   help="control prompt: empty (question removed, paper) or frame (keeps the question frame)")
-    p.add_argument("--normalize", default=defaults.normalize, choices=["count", "prob"],
-                   help="divide by item counts (paper) or by summed P (sets answered with different confidence)")
-    p.add_argument("--contrast-general", action="store_true",
-                   help="also subtract a general-ability table (half of --general; the other half is evaluated)")
-    for name, help_text in (("t_mlp", "top fraction of MLP gate neurons"), ("t_attn", "top fraction of q/k/v neurons"),
-                            ("r_mlp", "CountryRC removal fraction, MLP"), ("r_attn", "CountryRC removal fraction, q/k/v"),
-                            ("t_specific", "top fraction for culture-specific neurons"),
-                            ("r_specific", "CountryRC removal fraction for culture-specific neurons"),
-                            ("z_min", "minimum z-score of a culture-specific neuron")):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
-                       help=f"{help_text} (default: %(default)s, the paper's)")
-    p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
-    p.add_argument("--paper-random", type=int, default=None,
-                   help="random sets drawn the paper's way, uniform over all neurons pooled (default: 0; paper: 10)")
-    p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
-    p.add_argument("--saq", default=None, help="a BLEnD folder: also evaluate its short-answer questions in English "
-                                               "and the local languages (greedy generation)")
-    p.add_argument("--saq-max-per-country", type=int, default=defaults.saq_max_per_country,
-                   help="short-answer questions per country (default: %(default)s)")
-    p.add_argument("--saq-max-new-tokens", type=int, default=defaults.saq_max_new_tokens,
-                   help="generated tokens per short answer (default: %(default)s)")
-    p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
-                   help="cap per evaluation set (seeded sample; default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help=f"default: {defaults.dtype}; paper: bfloat16")
+    p.add_argument("--config", metavar="FILE",
+                   help="options from a YAML or JSON file (keys: the option names with underscores, e.g. the "
+                        "config.json a run writes); flags given here override it")
+    add_arguments(p, RunConfig)
+
+    p = sub.add_parser("sweep", help="choose identification settings on a validation split, report on the test split")
+    from .sweep import SweepConfig
+
+    sd = SweepConfig()
+    p.add_argument("--out", default=sd.out, help="output folder (default: %(default)s)")
+    p.add_argument("--model", default=sd.model, help="model (default: the embedded smollm2)")
+    p.add_argument("--data", default=sd.data, help="cultural item source (default: auto, as for 'culnig run')")
+    p.add_argument("--crc", default=sd.crc, help="CountryRC scoring templates (default: auto)")
+    p.add_argument("--crc-test", default=sd.crc_test, help="CountryRC evaluation templates (default: auto)")
+    p.add_argument("--general", default=sd.general, help="non-cultural set: contrast/validation/test thirds")
+    p.add_argument("--format", default=sd.format, choices=FORMATS, help="answer format (default: %(default)s)")
+    p.add_argument("--normalize", default=",".join(sd.normalize), help="grid: normalisations (default: %(default)s)")
+    p.add_argument("--control", default=",".join(sd.control), help="grid: control prompts (default: %(default)s)")
+    p.add_argument("--contrast-general", default=",".join("on" if x else "off" for x in sd.contrast_general),
+                   help="grid: general-ability contrast off/on (default: %(default)s)")
+    p.add_argument("--scale", default=",".join(f"{x:g}" for x in sd.scale),
+                   help="grid: factors on the paper's top fractions t_mlp/t_attn (default: %(default)s)")
+    p.add_argument("--random", type=int, default=sd.n_random, help="random sets on the test split (default: %(default)s)")
+    p.add_argument("--max-scoring-items", type=int, default=sd.max_scoring_items, help="default: %(default)s")
+    p.add_argument("--max-val-items", type=int, default=sd.max_val_items, help="default: %(default)s")
+    p.add_argument("--max-test-items", type=int, default=sd.max_test_items, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=sd.batch_size)
+    p.add_argument("--dtype", default=sd.dtype, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--seed", type=int, default=sd.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--checkpoint-activations", action="store_true",
-                   help="recompute each decoder layer in the backward pass instead of keeping its activations "
-                        "(long inputs: far less memory, ~1.3x the time; same scores)")
+    _add_compare(sub)
+    for command in sub.choices.values():  # on every subcommand, after its name: culnig run --json ...
+        _add_output_args(command)
     return parser
 
 
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    from .logs import LEVELS
+
+    p.add_argument("--log-level", default="info", choices=LEVELS,
+                   help="messages on stderr from this level up (default: info)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable JSON summary on stdout instead of the text summary")
+
+
+def _add_compare(sub) -> None:
+    from .compare import CompareConfig
+    from .options import add_arguments
+
+    p = sub.add_parser("compare", help="CULNIG's neurons beside LAPE's (activation probability): overlap, layers, "
+                                       "inhibition effect against random sets")
+    add_arguments(p, CompareConfig)
+
+
+def _cmd_compare(args) -> dict:
+    from .compare import CompareConfig, compare_markdown, run_compare
+    from .options import build
+
+    cfg = build(CompareConfig, args)
+    with _hf_bars(cfg.progress):
+        result = run_compare(cfg)
+    return {"message": compare_markdown(result) + f"\nwrote {Path(cfg.out) / 'compare.md'}", "compare": result}
+
+
 def _cmd_score(args) -> str:
-    from .data import encode
+    from . import distributed
+    from .checkpoint import resolve_checkpoint
     from .models import load_model
     from .preflight import check_score
-    from .scorer import score
+    from .scorer import remove_checkpoint, score
+    from .sites import site_names
+    from .streaming import encoded
 
-    items = check_score(args)
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
-    encoded = encode(items, tokenizer, format=args.format, control=args.control)
-    clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
-    table = score(model, encoded, batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
-                  checkpoint_activations=args.checkpoint_activations)
-    table.save(args.out)
-    return f"wrote {args.out}: {table}"
+    shard, device_map = _shard(args.shard), _device_map(args.device_map)
+    items = check_score(args)  # a .jsonl item file streams (validated in one pass now, read lazily when scoring)
+    job = distributed.discover()  # under torchrun: this rank's process group (gloo on CPU, nccl on CUDA)
+    try:
+        device = args.device or (str(job.device) if job is not None and job.device.type == "cuda" else None)
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=device, device_map=device_map,
+                                      attn_implementation=args.attn_implementation)
+        clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
+        checkpoint = resolve_checkpoint(args.checkpoint, args.out)
+        table = score(model, encoded(items, tokenizer, format=args.format, control=args.control),
+                      batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
+                      sites=site_names(model, args.sites), shard=shard, max_items=args.max_items,
+                      checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, keep_checkpoint=True,
+                      provenance={"prompt_format": args.format, "control": args.control or ""},
+                      checkpoint_activations=args.checkpoint_activations)
+        try:
+            if job is None or job.is_main:
+                table.save(args.out)
+        except Exception:
+            if job is not None:
+                distributed.check(job, False)  # the others keep their checkpoints and stop too
+            raise
+        if job is not None:
+            distributed.check(job, True)  # the output is written: every rank may drop its checkpoint
+        if checkpoint is not None:
+            remove_checkpoint(checkpoint)
+    finally:
+        distributed.close(job)
+    if job is not None and not job.is_main:
+        return f"rank {job.rank} of {job.world}: done (rank 0 wrote {args.out})"
+    ranks = f" ({job.world} ranks)" if job is not None else ""
+    return f"wrote {args.out}{ranks}: {table}"
+
+
+def _cmd_merge(args) -> str:
+    from .preflight import check_merge
+    from .table import ScoreTable
+
+    tables = check_merge(args)
+    merged = ScoreTable.merge(tables, names=args.tables)
+    merged.save(args.out)
+    return f"wrote {args.out}: {merged} from {len(tables)} tables"
 
 
 def _cmd_identify(args) -> str:
@@ -238,8 +389,10 @@ def _cmd_evaluate(args) -> str:
     from . import select
     from .models import load_model
     from .pipeline import Condition, accuracy_rows, evaluate_conditions
+    from .data.defaults import is_non_cultural
     from .preflight import check_evaluate
     from .report import ReportResults, write_report
+    from .verdict import from_results as verdict_from_results
 
     inputs = check_evaluate(args)
     sets, neurons = inputs.sets, inputs.neurons
@@ -256,8 +409,10 @@ def _cmd_evaluate(args) -> str:
     out = Path(args.out)
     results = (evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
                                    progress=not args.no_progress, save_dir=out / "eval") if sets else {})
+    cultural = {name: not is_non_cultural(name) for name in results}
     rows = [row for name, by_cond in results.items()
-            for row in accuracy_rows(name, by_cond, "inhibited", cultural=True, seed=args.seed)]
+            for row in accuracy_rows(name, by_cond, "inhibited", cultural=cultural[name], seed=args.seed)]
+    verdict = verdict_from_results(results, cultural, inhibited="inhibited", seed=args.seed) if results else None
     if inputs.lm_eval_tasks:
         from .lmeval import run_lm_eval
 
@@ -268,7 +423,8 @@ def _cmd_evaluate(args) -> str:
                                           "inhibited", cultural=False, seed=args.seed)]
     res = ReportResults(title=f"Evaluation: {args.model}", model=args.model,
                         neuron_set=args.inhibit or "(none)", n_neurons=len(neurons) if neurons else None,
-                        rows=rows, metadata={"protocol": args.protocol, "format": args.format})
+                        rows=rows, metadata={"protocol": args.protocol, "format": args.format},
+                        verdict=verdict.to_dict() if verdict is not None else None)
     report = write_report(out, res)
     lines = [f"{r.eval_set}: original {r.original:.3f}, inhibited {r.inhibited:.3f}"
              + (f", random {r.random_mean:.3f}, p={r.p_value:.3g}" if r.random else "") for r in rows]
@@ -308,32 +464,58 @@ def _cmd_report(args) -> str:
     return f"wrote {write_report(args.run_dir, check_report(args))}"
 
 
-def _cmd_run(args) -> str:
-    from .pipeline import RunConfig, paper_config, run_pipeline
+def _cmd_finetune(args) -> str:
+    from .finetune_report import REPORT_FILE
+    from .finetune_study import FinetuneConfig, run_finetune
 
-    given = {k: v for k, v in (("crc", args.crc), ("crc_test", args.crc_test), ("dtype", args.dtype),
-                               ("n_random_paper", args.paper_random)) if v is not None}
-    if args.format != "auto" or args.protocol == "ours":
-        given["format"] = args.format
-    cfg = (paper_config if args.protocol == "paper" else RunConfig)(
-        out=args.out, model=args.model, data=args.data, **given,
-        general=args.general or None, control=args.control, normalize=args.normalize,
-        contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
-        max_test_items=args.max_test_items, batch_size=args.batch_size, device=args.device,
-        t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
-        r_specific=args.r_specific, z_min=args.z_min, saq=args.saq, saq_max_per_country=args.saq_max_per_country,
-        saq_max_new_tokens=args.saq_max_new_tokens,
-        seed=args.seed, progress=not args.no_progress, checkpoint_activations=args.checkpoint_activations,
-    )
-    out = run_pipeline(cfg)
-    return "\n".join([
-        f"[culnig] done in {out.timings['total']:.0f} s ({out.format} format, protocol {cfg.protocol}). "
+    settings = _study_settings(args, seed=args.seed, eval_batch_size=args.batch_size, progress=not args.no_progress)
+    cfg = FinetuneConfig(
+        neurons=args.neurons, out=args.out, model=args.model, task=args.task, task_test=args.task_test,
+        max_train_items=args.max_train_items, max_test_items=args.max_test_items, data=args.data,
+        crc_test=args.crc_test, general=args.general or None, format=args.format, dtype=args.dtype,
+        device=args.device, settings=settings)
+    results = run_finetune(cfg)
+    lines = [f"{e['end']}: target gain {100 * e['target_gain']['diff']:+.2f} pp; drops "
+             + ", ".join(f"{n} {100 * d['diff']:+.2f} pp" for n, d in e["drops"].items()) for e in results["ends"]]
+    return "\n".join(lines + [f"wrote {Path(args.out) / REPORT_FILE}"])
+
+
+@contextlib.contextmanager
+def _hf_bars(enabled: bool):
+    """transformers' model-loading bars off while the body runs when ``enabled`` is False, restored after."""
+    from transformers.utils import logging as hf_logging
+
+    switch = not enabled and hf_logging.is_progress_bar_enabled()
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()
+
+
+def _cmd_run(args) -> dict:
+    from .options import build, to_dict
+    from .pipeline import RunConfig, run_pipeline, run_preset
+
+    cfg = build(RunConfig, args, args.config, preset=run_preset)
+    with _hf_bars(cfg.progress):  # progress may come from the config file
+        out = run_pipeline(cfg)
+    message = "\n".join([
+        f"done in {out.timings['total']:.0f} s ({out.format} format, protocol {cfg.protocol}). "
         f"Outputs in {out.run_dir}/:",
         f"  report     {out.report}",
         f"  summary    {out.run_dir / 'summary.md'}",
         f"  neurons    {out.run_dir / 'neurons'}/general.json, specific/<group>.json",
         f"  scores     {out.run_dir / 'scores'}/*.safetensors",
-    ])
+        f"  config     {out.run_dir / 'config.json'} (culnig run --config FILE repeats the run)",
+    ] + ([f"  finetune   {out.run_dir / 'finetune'}/finetune.md"] if cfg.finetune else []))
+    return {
+        "message": message, "run_dir": str(out.run_dir), "report": str(out.report), "format": out.format,
+        "general_neurons": len(out.general), "specific_neurons": {g: len(s) for g, s in out.specific.items()},
+        "timings": out.timings, "config": to_dict(cfg),
+    }
 
 
 def _cmd_build(args: argparse.Namespace) -> str:
@@ -342,9 +524,60 @@ def _cmd_build(args: argparse.Namespace) -> str:
     return run(args)
 
 
-COMMANDS = {"score": _cmd_score, "identify": _cmd_identify, "evaluate": _cmd_evaluate, "report": _cmd_report,
-            "prompts": _cmd_prompts, "overlap": _cmd_overlap,
-            "run": _cmd_run, "build": _cmd_build}
+def _csv(text: str, option: str, allowed: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    values = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not values:
+        raise ValueError(f"{option}: give at least one value")
+    bad = [v for v in values if allowed is not None and v not in allowed]
+    if bad:
+        raise ValueError(f"{option}: {bad[0]!r} is not one of {allowed}")
+    return values
+
+
+def _cmd_sweep(args) -> str:
+    from .sweep import SweepConfig, run_sweep
+
+    try:
+        scale = tuple(float(x) for x in _csv(args.scale, "--scale"))
+    except ValueError as exc:
+        raise ValueError(f"--scale: expected numbers, got {args.scale!r} ({exc})") from None
+    cfg = SweepConfig(
+        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test, general=args.general,
+        format=args.format, normalize=_csv(args.normalize, "--normalize", ("count", "prob")),
+        control=_csv(args.control, "--control", ("empty", "frame")),
+        contrast_general=tuple(v == "on" for v in _csv(args.contrast_general, "--contrast-general", ("off", "on"))),
+        scale=scale, n_random=args.random, max_scoring_items=args.max_scoring_items,
+        max_val_items=args.max_val_items, max_test_items=args.max_test_items, batch_size=args.batch_size,
+        dtype=args.dtype, device=args.device, seed=args.seed, progress=not args.no_progress,
+    )
+    out = run_sweep(cfg)
+    return (f"[culnig] sweep done in {out.timings['total']:.0f} s; chosen on validation data: {out.chosen.name}\n"
+            f"  report     {out.report}")
+
+
+COMMANDS = {"score": _cmd_score, "merge": _cmd_merge, "identify": _cmd_identify, "evaluate": _cmd_evaluate,
+            "report": _cmd_report, "run": _cmd_run, "sweep": _cmd_sweep, "build": _cmd_build,
+            "finetune": _cmd_finetune, "compare": _cmd_compare, "prompts": _cmd_prompts, "overlap": _cmd_overlap}
+
+
+def _saved_checkpoint(args) -> str | None:
+    """The checkpoint an interrupted ``culnig score`` left (this rank's file), for the one-line message."""
+    from .checkpoint import resolve_checkpoint, this_rank_path
+
+    if args.command != "score":
+        return None
+    path = resolve_checkpoint(getattr(args, "checkpoint", "none"), args.out)
+    return str(this_rank_path(path)) if path is not None and this_rank_path(path).exists() else None
+
+
+def _print_result(args, result: str | dict) -> None:
+    """The command's result on stdout: its text summary, or with --json one JSON object (``message`` holds the
+    text; commands that return more structure add their fields)."""
+    data = result if isinstance(result, dict) else {"message": result}
+    if getattr(args, "json", False):
+        print(json.dumps({"command": args.command, "ok": True, **data}, default=str))
+    else:
+        print(data["message"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,8 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from . import logs
+
+    log_handler = logs.setup(getattr(args, "log_level", "info"))
     restore_bars = None
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         # --no-progress hides transformers' model-loading bars too (they would bury a one-line error on stderr).
         from transformers.utils import logging as hf_logging
 
@@ -371,17 +607,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # SIGTERM raises like Ctrl-C does: the stack unwinds, finally blocks run (checkpoints, temp files).
         with signals_as_exceptions():
-            print(COMMANDS[args.command](args))
+            result = COMMANDS[args.command](args)
+            _print_result(args, result)
     except KeyboardInterrupt as exc:
         out = getattr(args, "out", None) or getattr(args, "run_dir", None)
-        print(interrupted_message(args.command, exc, argv, out=out, checkpoint=getattr(args, "checkpoint", None)),
+        print(interrupted_message(args.command, exc, argv, out=out, checkpoint=_saved_checkpoint(args)),
               file=sys.stderr)
         return exit_status(exc)
     # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.
     except (ValueError, KeyError, OSError) as exc:
-        print(error_line(args.command, exc), file=sys.stderr)
+        line = error_line(args.command, exc)
+        print(line, file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "ok": False, "error": line}))
         return 1
     finally:
+        logs.teardown(log_handler)
         if restore_bars is not None:
             restore_bars()
     return 0

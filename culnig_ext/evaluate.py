@@ -171,6 +171,24 @@ class EvalResult:
             "per_group_alignment": self.per_group_alignment,
         }
 
+    # ---------------------------------------------------------------------------------------- as data
+    def to_pandas(self):
+        """One row per item record (``culnig_ext.frames.RECORD_COLUMNS``); format and metadata in ``attrs``."""
+        from .frames import eval_to_pandas
+
+        return eval_to_pandas(self)
+
+    @classmethod
+    def from_pandas(cls, df) -> "EvalResult":
+        from .frames import eval_from_pandas
+
+        return eval_from_pandas(df)
+
+    def _repr_html_(self) -> str:
+        from .frames import eval_html
+
+        return eval_html(self)
+
     # ---------------------------------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
         records = []
@@ -333,6 +351,19 @@ def _forward(model: nn.Module, batch: list[_Seq], n_keep: int, device, pad: int,
     return out.logits[:, -n_keep:, :]
 
 
+def cloze_record(item: Any, opt: list[float]) -> ItemRecord:
+    """The record of a cloze item from its options' summed log-likelihoods (``acc`` and length-normalised
+    ``acc_norm`` predictions; alignment is filled by the caller)."""
+    pred = int(np.argmax(opt))
+    lengths = np.array([float(len(c)) for c in item.choices])
+    pred_norm = int(np.argmax(np.asarray(opt) / lengths))
+    return ItemRecord(
+        id=str(item.id), group=str(item.group), answer_idx=int(item.answer_idx), pred=pred,
+        correct=pred == item.answer_idx, option_scores=opt, pred_norm=pred_norm,
+        correct_norm=pred_norm == item.answer_idx,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ API
 def evaluate_encoded(
     model: nn.Module,
@@ -430,14 +461,7 @@ def evaluate_encoded(
                 correct=token == letters[pos][item.answer_idx], option_scores=opt, predicted_token=token,
             )
         else:
-            pred = int(np.argmax(opt))
-            lengths = np.array([float(len(c)) for c in item.choices])
-            pred_norm = int(np.argmax(np.asarray(opt) / lengths))
-            record = ItemRecord(
-                id=str(item.id), group=str(item.group), answer_idx=int(item.answer_idx), pred=pred,
-                correct=pred == item.answer_idx, option_scores=opt, pred_norm=pred_norm,
-                correct_norm=pred_norm == item.answer_idx,
-            )
+            record = cloze_record(item, opt)
         record.alignment = _item_alignment(item, record.pred, where)
         records.append(record)
     config = getattr(model, "config", None)

@@ -40,20 +40,24 @@ class ItemError(ValueError):
 _REQUIRED = ("id", "input_ids", "group")
 
 
-def as_score_item(raw: ScoreItem | Mapping[str, Any], *, position: int, vocab_size: int | None = None) -> ScoreItem:
+def as_score_item(raw: ScoreItem | Mapping[str, Any], *, position: int, vocab_size: int | None = None,
+                  where: str | None = None) -> ScoreItem:
     """Validate one item given as a ``ScoreItem`` or a dict ``{"id", "input_ids", "answer_id" | "target_ids",
     "group"}`` and return it as a ``ScoreItem``.
 
+    ``where`` (e.g. ``"items.jsonl, line 4"``) replaces the position in messages.
+
     Raises:
-        ItemError: naming the item (its id, or its position when the id is missing) and the offending field.
+        ItemError: naming the item (its id, and its position or place) and the offending field.
     """
+    place = where or f"position {position}"
     if isinstance(raw, ScoreItem):
         item = raw
-        name = f"item {item.id!r} (position {position})"
+        name = f"item {item.id!r} ({place})"
     else:
         if not isinstance(raw, Mapping):
-            raise ItemError(f"item at position {position}: expected a dict or ScoreItem, got {type(raw).__name__}")
-        name = f"item {raw.get('id', '<no id>')!r} (position {position})"
+            raise ItemError(f"item at {place}: expected a dict or ScoreItem, got {type(raw).__name__}")
+        name = f"item {raw.get('id', '<no id>')!r} ({place})"
         missing = [k for k in _REQUIRED if k not in raw]
         if missing:
             raise ItemError(f"{name}: missing key(s) {missing}")

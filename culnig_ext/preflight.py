@@ -120,10 +120,11 @@ def output_dir(path: str | os.PathLike, what: str = "--out", files: Sequence[str
 # ----------------------------------------------------------------------------------------------------- inputs
 
 
-def items(source: str, what: str = "--data", **load_kw: Any) -> list[MCItem]:
-    """``load_items(source, **load_kw)``; errors name the option as well as the file, line and field."""
+def items(source: str, what: str = "--data", loader: Any = None, **load_kw: Any) -> list[MCItem]:
+    """``load_items(source, **load_kw)`` (or ``loader``); errors name the option as well as the file, line and
+    field."""
     try:
-        return load_items(source, **load_kw)
+        return (loader or load_items)(source, **load_kw)
     except UnicodeDecodeError as exc:  # a reader that did not name the file: name the source
         if Path(source).is_file():
             raise ValueError(describe_utf8_error(source)) from None
@@ -259,15 +260,34 @@ def _model_options(opts: Any) -> dict[str, int] | None:
     return model_layout(opts.model)
 
 
-def check_score(opts: Any) -> list[MCItem]:
-    """``culnig score``: options, items (returned), model, output file."""
+def check_score(opts: Any) -> Any:
+    """``culnig score``: options, items (returned: a list, or a re-iterable lazy reader of a .jsonl), model, output
+    file, checkpoint file."""
+    from .checkpoint import resolve_checkpoint
+    from .streaming import lazy_item_source
+
     finite("--clamp-min", getattr(opts, "clamp_min", None), optional=True)
-    loaded = items(opts.data, split=opts.split, seed=opts.seed)
+    positive_int("--checkpoint-every", getattr(opts, "checkpoint_every", 1))
+    if getattr(opts, "max_items", None) is not None:
+        positive_int("--max-items", opts.max_items)
+    # a canonical .jsonl streams: validated here in one pass, read again lazily while scoring
+    loaded = items(opts.data, split=opts.split, seed=opts.seed, loader=lazy_item_source)
     _model_options(opts)
     output_file(opts.out)
-    if getattr(opts, "checkpoint", None):
-        output_file(opts.checkpoint, "--checkpoint")
+    checkpoint = resolve_checkpoint(getattr(opts, "checkpoint", None), opts.out)
+    if checkpoint:
+        output_file(checkpoint, "--checkpoint")
     return loaded
+
+
+def check_merge(opts: Any) -> list[ScoreTable]:
+    """``culnig merge``: every table readable and of one model and layout, the output writable. Provenance and
+    overlapping items are compared by ``ScoreTable.merge`` itself."""
+    paths = list(opts.tables)
+    tables = [score_table(p, "culnig merge") for p in paths]
+    same_layout({str(p): t for p, t in zip(paths, tables)})
+    output_file(opts.out)
+    return tables
 
 
 @dataclass
@@ -364,7 +384,7 @@ def check_report(opts: Any):
     return results
 
 
-RUN_TABLES = ("neur", "ctrl", "crc", "general")
+RUN_TABLES = ("neur_parts", "ctrl_parts", "neur", "ctrl", "crc", "general")
 
 
 def protocol(name: Any) -> str:
@@ -451,6 +471,9 @@ def check_run(cfg: Any) -> None:
         raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
     if cfg.max_test_items is not None:
         positive_int("--max-test-items", cfg.max_test_items)
+    if getattr(cfg, "max_scoring_items", None) is not None:
+        positive_int("--max-scoring-items", cfg.max_scoring_items)
+    non_negative_int("--n-boot", getattr(cfg, "n_boot", 0))
     if cfg.format not in ("auto", "letter", "cloze"):
         raise ValueError(f"--format must be auto, letter or cloze, got {cfg.format!r}")
     _model_options(cfg)
@@ -469,6 +492,27 @@ def check_run(cfg: Any) -> None:
                 raise ValueError(f"{exc}; delete {path} to score it again") from None
 
 
+def check_sweep(cfg: Any) -> None:
+    """``culnig sweep`` / ``run_sweep``: every number, the model and the output folder, before the data, the model
+    or any write (the data sources are read by ``run_sweep`` before the model and before anything is written)."""
+    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn"):
+        fraction("--" + name.replace("_", "-"), getattr(cfg, name))
+    non_negative_int("--random", cfg.n_random)
+    for name in ("max_scoring_items", "max_val_items", "max_test_items"):
+        if getattr(cfg, name) is not None:
+            positive_int("--" + name.replace("_", "-"), getattr(cfg, name))
+    for value in cfg.scale:
+        finite("--scale", value)
+        if not value > 0:
+            raise ValueError(f"--scale: factors must be > 0, got {value}")
+    if cfg.format not in ("letter", "cloze"):
+        raise ValueError(f"--format must be letter or cloze, got {cfg.format!r}")
+    _model_options(cfg)
+    from .report import REPORT_FILE, RESULTS_FILE
+
+    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, "config.json", "split.json"))
+
+
 def error_line(command: str, exc: BaseException) -> str:
     """``culnig <command>: error: <message>`` on one line (a message of several lines is joined with '; ')."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -480,8 +524,9 @@ def error_line(command: str, exc: BaseException) -> str:
 
 
 __all__ = [
-    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_overlap", "check_prompts", "check_identify", "check_report", "check_run",
-    "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
+    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_merge", "check_overlap",
+    "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
+    "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",
 ]

@@ -21,8 +21,13 @@ pyplot, no global backend switch).
          "inhibited": float,        # ... with our neurons inhibited
          "random": [float, ...],    # ... with each random set inhibited (mean and sd are taken in the report)
          "p_value": float | null,   # paired bootstrap, H1: inhibited < random (one-sided)
-         "metric": str}             # "accuracy" (or "acc_norm", "alignment" ...), shown in the table
+         "metric": str,             # "accuracy" (or "acc_norm", "alignment" ...), shown in the table
+         "diff_low", "diff_high": float | null,   # 95% paired bootstrap interval of inhibited - mean(random)
+         "mde": float | null,       # smallest drop detectable at 80% power by the same test (power.py)
+         "p_holm": float | null}    # Holm-adjusted p-value across the rows (filled by write_report)
       ],
+      "verdict": null | {...},      # verdict.Verdict.to_dict(): relative drops, ratio, gap, label
+      "sections": [{"title": str, "markdown": str}],   # extra sections (stability, sweep grid), rendered as given
       "kinship": null | {"targets": [str], "groups": [str], "matrix": [[float]]},   # accuracy drops (0-1)
       "layers": null | {"num_layers": int, "counts": {"mlp": [int] * L, "attn": [int] * L}},
       "notes": [str],
@@ -64,6 +69,15 @@ class AccuracyRow:
     n_items: int
     cultural: bool = True
     metric: str = "accuracy"
+    diff_low: float | None = None
+    diff_high: float | None = None
+    mde: float | None = None
+    p_holm: float | None = None
+
+    @property
+    def diff(self) -> float | None:
+        """``inhibited - mean(random)``, None without random sets."""
+        return None if self.random_mean is None else self.inhibited - self.random_mean
 
     @property
     def random_mean(self) -> float | None:
@@ -89,6 +103,8 @@ class ReportResults:
     layers: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
+    verdict: dict[str, Any] | None = None
+    sections: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -102,6 +118,7 @@ class ReportResults:
                 {
                     "eval_set": r.eval_set, "cultural": r.cultural, "n_items": r.n_items, "original": r.original,
                     "inhibited": r.inhibited, "random": list(r.random), "p_value": r.p_value, "metric": r.metric,
+                    "diff_low": r.diff_low, "diff_high": r.diff_high, "mde": r.mde, "p_holm": r.p_holm,
                 }
                 for r in self.rows
             ],
@@ -109,6 +126,8 @@ class ReportResults:
             "layers": self.layers,
             "notes": list(self.notes),
             "metadata": dict(self.metadata),
+            "verdict": self.verdict,
+            "sections": [dict(x) for x in self.sections],
         }
 
     @classmethod
@@ -134,9 +153,19 @@ class ReportResults:
         layers = obj.get("layers")
         if layers is not None:
             layers = _layers(layers, f"{where}: layers")
+        verdict = obj.get("verdict")
+        if verdict is not None:
+            from .verdict import Verdict
+
+            verdict = Verdict.from_dict(verdict, where=f"{where}: verdict").to_dict()
+        sections = []
+        for i, sec in enumerate(_list(obj.get("sections", []), f"{where}: sections")):
+            if not isinstance(sec, Mapping) or not {"title", "markdown"} <= set(sec):
+                raise ValueError(f"{where}: sections[{i}]: expected {{'title', 'markdown'}}, got {sec!r}")
+            sections.append({"title": str(sec["title"]), "markdown": str(sec["markdown"])})
         return cls(
             title=str(obj["title"]), model=str(obj["model"]), neuron_set=str(obj["neuron_set"]), rows=rows,
-            n_neurons=n_neurons, alpha=alpha, kinship=kin, layers=layers,
+            n_neurons=n_neurons, alpha=alpha, kinship=kin, layers=layers, verdict=verdict, sections=sections,
             notes=[str(n) for n in _list(obj.get("notes", []), f"{where}: notes")],
             metadata={str(k): str(v) for k, v in dict(obj.get("metadata", {})).items()},
         )
@@ -183,12 +212,18 @@ def _row(raw: Any, where: str) -> AccuracyRow:
         p = _number(p, f"{where}.p_value")
         if not 0 <= p <= 1:
             raise ValueError(f"{where}.p_value: expected a probability, got {p}")
+    optional = {}
+    for key in ("diff_low", "diff_high", "mde", "p_holm"):
+        v = raw.get(key)
+        optional[key] = None if v is None else _number(v, f"{where}.{key}")
+    if optional["p_holm"] is not None and not 0 <= optional["p_holm"] <= 1:
+        raise ValueError(f"{where}.p_holm: expected a probability, got {optional['p_holm']}")
     n_items = raw["n_items"]
     if not isinstance(n_items, (int, np.integer)) or isinstance(n_items, bool) or n_items < 0:
         raise ValueError(f"{where}.n_items: expected a non-negative integer, got {n_items!r}")
     return AccuracyRow(
         eval_set=str(raw["eval_set"]), original=values["original"], inhibited=values["inhibited"], random=random,
-        p_value=p, n_items=int(n_items), cultural=bool(raw.get("cultural", True)), metric=metric,
+        p_value=p, n_items=int(n_items), cultural=bool(raw.get("cultural", True)), metric=metric, **optional,
     )
 
 
@@ -272,16 +307,30 @@ def accuracy_row(
     def value(res: Any) -> float:
         return float(outcomes(res).mean())
 
-    p = None
+    from .power import minimum_detectable_drop
+
+    p = low = high = mde = None
     if randoms:
-        p = paired_bootstrap(
-            outcomes(inhibited), np.stack([outcomes(r) for r in randoms]), n_resamples=n_resamples, seed=seed,
-            alternative="less",
-        ).p_value
+        a, b = outcomes(inhibited), np.stack([outcomes(r) for r in randoms])
+        boot = paired_bootstrap(a, b, n_resamples=n_resamples, seed=seed, alternative="less")
+        p, low, high = boot.p_value, boot.ci_low, boot.ci_high
+        mde = minimum_detectable_drop(a, b, n_resamples=n_resamples, seed=seed)
     return AccuracyRow(
         eval_set=eval_set, original=value(original), inhibited=value(inhibited),
         random=[value(r) for r in randoms], p_value=p, n_items=len(ids), cultural=cultural, metric=metric,
+        diff_low=low, diff_high=high, mde=mde,
     )
+
+
+def with_holm(rows: Sequence[AccuracyRow]) -> list[AccuracyRow]:
+    """The rows with ``p_holm`` set: Holm-adjusted across the rows that have a p-value (``stats.holm``)."""
+    import dataclasses
+
+    from .stats import holm
+
+    tested = [i for i, r in enumerate(rows) if r.p_value is not None]
+    adjusted = dict(zip(tested, holm([rows[i].p_value for i in tested])))
+    return [dataclasses.replace(r, p_holm=adjusted.get(i)) for i, r in enumerate(rows)]
 
 
 # ------------------------------------------------------------------------------------------------ render
@@ -293,6 +342,37 @@ def _value(x: float, metric: str) -> str:
     return f"{x:.2f}" if metric == "alignment" else _pct(x)
 
 
+def _signed(x: float, metric: str) -> str:
+    return f"{x:+.2f}" if metric == "alignment" else f"{100.0 * x:+.2f}"
+
+
+def verdict_markdown(verdict: Mapping[str, Any]) -> str:
+    """The specificity section: relative excess drops with intervals, their ratio and gap, and the verdict."""
+    def iv(x):
+        if x is None:
+            return "–"
+        return f"{100 * x['value']:.1f}% [{100 * x['low']:.1f}%, {100 * x['high']:.1f}%]"
+
+    def ratio(x):
+        if x is None:
+            return "–"
+        return f"{x['value']:.2f} [{x['low']:.2f}, {x['high']:.2f}]"
+
+    level = round(100 * float(verdict.get("confidence_level", 0.95)))
+    lines = [f"Relative excess drop of a set = (random − ours) / original accuracy: the share of the original "
+             f"accuracy lost to our neurons beyond random neurons of the same size; {level}% bootstrap intervals over "
+             "items. Rules: see the README (Reading a report).", "",
+             "| quantity | value [interval] |", "|---|---:|"]
+    for name, x in verdict.get("per_set", {}).items():
+        lines.append(f"| relative excess drop: {name} | {iv(x)} |")
+    lines += [f"| cultural sets (mean) | {iv(verdict.get('cultural'))} |",
+              f"| non-cultural sets (mean) | {iv(verdict.get('non_cultural'))} |",
+              f"| ratio non-cultural / cultural | {ratio(verdict.get('ratio'))} |",
+              f"| gap cultural − non-cultural | {iv(verdict.get('gap'))} |", "",
+              f"**Verdict: {verdict['label']}** — {verdict['reason']}."]
+    return "\n".join(lines)
+
+
 def _p(p: float | None) -> str:
     if p is None:
         return "–"
@@ -301,9 +381,9 @@ def _p(p: float | None) -> str:
 
 def _accuracy_table(res: ReportResults) -> str:
     lines = [
-        "| Evaluation set | Metric | Items | Original | Ours (inhibited) | Random (mean ± sd) | p-value | "
-        f"Significant (p < {res.alpha:g}) |",
-        "|---|---|---:|---:|---:|---:|---:|:---:|",
+        "| Evaluation set | Metric | Items | Original | Ours (inhibited) | Random (mean ± sd) | Ours − random "
+        f"[{95}% CI] | MDE (80% power) | p-value | Holm p | Significant (Holm, p < {res.alpha:g}) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in res.rows:
         name = r.eval_set if r.cultural else f"{r.eval_set} (non-cultural)"
@@ -313,10 +393,17 @@ def _accuracy_table(res: ReportResults) -> str:
             rand = _value(r.random_mean, r.metric)
         else:
             rand = f"{_value(r.random_mean, r.metric)} ± {_value(r.random_sd, r.metric)}"
-        sig = "–" if r.p_value is None else ("yes" if r.p_value < res.alpha else "no")
+        p_final = r.p_holm if r.p_holm is not None else r.p_value
+        sig = "–" if p_final is None else ("yes" if p_final < res.alpha else "no")
+        diff = "–"
+        if r.diff is not None:
+            diff = _signed(r.diff, r.metric)
+            if r.diff_low is not None and r.diff_high is not None:
+                diff += f" [{_signed(r.diff_low, r.metric)}, {_signed(r.diff_high, r.metric)}]"
+        mde = "–" if r.mde is None else _value(r.mde, r.metric)
         lines.append(
             f"| {name} | {r.metric} | {r.n_items} | {_value(r.original, r.metric)} | "
-            f"{_value(r.inhibited, r.metric)} | {rand} | {_p(r.p_value)} | {sig} |"
+            f"{_value(r.inhibited, r.metric)} | {rand} | {diff} | {mde} | {_p(r.p_value)} | {_p(r.p_holm)} | {sig} |"
         )
     return "\n".join(lines)
 
@@ -395,12 +482,18 @@ def render_markdown(res: ReportResults) -> str:
         "## Accuracy under inhibition",
         "",
         "Accuracies in percent (alignment scores on their 0-100 scale). Random: mean ± sample sd over random "
-        "neuron sets of the same size. p-value: paired bootstrap over items, H1: accuracy with our neurons "
-        "inhibited is lower than with random neurons inhibited.",
+        "neuron sets of the same size. Ours − random: accuracy difference (points) with its 95% paired bootstrap "
+        "interval over items. MDE: the smallest drop below random that this test detects with 80% power "
+        "(power.py). p-value: paired bootstrap over items, H1: accuracy with our neurons inhibited is lower than "
+        "with random neurons inhibited; Holm p: adjusted across the rows of this table.",
         "",
         _accuracy_table(res),
         "",
     ]
+    if res.verdict is not None:
+        parts += ["## Specificity verdict", "", verdict_markdown(res.verdict), ""]
+    for sec in res.sections:
+        parts += [f"## {sec['title']}", "", sec["markdown"].rstrip(), ""]
     if res.kinship is not None:
         parts += [
             "## Cultural kinship",
@@ -439,6 +532,8 @@ def write_report(run_dir: str | os.PathLike, results: ReportResults | Mapping[st
     """
     res = results if isinstance(results, ReportResults) else ReportResults.from_dict(results)
     res = ReportResults.from_dict(res.to_dict())  # the same validation either way
+    if any(r.p_value is not None and r.p_holm is None for r in res.rows):
+        res.rows = with_holm(res.rows)
     run_dir = Path(run_dir)
     atomic_write_text(run_dir / RESULTS_FILE, json.dumps(res.to_dict(), indent=1, allow_nan=False) + "\n")
     if res.kinship is not None:

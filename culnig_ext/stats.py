@@ -75,6 +75,19 @@ def _per_item(values: Any, name: str) -> np.ndarray:
     return arr
 
 
+def resampled_sums(d: np.ndarray, n_resamples: int, seed: int) -> np.ndarray:
+    """``float64 [R]``: the sums of ``d`` (``[I]``) over R resamples of its items with replacement, drawn from
+    numpy's ``default_rng(seed)`` (the draws of ``paired_bootstrap`` and ``power.minimum_detectable_drop``)."""
+    n = d.size
+    rng = np.random.default_rng(seed)
+    sums = np.empty(n_resamples, dtype=np.float64)
+    chunk = max(1, _CHUNK // n)
+    for start in range(0, n_resamples, chunk):
+        k = min(chunk, n_resamples - start)
+        sums[start : start + k] = d[rng.integers(0, n, size=(k, n))].sum(axis=1)
+    return sums
+
+
 def paired_bootstrap(
     correct_a: Any,
     correct_b: Any,
@@ -109,12 +122,7 @@ def paired_bootstrap(
     d = a - b
     n = d.size
     total = float(d.sum())
-    rng = np.random.default_rng(seed)
-    sums = np.empty(n_resamples, dtype=np.float64)
-    chunk = max(1, _CHUNK // n)
-    for start in range(0, n_resamples, chunk):
-        k = min(chunk, n_resamples - start)
-        sums[start : start + k] = d[rng.integers(0, n, size=(k, n))].sum(axis=1)
+    sums = resampled_sums(d, n_resamples, seed)
     # Compare sums, not means: with 0/1 outcomes they are exact integers, so ties are decided exactly; the small
     # tolerance counts float near-ties of non-integer scores as ties (the conservative side).
     tol = 1e-9 * max(1.0, float(np.abs(d).sum()))
@@ -138,6 +146,25 @@ def paired_bootstrap(
         confidence_level=float(confidence_level),
         seed=int(seed),
     )
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values (step-down, family-wise error): with the p-values sorted ascending,
+    ``adj_(i) = max_{j <= i} min(1, (m - j + 1) * p_(j))``, returned in the input order. A hypothesis is rejected at
+    level alpha exactly when its adjusted p-value is below alpha (the same decisions as ``significant(...,
+    correction="holm")``). Written out (six lines) rather than adding statsmodels for ``multipletests``.
+    """
+    p = [float(x) for x in pvalues]
+    for i, x in enumerate(p):
+        if not 0.0 <= x <= 1.0:
+            raise ValueError(f"holm: p-value {i} is {x}, not a probability")
+    m = len(p)
+    out = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(sorted(range(m), key=lambda j: p[j])):
+        running = max(running, min(1.0, (m - rank) * p[i]))
+        out[i] = running
+    return out
 
 
 def _p(result: Any) -> float:

@@ -22,7 +22,23 @@ from .sites import ATTN, MLP, parse_site_name
 FORMAT_VERSION = "culnig-scores/1"
 _COUNTS = "__counts__"
 _PROB_SUMS = "__prob_sums__"
+_ITEM_HASHES = "__item_hashes__"
 _META_KEYS = ("model", "revision", "dataset_fingerprint", "package_version", "clamp_min", "format")
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors header with its keys sorted: safetensors writes the metadata in hash-map order, which
+    differs between processes, and equal tables must give equal bytes (a resumed run is compared byte for byte).
+    Key order changes no offset, and the compact JSON keeps the header's length (padded with spaces as safetensors
+    itself pads)."""
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:  # never expected: same content, same compact form
+            raise ValueError(f"{path}: cannot canonicalise the safetensors header ({len(text)} > {size} bytes)")
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))
 
 
 class ScoreTable:
@@ -33,7 +49,10 @@ class ScoreTable:
         counts: ``Tensor[G] int64``, items scored per group.
         prob_sums: ``Tensor[G] float64``, the sum of ``P(y|x)`` over each group's items (the total weight).
         table: ``{site name: Tensor[G, N] float64}`` in model order.
-        metadata: strings: model, revision, dataset_fingerprint, package_version, clamp_min.
+        metadata: strings: model, revision, dataset_fingerprint, package_version, clamp_min, and the provenance
+            fields of ``culnig_ext.provenance`` (dtype, attn_implementation, weights_hash, prompt_format, control).
+        item_hashes: ``Tensor[I] int64``, sorted 64-bit hashes of the item ids (8 bytes an item), or None when
+            unknown: lets ``merge`` refuse tables that share items.
     """
 
     def __init__(
@@ -43,6 +62,7 @@ class ScoreTable:
         sums: Mapping[str, torch.Tensor],
         prob_sums: Sequence[float] | torch.Tensor | None = None,
         metadata: Mapping[str, str] | None = None,
+        item_hashes: torch.Tensor | None = None,
     ) -> None:
         self.groups = [str(g) for g in groups]
         if len(set(self.groups)) != len(self.groups):
@@ -64,6 +84,7 @@ class ScoreTable:
                 raise ValueError(f"site {site!r}: sums must be [G={g}, N], got {tuple(tensor.shape)}")
             self.table[site] = tensor.detach().to(device="cpu", dtype=torch.float64)
         self.metadata: dict[str, str] = {k: str(v) for k, v in (metadata or {}).items()}
+        self.item_hashes = None if item_hashes is None else torch.as_tensor(item_hashes, dtype=torch.int64).cpu()
 
     # ----------------------------------------------------------------------------------------------- views
     @property
@@ -108,32 +129,80 @@ class ScoreTable:
             return torch.ones(len(self.groups), dtype=torch.float64)
         raise ValueError(f"unknown normalisation {by!r}; expected 'count', 'prob' or 'none'")
 
+    # ------------------------------------------------------------------------------------------ as data
+    def to_pandas(self, normalize: str | None = None):
+        """Long DataFrame ``site | layer | kind | index | group | score`` (see ``culnig_ext.frames``)."""
+        from .frames import table_to_pandas
+
+        return table_to_pandas(self, normalize)
+
+    @classmethod
+    def from_pandas(cls, df) -> "ScoreTable":
+        """The table ``to_pandas()`` (sums) was made from."""
+        from .frames import table_from_pandas
+
+        return table_from_pandas(df)
+
+    def to_xarray(self, normalize: str | None = None):
+        """``xarray.Dataset``, one variable per site over ``(group, <site>/index)`` (needs xarray)."""
+        from .frames import table_to_xarray
+
+        return table_to_xarray(self, normalize)
+
+    def _repr_html_(self) -> str:
+        from .frames import table_html
+
+        return table_html(self)
+
     # ------------------------------------------------------------------------------------------- combining
     @staticmethod
-    def merge(tables: Iterable["ScoreTable"]) -> "ScoreTable":
-        """Add tables scored on disjoint items of the same model (shards, resumed runs).
+    def merge(tables: Iterable["ScoreTable"], names: Sequence[str] | None = None) -> "ScoreTable":
+        """Add tables scored on disjoint items of the same model (shards, ranks, resumed runs).
 
-        Groups are united in order of first appearance; every table must hold the same sites with the same widths.
+        Groups are united in order of first appearance. Refused, naming the table and the field: other sites or
+        widths, any differing provenance field (model, revision, weights hash, dtype, attention implementation,
+        package version, prompt format, control, clamp), and items shared between tables (from their item-id
+        hashes; tables that record none cannot be checked and are refused unless all lack them).
+
+        Args:
+            names: how to call the tables in errors (e.g. their files); default ``table 0``, ``table 1`` ...
         """
+        from .provenance import FIELDS, mismatch
+        from .streaming import combine_fingerprints
+
         tables = list(tables)
         if not tables:
             raise ValueError("merge needs at least one table")
+        names = list(names) if names is not None else [f"table {i}" for i in range(len(tables))]
         first = tables[0]
         for i, t in enumerate(tables[1:], start=1):
             if t.sites != first.sites or any(t[s].shape[1] != first[s].shape[1] for s in first.sites):
-                raise ValueError(f"table {i} has different sites or widths than table 0; cannot merge")
-            for key in ("model", "clamp_min"):
-                if t.metadata.get(key) != first.metadata.get(key):
-                    raise ValueError(
-                        f"table {i} has {key}={t.metadata.get(key)!r}, table 0 has {first.metadata.get(key)!r}"
-                    )
-        seen: dict[str, int] = {}
-        for i, t in enumerate(tables):  # the same items twice would be counted twice
-            fp = t.metadata.get("dataset_fingerprint", "")
-            if fp and fp in seen:
-                raise ValueError(f"tables {seen[fp]} and {i} were scored on the same items (dataset_fingerprint "
-                                 f"{fp}); merge adds tables of disjoint items only")
-            seen.setdefault(fp, i)
+                raise ValueError(f"{names[i]} has different sites or widths than {names[0]}; cannot merge")
+            diff = mismatch(first.metadata, t.metadata, FIELDS)
+            if diff is not None:
+                key, want, got = diff
+                raise ValueError(f"{names[i]} has {key}={got!r}, {names[0]} has {want!r}; cannot merge")
+        with_hashes = [t.item_hashes is not None for t in tables]
+        if any(with_hashes) and not all(with_hashes):
+            missing = names[with_hashes.index(False)]
+            raise ValueError(f"{missing} records no item ids, so overlap with the others cannot be checked")
+        hashes = None
+        if all(with_hashes):
+            for i in range(len(tables)):
+                for j in range(i + 1, len(tables)):
+                    shared = int(torch.isin(tables[j].item_hashes, tables[i].item_hashes).sum())
+                    if shared:
+                        raise ValueError(f"{names[i]} and {names[j]} share {shared} item(s); merge only tables "
+                                         "scored on disjoint items (e.g. the shards of one data set)")
+            hashes = torch.sort(torch.cat([t.item_hashes for t in tables])).values
+        else:  # no item ids recorded (older tables): the same items twice still show as equal fingerprints
+            seen: dict[str, int] = {}
+            for i, t in enumerate(tables):
+                fp = t.metadata.get("dataset_fingerprint", "")
+                if fp and fp in seen:
+                    raise ValueError(f"{names[seen[fp]]} and {names[i]} were scored on the same items "
+                                     f"(dataset_fingerprint {fp}); merge adds tables of disjoint items only")
+                seen.setdefault(fp, i)
         groups = list(dict.fromkeys(g for t in tables for g in t.groups))
         rows = {g: i for i, g in enumerate(groups)}
         counts = torch.zeros(len(groups), dtype=torch.int64)
@@ -146,9 +215,11 @@ class ScoreTable:
             for s in sums:
                 sums[s].index_add_(0, index, t[s])
         metadata = dict(first.metadata)
-        fingerprints = sorted(t.metadata.get("dataset_fingerprint", "") for t in tables)
-        metadata["dataset_fingerprint"] = hashlib.sha256("+".join(fingerprints).encode()).hexdigest()[:16]
-        return ScoreTable(groups, counts, sums, prob_sums, metadata)
+        fingerprints = [t.metadata.get("dataset_fingerprint", "") for t in tables]
+        if all(fingerprints):
+            # additive over disjoint item sets: the merged shards have the unsharded data's fingerprint
+            metadata["dataset_fingerprint"] = combine_fingerprints(fingerprints)
+        return ScoreTable(groups, counts, sums, prob_sums, metadata, hashes)
 
     # ------------------------------------------------------------------------------------------------- I/O
     def save(self, path: str | os.PathLike) -> Path:
@@ -157,6 +228,8 @@ class ScoreTable:
         tensors = {site: t.contiguous() for site, t in self.table.items()}
         tensors[_COUNTS] = self.counts.contiguous()
         tensors[_PROB_SUMS] = self.prob_sums.contiguous()
+        if self.item_hashes is not None:
+            tensors[_ITEM_HASHES] = self.item_hashes.contiguous()
         metadata = dict(self.metadata)
         metadata.update(
             format=FORMAT_VERSION,
@@ -166,7 +239,11 @@ class ScoreTable:
         from . import __version__
 
         metadata.setdefault("package_version", __version__)
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+        def write(tmp: Path) -> None:
+            save_file(tensors, str(tmp), metadata=metadata)
+            _canonical_header(tmp)
+
+        atomic_write(path, write)
         return path
 
     @classmethod
@@ -191,7 +268,7 @@ class ScoreTable:
         if missing:
             raise ValueError(f"{path}: missing tensors {missing[:5]}")
         sums = {s: tensors[s] for s in sites}
-        return cls(groups, tensors[_COUNTS], sums, tensors[_PROB_SUMS], metadata)
+        return cls(groups, tensors[_COUNTS], sums, tensors[_PROB_SUMS], metadata, tensors.get(_ITEM_HASHES))
 
     def fingerprint(self) -> str:
         """A short content hash of the table (sums, counts, groups, metadata): names the source of a neuron set."""

@@ -39,8 +39,8 @@ declare -A scope=(
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
   [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py"
-  [select]="tests/test_select.py tests/test_seams.py"
-  [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_seams.py"
+  [select]="tests/test_select.py tests/test_select_edges.py tests/test_seams.py"
+  [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_scorer_mutants.py tests/test_seams.py"
   [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
   [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
   [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
@@ -85,6 +85,8 @@ run_module() {
     echo '    warnings\.warn\('
     echo '    ^\s*(print|log\.\w+|log_fn)\('
     echo '    \b(bar\.\w+|tqdm)\('
+    echo "also_copy ="   # the ops read their error messages (and build) from csrc/
+    echo "    csrc"
     echo "process_isolation = forkserver"
     echo "use_git_change_detection = false"
   } > "$dir/setup.cfg"

@@ -72,9 +72,17 @@ HELP_OPTIONS = {
                                     "--out"],
     ("report",): ["run_dir"],
     ("run",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--control",
-               "--normalize", "--contrast-general", "--random", "--no-kinship", "--max-test-items", "--batch-size",
+               "--normalize", "--contrast-general", "--random", "--no-kinship", "--max-test-items",
+               "--max-scoring-items", "--n-boot", "--no-instance-view", "--batch-size",
                "--dtype", "--device", "--seed", "--no-progress"],
-    (): ["score", "identify", "evaluate", "report", "run", "--version"],
+    ("sweep",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--normalize",
+                 "--control", "--contrast-general", "--scale", "--random", "--max-scoring-items", "--max-val-items",
+                 "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
+
+    ("compare",): ["--out", "--model", "--data", "--crc", "--format", "--control", "--t-specific", "--r-specific",
+                   "--z-min", "--top-rate", "--filter-rate", "--activation-bar-ratio", "--random", "--max-items",
+                   "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
+    (): ["score", "identify", "evaluate", "report", "run", "sweep", "compare", "--version"],
 }
 
 
@@ -94,6 +102,19 @@ def test_identify_without_general_or_specific(tmp_path, capsys):
     table.save(tmp_path / "n.safetensors")
     assert cli.main(["identify"]) == 1
     assert "say which: 'culnig identify general ...' or 'culnig identify specific ...'" in error_line(capsys, "identify")
+
+
+def test_json_output_and_log_level_on_every_command(tmp_path, capsys):
+    """--json puts one JSON object on stdout (also for a failure, beside the error line on stderr)."""
+    missing = tmp_path / "nowhere" / "items.jsonl"
+    assert cli.main(["score", "--data", str(missing), "--out", str(tmp_path / "t.safetensors"), "--json"]) == 1
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert answer["ok"] is False and answer["command"] == "score" and str(missing) in answer["error"]
+    assert answer["error"] == captured.err.strip()
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(tmp_path), "--log-level", "loud"])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -322,8 +343,11 @@ def test_report_from_results_json(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Hand-made run\n")
     # 45.00 +- 7.07: mean and sample sd of 40 % and 50 %; a single random set has no sd.
-    assert "| BLEnD | accuracy | 10 | 50.00 | 30.00 | 45.00 ± 7.07 | 0.0120 | yes |" in report
-    assert "| CommonsenseQA (non-cultural) | accuracy | 20 | 75.00 | 70.00 | 75.00 | 0.3000 | no |" in report
+    # ours - random: 30 - 45 = -15.00 and 70 - 75 = -5.00 points; no MDE in a hand-made file; Holm by hand:
+    # 0.012 x 2 = 0.024, then max(0.024, 0.3 x 1) = 0.3
+    assert "| BLEnD | accuracy | 10 | 50.00 | 30.00 | 45.00 ± 7.07 | -15.00 | – | 0.0120 | 0.0240 | yes |" in report
+    assert ("| CommonsenseQA (non-cultural) | accuracy | 20 | 75.00 | 70.00 | 75.00 | -5.00 | – | 0.3000 | 0.3000 | no |"
+            in report)
     assert "MLP neurons: 7; attention neurons: 5; 2 layers." in report
     assert "- written by hand" in report
     assert (tmp_path / "layers.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -41,6 +42,9 @@ GROUPS = ["US", "UK", "South_Korea", "China", "Mexico", "Spain", "Iran", "Ethiop
 EVAL_SETS = ["Cultural test (BLEnD-style)", "CountryRC test", "General knowledge"]
 EVAL_SLUGS = ["cultural_test__blend-style", "countryrc_test", "general_knowledge"]
 TABLES = ["neur", "ctrl", "crc", "general"]
+SCORED = ["neur_parts", "ctrl_parts", "crc", "general"]  # what is scored; neur/ctrl are their sums by group
+# The tiny tokenizer knows the builtin sets' words only (the default, auto, would find BLEnD in ../shared/data).
+BUILTIN = dict(data="builtin:cultural", crc="builtin:countryrc", crc_test="builtin:countryrc-test")
 
 # Fractions large enough for a tiny model to get neurons: floor(96*0.1)=9 and floor(128*0.05)=6 general neurons
 # before removing floor(96*0.05)=4 / floor(128*0.03)=3 CountryRC neurons; specific: floor(224*0.05)=11, minus
@@ -104,15 +108,27 @@ def model_dir(tmp_path_factory):
 
 
 def run_captured(cfg: RunConfig):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = run_pipeline(cfg)
-    return result, out.getvalue()
+    """Run, returning the result and the text logged to the ``culnig`` logger; the library prints nothing."""
+    out, logged = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logger = logging.getLogger("culnig")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            result = run_pipeline(cfg)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert out.getvalue() == ""
+    return result, logged.getvalue()
 
 
 @pytest.fixture(scope="module")
 def run(model_dir, tmp_path_factory):
     cfg = RunConfig(out=str(tmp_path_factory.mktemp("run") / "r"), model=str(model_dir), format="cloze", n_random=2,
+                    **BUILTIN,
                     max_test_items=MAX_TEST, progress=False, contrast_general=True, **FRACTIONS)
     result, printed = run_captured(cfg)
     return cfg, result, printed
@@ -277,7 +293,7 @@ def test_run_writes_every_file(run, model_dir):
     shares = [float(r.rstrip(" |").rsplit("| ", 1)[1].rstrip("%")) for r in rows]
     assert all(0.0 <= x <= 100.0 for x in shares)
     for what in ("culture items", "control items (empty)", "CountryRC items", "general-ability contrast items"):
-        assert f"[culnig] {what}: scoring" in printed
+        assert f"{what}: scoring" in printed
 
 
 def test_general_neurons_equal_a_recomputation(run):
@@ -304,7 +320,7 @@ def test_specific_neurons_equal_a_recomputation(run):
 def test_rerun_reuses_the_score_tables(run):
     cfg, first, _ = run
     run_dir = Path(cfg.out)
-    files = [run_dir / "scores" / f"{name}.safetensors" for name in TABLES]
+    files = [run_dir / "scores" / f"{name}.safetensors" for name in SCORED]
     before = {f: f.stat().st_mtime_ns for f in files}
     second, printed = run_captured(cfg)
     for f in files:
@@ -316,7 +332,7 @@ def test_rerun_reuses_the_score_tables(run):
     # Another control prompt changes the control items only: that table alone is scored again.
     other = RunConfig(**{**asdict(cfg), "control": "frame"})
     _, printed = run_captured(other)
-    assert "[culnig] control items (frame): scoring 72 items" in printed
+    assert "control items (frame): scoring 72 items" in printed
     assert files[1].stat().st_mtime_ns != before[files[1]]
     for f in (files[0], files[2], files[3]):
         assert f"reusing {f}" in printed and f.stat().st_mtime_ns == before[f]
@@ -326,10 +342,13 @@ def test_rerun_reuses_the_score_tables(run):
 def test_cli_run_and_resume(model_dir, tmp_path, capsys):
     out = tmp_path / "cli_run"
     argv = ["run", "--out", str(out), "--model", str(model_dir), "--format", "cloze", "--random", "2",
-            "--max-test-items", "5", "--no-progress", "--contrast-general", "--seed", "3"]
+            "--max-test-items", "5", "--no-progress", "--contrast-general", "--seed", "3", "--data", BUILTIN["data"],
+            "--crc", BUILTIN["crc"], "--crc-test", BUILTIN["crc_test"]]
     assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"Outputs in {out}/" in printed and f"report     {out / 'report.md'}" in printed
+    assert "[culnig] culture items: scoring" in captured.err and "scoring" not in printed  # messages on stderr
     config = json.loads((out / "config.json").read_text())
     assert (config["n_random"], config["max_test_items"], config["seed"], config["format"]) == (2, 5, 3, "cloze")
     assert config["contrast_general"] is True and config["progress"] is False
@@ -347,13 +366,30 @@ def test_cli_run_and_resume(model_dir, tmp_path, capsys):
         assert row["inhibited"] == row["original"] and row["random"] == [row["original"]] * 2
     assert "report.md" in {p.name for p in out.iterdir()}
 
-    files = sorted((out / "scores").iterdir())
-    assert [f.name for f in files] == sorted(f"{name}.safetensors" for name in TABLES)
+    assert sorted(f.name for f in (out / "scores").iterdir()) == sorted(
+        f"{name}.safetensors" for name in set(TABLES) | set(SCORED))
+    files = [out / "scores" / f"{name}.safetensors" for name in SCORED]
     before = {f: f.stat().st_mtime_ns for f in files}
     assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    logged = capsys.readouterr().err
     for f in files:
-        assert f"reusing {f}" in printed and f.stat().st_mtime_ns == before[f]
+        assert f"reusing {f}" in logged and f.stat().st_mtime_ns == before[f]
+
+    # The config.json a run writes repeats it: the same options, so every table is reused; --json on stdout.
+    report = (out / "report.md").read_text()
+    assert cli.main(["run", "--config", str(out / "config.json"), "--json", "--log-level", "warning"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["ok"] and summary["command"] == "run" and summary["config"] == config
+    assert summary["run_dir"] == str(out) and summary["general_neurons"] == 0 and summary["format"] == "cloze"
+    assert captured.err == ""  # --log-level warning: the info messages are not shown
+    assert json.loads((out / "config.json").read_text()) == config
+    def untimed(text):  # the report's run-time lines (seconds, time_*) differ between any two runs
+        return [line for line in text.splitlines() if not line.startswith(("- seconds:", "- time_"))]
+
+    assert untimed((out / "report.md").read_text()) == untimed(report)
+    for f in files:
+        assert f.stat().st_mtime_ns == before[f]
 
 
 # ------------------------------------------------------------------------------------------- format="auto"
@@ -388,3 +424,29 @@ def test_choose_format_falls_back_to_cloze_without_letter_tokens(tmp_path):
     fmt, why = choose_format(model, tokenizer, items_with_gold(0, n=3), batch_size=4, progress=False)
     assert fmt == "cloze"
     assert why.startswith("the tokenizer cannot encode the letter format") and "answer letters share token ids" in why
+
+
+def test_report_states_intervals_power_holm_stability_and_verdict(run):
+    cfg, result, printed = run
+    out = Path(cfg.out)
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    ps = [r["p_value"] for r in rows]
+    # Holm by hand over the report's rows
+    order = sorted(range(len(ps)), key=lambda i: ps[i])
+    want, running = [0.0] * len(ps), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(ps) - rank) * ps[i]))
+        want[i] = running
+    assert [r["p_holm"] for r in rows] == pytest.approx(want)
+    for r in rows:
+        diff = r["inhibited"] - sum(r["random"]) / len(r["random"])
+        assert r["diff_low"] <= diff + 1e-12 and diff - 1e-12 <= r["diff_high"] and r["mde"] >= 0
+    assert results["verdict"]["label"] in ("culture-specific", "not specific", "inconclusive")
+    assert set(results["verdict"]["per_set"]) == {r["eval_set"] for r in rows}
+    md = (out / "report.md").read_text()
+    assert "## Specificity verdict" in md and "## Stability of the culture-general neurons" in md
+    stab = next(s for s in results["sections"] if s["title"].startswith("Stability"))["markdown"]
+    line = next(l for l in stab.splitlines() if l.startswith("| all neurons |"))
+    assert int(line.split("|")[2]) == len(result.general)
+    assert "Data: " not in " ".join(results["notes"])  # explicit builtin sources: nothing was resolved

@@ -73,7 +73,7 @@ def test_report_cells_equal_the_numbers_given(tmp_path):
     rows = _table_rows(md, "| Evaluation set")
     assert len(rows) == 3
     for cells, row in zip(rows, given["rows"]):
-        name, metric, n, orig, ours, rand, p, sig = cells
+        name, metric, n, orig, ours, rand, diff, mde, p, p_holm, sig = cells
         assert name == (row["eval_set"] if row["cultural"] else f"{row['eval_set']} (non-cultural)")
         assert metric == "accuracy" and int(n) == row["n_items"]
         assert float(orig) == pytest.approx(100 * row["original"], abs=0.005)
@@ -85,10 +85,14 @@ def test_report_cells_equal_the_numbers_given(tmp_path):
             mean = float(rand)
         assert mean == pytest.approx(100 * statistics.mean(row["random"]), abs=0.005)
         assert float(p) == pytest.approx(row["p_value"], rel=0.01)
-        assert sig == ("yes" if row["p_value"] < 0.05 else "no")
+        assert float(diff) == pytest.approx(100 * (row["inhibited"] - statistics.mean(row["random"])), abs=0.005)
+        assert mde == "–"  # the rows given carry no power figure
+    # Holm by hand: sorted p 1e-5, 3e-4, 0.2718 times 3, 2, 1 -> 3e-5, 6e-4, 0.2718 (monotone already)
+    assert [float(r[9]) for r in rows] == pytest.approx([6e-4, 0.2718, 3e-5], rel=0.01)
+    assert [r[10] for r in rows] == ["yes", "no", "yes"]
     # the exact strings for the first row
-    assert rows[0][3:] == ["62.50", "41.25", "62.25 ± 1.39", "0.0003", "yes"]
-    assert rows[2][6] == "1.0e-05"
+    assert rows[0][3:] == ["62.50", "41.25", "62.25 ± 1.39", "-21.00", "–", "0.0003", "0.0006", "yes"]
+    assert rows[2][8] == "1.0e-05"
 
     kin = _table_rows(md, "| Inhibited")
     assert kin == [["JP", "25.00", "5.00", "-1.00"], ["KR", "2.00", "12.50", "0.00"]]
@@ -121,7 +125,7 @@ def test_optional_sections_and_dataclass_input(tmp_path):
     )
     md = write_report(tmp_path, res).read_text()
     rows = _table_rows(md, "| Evaluation set")
-    assert rows == [["WVB", "alignment", "10", "71.50", "60.25", "–", "–", "–"]]
+    assert rows == [["WVB", "alignment", "10", "71.50", "60.25"] + ["–"] * 6]
     assert "## Layer distribution" not in md and not (tmp_path / "layers.png").exists()
     assert _table_rows(md, "| Inhibited") == [["A", "50.00", "10.00"]]
 

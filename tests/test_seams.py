@@ -197,7 +197,7 @@ def test_merge_refuses_other_model_clamp_sites_and_the_same_items_twice():
         ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 1.0, clamp="0.0", fingerprint="fc")])
     with pytest.raises(ValueError, match="table 2 has different sites or widths"):
         ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 1.0, width=4, fingerprint="fc")])
-    with pytest.raises(ValueError, match="tables 0 and 2 were scored on the same items"):
+    with pytest.raises(ValueError, match="table 0 and table 2 were scored on the same items"):
         ScoreTable.merge([a, b, hand_table(["A"], [1], [0.5], 2.0, fingerprint="fa")])
     with pytest.raises(ValueError, match="at least one table"):
         ScoreTable.merge([])
@@ -209,7 +209,7 @@ def test_merging_a_shard_twice_is_refused():
     items = random_items(6, seed=25)
     shards = [culnig_ext.score(model, items, batch_size=3, progress=False, shard=(k, 2)) for k in range(2)]
     assert ScoreTable.merge(shards).num_items == 6
-    with pytest.raises(ValueError, match="same items"):
+    with pytest.raises(ValueError, match="share 3 item"):
         ScoreTable.merge([shards[0], shards[1], shards[0]])
 
 
@@ -277,23 +277,38 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--format", "letter", "--control", "frame", "--normalize", "prob", "--contrast-general",
             "--t-mlp", "0.11", "--t-attn", "0.12", "--r-mlp", "0.13", "--r-attn", "0.14", "--t-specific", "0.15",
             "--r-specific", "0.16", "--z-min", "0.17", "--random", "4", "--no-kinship", "--max-test-items", "9",
-            "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu", "--seed", "6", "--no-progress"]
+            "--max-scoring-items", "7", "--n-boot", "2", "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu",
+            "--seed", "6", "--no-progress", "--no-instance-view", "--max-per-question", "none", "--n-parts", "4",
+            "--device-map", "auto", "--attn-implementation", "eager", "--no-checkpoint",
+            "--checkpoint-every", "7", "--checkpoint-activations", "--finetune", "--finetune-task", "t.jsonl",
+            "--finetune-task-test", "u.jsonl", "--finetune-max-train-items", "8", "--finetune-end", "top",
+            "--finetune-budget", "0.2", "--finetune-by", "density", "--finetune-lora", "--finetune-epochs", "2",
+            "--finetune-lr", "0.001", "--finetune-train-batch-size", "3", "--finetune-grad-accum", "2",
+            "--finetune-max-steps", "5"]
     with pytest.raises(Done):
         cli.main(argv)
     want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
                      crc_test="builtin:countryrc", general="builtin:cultural", format="letter", control="frame",
                      normalize="prob", contrast_general=True, t_mlp=0.11, t_attn=0.12, r_mlp=0.13, r_attn=0.14,
                      t_specific=0.15, r_specific=0.16, z_min=0.17, n_random=4, kinship=False,
-                     instance_view=True, max_test_items=9, batch_size=5, dtype="bfloat16", device="cpu", seed=6,
-                     progress=False)
+                     instance_view=False, max_test_items=9, max_scoring_items=7, n_boot=2, batch_size=5,
+                     dtype="bfloat16", device="cpu", seed=6, max_per_question=None, n_parts=4,
+                     progress=False, device_map="auto", attn_implementation="eager", checkpoint=False,
+                     checkpoint_every=7, checkpoint_activations=True, finetune=True, finetune_task="t.jsonl",
+                     finetune_task_test="u.jsonl", finetune_max_train_items=8, finetune_end="top",
+                     finetune_budget=0.2, finetune_by="density", finetune_lora=True, finetune_epochs=2,
+                     finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2, finetune_max_steps=5)
     got = asdict(seen[0])
     for f in fields(RunConfig):
         if f.name in asdict(want):
             assert got[f.name] == asdict(want)[f.name], f.name
     # Every field the CLI offers was given a non-default value above, so each one is checked.
     defaults = asdict(RunConfig())
-    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model", "instance_view")]
+    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model",)]
     assert unchecked == []
+    study = seen[0].study_settings()  # --finetune: the study's settings from the finetune_* options
+    assert (study.ends, study.budget, study.by, study.lora, study.epochs, study.lr, study.batch_size,
+            study.grad_accum, study.max_steps, study.seed) == (("top",), 0.2, "density", True, 2, 0.001, 3, 2, 5, 6)
 
     # No options: the RunConfig defaults (the paper's values), progress on.
     seen.clear()
@@ -310,6 +325,7 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
     import culnig_ext.data as data
     import culnig_ext.models as models
     import culnig_ext.scorer as scorer
+    import culnig_ext.streaming as streaming
 
     calls = {}
     model = tiny_model("llama", dtype=torch.float32)
@@ -330,31 +346,42 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
 
     def fake_score(m, items, **kw):
         calls["score"] = kw
-        return real_score(m, items, batch_size=kw["batch_size"], progress=False)
+        return real_score(m, items, batch_size=kw["batch_size"], progress=False, checkpoint=kw["checkpoint"])
 
-    for module in (data, sys.modules.get("culnig_ext.preflight")):  # wherever the CLI's loader is looked up
+    import culnig_ext.data.sources as sources
+
+    for module in (data, sources, sys.modules.get("culnig_ext.preflight")):  # wherever the loader is looked up
         if module is not None and hasattr(module, "load_items"):
             monkeypatch.setattr(module, "load_items", fake_load_items)
     monkeypatch.setattr(models, "load_model", fake_load_model)
-    monkeypatch.setattr(data, "encode", fake_encode)
+    monkeypatch.setattr(streaming, "encoded", fake_encode)  # culnig score encodes lazily (streams)
     monkeypatch.setattr(scorer, "score", fake_score)
     out = tmp_path / "t.safetensors"
     argv = ["score", "--model", "smollm2", "--data", "builtin:cultural", "--split", "neur", "--format", "cloze",
             "--control", "frame", "--seed", "4", "--batch-size", "3", "--dtype", "bfloat16", "--device", "cpu",
-            "--no-progress", "--out", str(out)]
+            "--no-progress", "--attn-implementation", "eager", "--sites", "layers.0.mlp.gate_proj",
+            "--max-items", "3", "--checkpoint-every", "2", "--checkpoint-activations", "--out", str(out)]
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(argv) == 0
-    assert calls["load_items"] == ("builtin:cultural", {"split": "neur", "seed": 4})
-    assert calls["load_model"] == ("smollm2", {"dtype": "bfloat16", "device": "cpu"})
+    assert calls["load_items"] == ("builtin:cultural", {"split": "neur", "seed": 4, "max_per_question": 5})
+    assert calls["load_model"] == ("smollm2", {"dtype": "bfloat16", "device": "cpu", "device_map": None,
+                                               "attn_implementation": "eager"})
     assert calls["encode"] == (["item"], "tok", {"format": "cloze", "control": "frame"})
-    assert calls["score"] == {"batch_size": 3, "clamp_min": 0.0, "progress": False}  # a control set clamps at 0
+    assert calls["score"] == {  # a control set clamps at 0; the checkpoint sits next to the output by default
+        "batch_size": 3, "clamp_min": 0.0, "progress": False, "sites": ["layers.0.mlp.gate_proj"], "shard": None,
+        "max_items": 3, "checkpoint": f"{out}.ckpt", "checkpoint_every": 2, "keep_checkpoint": True,
+        "provenance": {"prompt_format": "cloze", "control": "frame"}, "checkpoint_activations": True}
     assert ScoreTable.load(out).num_items == 4
-    argv = ["score", "--data", "builtin:cultural", "--clamp-min", "-0.5", "--out", str(out)]
+    argv = ["score", "--data", "builtin:cultural", "--clamp-min", "-0.5", "--shard", "1/2", "--checkpoint", "none",
+            "--out", str(out)]
     with contextlib.redirect_stdout(io.StringIO()):
         assert cli.main(argv) == 0
     assert calls["encode"][2] == {"format": "letter", "control": None}
-    assert calls["score"] == {"batch_size": 16, "clamp_min": -0.5, "progress": True}
-    assert calls["load_items"] == ("builtin:cultural", {"split": "all", "seed": 0})
+    assert {k: calls["score"][k] for k in ("batch_size", "clamp_min", "progress", "shard", "checkpoint", "sites",
+                                           "checkpoint_activations")} == {
+        "batch_size": 16, "clamp_min": -0.5, "progress": True, "shard": (1, 2), "checkpoint": None, "sites": None,
+        "checkpoint_activations": False}
+    assert calls["load_items"] == ("builtin:cultural", {"split": "all", "seed": 0, "max_per_question": 5})
 
 
 def _saved_tables(tmp_path):

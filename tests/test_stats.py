@@ -115,3 +115,21 @@ def test_significant_corrections_by_hand():
     assert significant(ps, 0.05, correction="holm") == {"a": True, "b": False, "c": False, "d": False}
     assert significant([0.001, 0.02], 0.05, correction="holm") == [True, True]  # 0.001 < .025, 0.02 < .05
     assert significant(0.049) is True and significant(0.05) is False
+
+
+def test_holm_adjusted_p_values_by_hand():
+    from culnig_ext.stats import holm
+
+    # sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.5 (x1 = 0.5); in input order:
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    # monotone step-down: a later raw product below an earlier one is raised to it (0.04 * 2 = 0.08 < 0.09)
+    assert holm([0.03, 0.04]) == pytest.approx([0.06, 0.06])
+    assert holm([0.03, 0.045, 0.9]) == pytest.approx([0.09, 0.09, 0.9])
+    assert holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert holm([]) == []
+    # the same decisions as the step-down test in significant(..., correction="holm")
+    ps = [0.001, 0.013, 0.02, 0.04, 0.3]
+    # 0.001 x 5 = 0.005 < 0.05; 0.013 x 4 = 0.052: stop
+    assert [p < 0.05 for p in holm(ps)] == significant(ps, correction="holm") == [True, False, False, False, False]
+    with pytest.raises(ValueError, match="p-value 1 is 1.5"):
+        holm([0.1, 1.5])

@@ -124,21 +124,28 @@ def test_counts_become_int64_whatever_their_type():
     assert t.counts.dtype == torch.int64 and t.counts.tolist() == [2, 3]
 
 
-def test_merged_metadata_keeps_the_first_tables_and_hashes_the_fingerprints():
-    import hashlib
-
-    a = table(metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "fa", "revision": "r1"})
-    b = table(groups=["B", "C"], metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "fb"})
-    want = hashlib.sha256("fa+fb".encode()).hexdigest()[:16]  # sorted fingerprints joined with "+"
+def test_merged_metadata_keeps_the_first_tables_and_adds_the_fingerprints():
+    # Fingerprints are sums of per-item hashes mod 2^64 (hex), so the merge of disjoint shards carries the
+    # fingerprint of the unsharded items: 0x...fa + 0x...fb, by hand.
+    fa, fb = "00000000000000fa", "ffffffffffffff10"
+    a = table(metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": fa, "revision": "r1"})
+    b = table(groups=["B", "C"], metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": fb, "revision": "r1"})
+    want = f"{(0xfa + 0xffffffffffffff10) % 2**64:016x}"
+    assert want == "000000000000000a"
     for order in ([a, b], [b, a]):
         merged = ScoreTable.merge(order)
         assert merged.metadata["dataset_fingerprint"] == want
     assert ScoreTable.merge([a, b]).metadata == {"model": "m", "clamp_min": "", "dataset_fingerprint": want,
                                                  "revision": "r1"}
-    # tables without fingerprints: merged, and the merged one gets the hash of the empty ones
+    # another revision is another model: refused, naming the field
+    c = table(groups=["D"], counts=[1], prob_sums=[0.5], sums={GATE: torch.ones(1, 3), Q: torch.ones(1, 1)},
+              metadata={"model": "m", "clamp_min": "", "dataset_fingerprint": "01", "revision": "r2"})
+    with pytest.raises(ValueError, match="revision='r2'"):
+        ScoreTable.merge([a, c])
+    # tables without fingerprints: merged, and the merged one records none
     bare = [table(metadata={"model": "m"}), table(groups=["C"], counts=[1], prob_sums=[0.5],
                                                   sums={GATE: torch.ones(1, 3), Q: torch.ones(1, 1)},
                                                   metadata={"model": "m"})]
     merged = ScoreTable.merge(bare)
-    assert merged.metadata == {"model": "m", "dataset_fingerprint": hashlib.sha256(b"+").hexdigest()[:16]}
+    assert merged.metadata == {"model": "m"}
     assert merged.counts.tolist() == [2, 3, 1]

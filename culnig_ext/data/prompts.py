@@ -17,7 +17,9 @@ like ``control="empty"``.
 
 Tokenisation: letter format with a chat template tokenises with ``add_special_tokens=False`` (the template already
 holds the special tokens); plain text (no template) and cloze prompts with ``add_special_tokens=True`` (so
-tokenizers that add BOS do); cloze continuations with ``add_special_tokens=False``. Answer letters are checked in
+tokenizers that add BOS do); cloze options as lm-evaluation-harness does: prompt and option encoded together and
+split at the prompt's token count (``encode_pair``), so SentencePiece tokenizers see the option as in context.
+Answer letters are checked in
 context: ``prompt + letter`` must tokenise to the prompt's tokens plus exactly one token, otherwise the tokenizer is
 refused for the letter format.
 """
@@ -149,6 +151,25 @@ def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[int, ...]
     return tuple(int(t) for t in tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(context ids, continuation ids)`` as lm-evaluation-harness encodes a request (``HFLM._encode_pair``):
+    trailing spaces of the context move to the continuation, ``context + continuation`` is encoded as one text,
+    and the continuation is what follows the context's own token count. A SentencePiece tokenizer encodes
+    ``" Paris"`` alone as ``["▁", "▁Paris"]`` (its dummy prefix) but ``"Answer: Paris"`` as ``[..., "▁Paris"]``:
+    only the joint encoding gives the tokens the model reads in context. Both encodings add special tokens (BOS)
+    as the project's prompts do."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = _ids(tokenizer, context + continuation, True)
+    context_ids = _ids(tokenizer, context, True)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and context_ids and context_ids[-1] == eos and whole and whole[-1] == eos:
+        # a tokenizer that appends EOS to every text: split before it
+        whole, context_ids = whole[:-1], context_ids[:-1]
+    return context_ids, whole[len(context_ids):]
+
+
 def encode_choices(
     item: MCItem, tokenizer: Any, *, format: Format = "letter", control: Control = None
 ) -> ChoiceEncoding:
@@ -162,10 +183,14 @@ def encode_choices(
     name = tokenizer_name(tokenizer)
     paper = _is_paper(item, format, control)
     if format == "cloze":
-        prompt_ids = _ids(tokenizer, text, True)
+        prompt_ids = None
         choice_ids = []
         for i, choice in enumerate(item.choices):
-            ids = _ids(tokenizer, " " + choice, False)
+            context_ids, ids = encode_pair(tokenizer, text, " " + choice)
+            if prompt_ids is None:
+                prompt_ids = context_ids
+            elif context_ids != prompt_ids:  # only a trailing space moves, and it moves for every option alike
+                raise TokenizerError(f"tokenizer {name!r}: item {item.id!r}: the prompt encodes differently per option")
             if not ids:
                 raise TokenizerError(f"tokenizer {name!r}: option {i} {choice!r} of item {item.id!r} encodes to no tokens")
             choice_ids.append(ids)
