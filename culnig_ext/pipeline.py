@@ -142,7 +142,7 @@ class RunConfig:
     finetune_max_train_items: int | None = option(None, "seeded sample of the training items (none = all)")
 
     protocol: str = option("ours", "ours, or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
-                           "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question) and its "
+                           "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question), no item caps and its "
                            "pooled random baseline beside ours (see PAPER_PRESET)", choices=("ours", "paper"))
     n_random_paper: int = option(0, "random sets drawn the paper's way, uniform over all gate and q/k/v neurons pooled "
                                  "(paper protocol: 10)", flag="--paper-random")
@@ -168,7 +168,7 @@ class RunConfig:
 #: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
 PAPER_PRESET: dict[str, Any] = dict(
     protocol="paper", crc="paper:countryrc", crc_test="paper:countryrc", format="letter", dtype="bfloat16",
-    n_random_paper=10, max_per_question=5,
+    n_random_paper=10, max_per_question=5, max_scoring_items=None, max_test_items=None,
 )
 
 

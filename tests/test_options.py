@@ -88,7 +88,8 @@ def non_default_run_config():
                      checkpoint_every=3, finetune=True, finetune_end="top", finetune_budget=0.2,
                      finetune_by="density", finetune_task="t.jsonl", finetune_task_test="u.jsonl", finetune_lora=True,
                      finetune_epochs=2, finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2,
-                     finetune_max_steps=5, finetune_max_train_items=8)
+                     finetune_max_steps=5, finetune_max_train_items=8, protocol="paper", n_random_paper=3, saq="s",
+                     saq_max_per_country=None, saq_max_new_tokens=9)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -123,6 +124,33 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--checkpoint-every", "3", "--finetune", "--finetune-end", "top", "--finetune-budget", "0.2",
             "--finetune-by", "density", "--finetune-task", "t.jsonl", "--finetune-task-test", "u.jsonl",
             "--finetune-lora", "--finetune-epochs", "2", "--finetune-lr", "0.001", "--finetune-train-batch-size", "3",
-            "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8"]
+            "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8",
+            "--protocol", "paper", "--paper-random", "3", "--saq", "s", "--saq-max-per-country", "none",
+            "--saq-max-new-tokens", "9"]
     args = cli._parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
+
+
+def test_paper_protocol_preset_under_explicit_options(tmp_path):
+    """--protocol paper (flag or config file) sets the paper's defaults; options given explicitly, in the file or as
+    flags, win over them; without the protocol nothing changes."""
+    from culnig_ext import cli
+    from culnig_ext.pipeline import RunConfig, run_preset
+
+    def run_cfg(*argv):
+        args = cli._parser().parse_args(["run", *argv])
+        return build(RunConfig, args, args.config, preset=run_preset)
+
+    paper = run_cfg("--protocol", "paper")
+    assert (paper.protocol, paper.crc, paper.crc_test, paper.format, paper.dtype, paper.n_random_paper,
+            paper.max_per_question) == ("paper", "paper:countryrc", "paper:countryrc", "letter", "bfloat16", 10, 5)
+    assert (paper.max_scoring_items, paper.max_test_items) == (None, None)  # the paper scores and tests everything
+    assert paper.n_random == RunConfig().n_random and paper.data == RunConfig().data  # not part of the preset
+    assert run_cfg() == RunConfig()
+    assert run_cfg("--dtype", "float32", "--protocol", "paper", "--paper-random", "0").dtype == "float32"
+    assert run_cfg("--protocol", "paper", "--paper-random", "0").n_random_paper == 0
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"protocol": "paper", "dtype": "float16"}))
+    from_file = run_cfg("--config", str(path))
+    assert (from_file.dtype, from_file.crc, from_file.n_random_paper) == ("float16", "paper:countryrc", 10)
+    assert run_cfg("--config", str(path), "--protocol", "ours").crc == RunConfig().crc

@@ -70,8 +70,9 @@ def test_paper_preset():
         "paper", "paper:countryrc", "bfloat16", "letter", 10)
     assert RunConfig().protocol == "ours" and RunConfig().n_random_paper == 0
     assert attn_implementation(paper_config(model="gemma3-270m")) == "eager"
-    assert attn_implementation(RunConfig(model="gemma3-270m")) == "sdpa"
-    assert attn_implementation(paper_config(model="smollm2")) == "sdpa"
+    assert attn_implementation(RunConfig(model="gemma3-270m")) is None  # load_model's own choice (soft-capping)
+    assert attn_implementation(paper_config(model="gemma3-270m", attn_implementation="sdpa")) == "sdpa"  # explicit
+    assert attn_implementation(paper_config(model="smollm2")) is None
     assert set(PAPER_PRESET) <= {f for f in RunConfig.__dataclass_fields__}
 
 

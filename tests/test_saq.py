@@ -43,6 +43,34 @@ def test_load_saq_spain_and_us():
     assert load_saq(BLEND, countries=["Spain", "US"], split="test", max_per_country=3) == items
 
 
+def test_load_saq_translated_placeholder(tmp_path):
+    """BLEnD's Algeria prompts translate the placeholder in two rows ({س}, {ف}): the real file loads, every Arabic
+    prompt holds its question; a template with no placeholder at all is refused naming the file and row."""
+    items = load_saq(BLEND, countries=["Algeria"], split="all")
+    ann = json.loads((BLEND / "annotations" / "Algeria_data.json").read_text(encoding="utf-8"))
+    local = [i for i in items if i.language != "en"]
+    with open(BLEND / "prompts" / "Algeria_prompts.csv", encoding="utf-8") as f:
+        translated = {r["id"]: r["Translation"] for r in csv.DictReader(f) if "{q}" not in r["Translation"]}
+    assert len(translated) == 2
+    used = [it for it in local if it.template_id in translated]
+    assert used  # the translated-placeholder rows are drawn for some questions
+    for it in local:
+        assert ann[it.question_id]["question"] in it.prompt
+    for it in used:
+        template = translated[it.template_id]
+        marker = "{س}" if "{س}" in template else "{ف}"
+        assert it.prompt == template.replace(marker, ann[it.question_id]["question"])
+    broken = tmp_path / "blend"
+    for sub in ("annotations", "questions", "prompts"):
+        (broken / sub).mkdir(parents=True)
+    for name in ("annotations/Algeria_data.json", "questions/Algeria_questions.csv"):
+        (broken / name).write_bytes((BLEND / name).read_bytes())
+    rows = (BLEND / "prompts" / "Algeria_prompts.csv").read_text(encoding="utf-8").replace("{س}", "(q)")
+    (broken / "prompts" / "Algeria_prompts.csv").write_text(rows, encoding="utf-8")
+    with pytest.raises(ValueError, match=r"Algeria_prompts\.csv, row 7: field 'Translation'"):
+        load_saq(broken, countries=["Algeria"])
+
+
 def test_scoring_cases():
     assert normalise("  Ｆｒｕｉｔ, (fresh)! ") == "fruit fresh"
     assert score_answer("I think fruits.", ["fruit"], "en")  # lemma: fruits -> fruit

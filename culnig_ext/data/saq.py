@@ -56,6 +56,23 @@ class SAQItem:
     template_id: str
 
 
+_TRANSLATED_Q = re.compile(r"\{\w{1,2}\}")
+
+
+def _placeholder(template: str) -> str | None:
+    """The question's placeholder in a prompt template: ``{q}``, or else its one translated form (BLEnD's
+    ``Algeria_prompts.csv`` rows 7-8 have ``{س}`` / ``{ف}`` in their Arabic translation); None when there is none
+    or more than one candidate."""
+    if "{q}" in template:
+        return "{q}"
+    found = set(_TRANSLATED_Q.findall(template))
+    return found.pop() if len(found) == 1 else None
+
+
+def _fill(template: str, question: str) -> str:
+    return template.replace(_placeholder(template), question)
+
+
 def _read_csv(path: Path) -> list[dict[str, str]]:
     if not path.is_file():
         raise FileNotFoundError(f"BLEnD file not found: {path}")
@@ -96,7 +113,7 @@ def load_saq(root: str | Path, *, countries: Iterable[str] | None = None, split:
         templates = _read_csv(root / "prompts" / f"{country}_prompts.csv")
         for i, t in enumerate(templates):
             for col in ("id", "English", "Translation"):
-                if not (t.get(col) or "").strip() or (col != "id" and "{q}" not in t[col]):
+                if not (t.get(col) or "").strip() or (col != "id" and _placeholder(t[col]) is None):
                     raise SchemaError(f"{root / 'prompts' / f'{country}_prompts.csv'}, row {i + 2}: field {col!r}: "
                                       "missing or without {q}")
         lang = COUNTRY_LANGUAGE.get(country, "en")
@@ -114,12 +131,12 @@ def load_saq(root: str | Path, *, countries: Iterable[str] | None = None, split:
             added = False
             if "en" in languages and english and rec.get("en_question"):
                 items.append(SAQItem(f"saq:{country}:{qid}:en", country, "en",
-                                     template["English"].replace("{q}", rec["en_question"]), tuple(english), qid,
+                                     _fill(template["English"], rec["en_question"]), tuple(english), qid,
                                      topic_of[qid], template["id"]))
                 added = True
             if "local" in languages and lang != "en" and local and rec.get("question"):
                 items.append(SAQItem(f"saq:{country}:{qid}:{lang}", country, lang,
-                                     template["Translation"].replace("{q}", rec["question"]), tuple(local), qid,
+                                     _fill(template["Translation"], rec["question"]), tuple(local), qid,
                                      topic_of[qid], template["id"]))
                 added = True
             kept += added
