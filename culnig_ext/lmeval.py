@@ -8,12 +8,16 @@ dependency, pinned in requirements.txt (``pip install 'culnig_ext[lmeval]'``).
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
 from .inhibit import inhibit
+
+log = logging.getLogger("culnig")
 
 #: The per-document metrics read from lm-eval's samples, in order of preference.
 SAMPLE_METRICS = ("acc", "exact_match", "acc_norm")
@@ -95,6 +99,6 @@ def run_lm_eval(model, tokenizer, tasks: Sequence[str], conditions: Sequence[Any
                 res = lm_eval.simple_evaluate(**kwargs)
         for task in tasks:
             out[task][cond.name] = _outcomes(res["samples"][task], task)
-            print(f"[culnig] lm-eval {task:<22} {cond.name:<14} {out[task][cond.name].metric} "
+            log.info(f"lm-eval {task:<22} {cond.name:<14} {out[task][cond.name].metric} "
                   f"{out[task][cond.name].accuracy:.3f}")
     return out

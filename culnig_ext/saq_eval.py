@@ -8,6 +8,8 @@ plain text without a template), left-padded in batches, ``do_sample=False`` (gre
 """
 from __future__ import annotations
 
+import logging
+
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -16,6 +18,8 @@ import torch
 
 from .data.saq import SAQItem, score_answer
 from .inhibit import inhibit
+
+log = logging.getLogger("culnig")
 
 
 @dataclass
@@ -94,7 +98,7 @@ def evaluate_saq(model, tokenizer, items: Sequence[SAQItem], conditions: Sequenc
         results[cond.name] = SAQResult([SAQRecord(it.id, it.group, it.language, r, score_answer(r, it.answers,
                                                                                                it.language))
                                         for it, r in zip(items, responses)])
-        print(f"[culnig] short answers {cond.name:<14} accuracy {results[cond.name].accuracy:.3f}")
+        log.info(f"short answers {cond.name:<14} accuracy {results[cond.name].accuracy:.3f}")
     return results
 
 
