@@ -9,11 +9,16 @@
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
     culnig report RUN_DIR
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
+    culnig prompts --data D [--protocol paper] --out prompts.jsonl   # what the model sees, item by item
+    culnig overlap A.json B.json [--eval SRC_A --eval SRC_B --model M] --out DIR   # shared neurons, cross-effects
+    culnig run --protocol paper      # the paper's prompts, CountryRC items, dtype and random baseline
+    culnig compare --max-items 200   # CULNIG's neurons beside LAPE's (activation probability)
     culnig finetune --neurons general.json --end top bottom random --budget 0.1 --task builtin:qnli --out ft_dir
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import fields
@@ -67,12 +72,9 @@ def _shard(spec: str | None) -> tuple[int, int] | None:
 
 
 def _device_map(spec: str | None):
-    if spec is None or spec == "auto":
-        return spec
-    try:
-        return json.loads(spec)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r} ({exc.msg})") from None
+    from .models import parse_device_map
+
+    return parse_device_map(spec)
 
 
 def _add_format(p: argparse.ArgumentParser, default: str = "letter") -> None:
@@ -173,15 +175,50 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="accuracy with and without inhibiting a neuron set, against random sets")
     _add_model_args(p)
     _add_format(p)
-    p.add_argument("--data", required=True, action="append",
-                   help="item source to evaluate (repeat for several sets)")
+    p.add_argument("--data", action="append", default=[],
+                   help="item source to evaluate (repeat for several sets; or only --lm-eval)")
+    p.add_argument("--lm-eval", default=None, metavar="TASKS",
+                   help="comma-separated lm-evaluation-harness tasks, run on the model under every condition")
+    p.add_argument("--lm-eval-include", default=None, metavar="DIR",
+                   help="folder of lm-eval task YAML files (tasks on local data files)")
+    p.add_argument("--lm-eval-limit", type=int, default=None, help="documents per lm-eval task (default: all)")
     p.add_argument("--split", default="all", choices=["neur", "test", "all"], help="BLEnD topic split")
     p.add_argument("--inhibit", help="NeuronSet JSON to inhibit (without it: plain evaluation)")
     p.add_argument("--random", type=int, default=0, help="number of random sets (same count per site)")
+    p.add_argument("--paper-random", type=int, default=0,
+                   help="number of random sets drawn the paper's way (uniform over all neurons pooled)")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="which protocol the items follow (stated in the report); paper: use paper:SOURCE data")
     p.add_argument("--restrict-to-choices", action="store_true",
                    help="letter format: argmax over the option letters instead of the full vocabulary")
     p.add_argument("--seed", type=int, default=0, help="seed of the random sets and option draws")
     p.add_argument("--out", required=True, help="output folder: per-condition records, results.json, report.md")
+
+    p = sub.add_parser("prompts", help="write each item's exact model input (after the chat template) and target")
+    p.add_argument("--data", required=True, help="item source (any: builtin:cultural, builtin:countryrc, a BLEnD "
+                                                  "folder, normad:PATH, paper:countryrc, ...)")
+    p.add_argument("--split", default="all", choices=["neur", "test", "all"],
+                   help="BLEnD topics, or the paper's neuron/held-out halves under --protocol paper")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="paper: the paper's own prompts for CountryRC, NormAd, CulturalBench, WVB, QNLI, MRPC, CSQA")
+    _add_format(p)
+    p.add_argument("--model", default="smollm2", help="the model whose tokenizer and chat template to use")
+    p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
+    p.add_argument("--out", required=True, help="output .jsonl (written atomically)")
+
+    p = sub.add_parser("overlap", help="overlap of neuron sets (counts, Jaccard, per layer) and the cross-effects "
+                                       "of inhibiting each on the others' evaluation sets")
+    _add_model_args(p)
+    p.add_argument("sets", nargs="+", help="neuron-set JSON files (culnig identify), at least 2")
+    p.add_argument("--eval", action="append", default=[],
+                   help="evaluation source of each set, in the same order (repeat; omit for overlap counts only)")
+    p.add_argument("--split", default="test", choices=["neur", "test", "all"],
+                   help="split of the evaluation sources (default: test, the held-out halves)")
+    p.add_argument("--protocol", default="ours", choices=["ours", "paper"],
+                   help="paper: the evaluation sources are read with the paper's prompts (paper:NAME:PATH)")
+    p.add_argument("--format", default="letter", choices=list(FORMATS), help="answer format (default: letter)")
+    p.add_argument("--seed", type=int, default=0, help="seed of option draws in generated items")
+    p.add_argument("--out", required=True, help="output folder: overlap.json, overlap.md, overlap.png")
 
     p = sub.add_parser("report", help="(re)write report.md and plots from a run folder's results.json")
     p.add_argument("run_dir", help="a folder written by 'culnig run' or 'culnig evaluate'")
@@ -205,56 +242,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder: ranking, per-item records, finetune.md")
 
     p = sub.add_parser("run", help="the whole pipeline: score, identify, inhibit/evaluate, report")
+    from .options import add_arguments
     from .pipeline import RunConfig
 
-    defaults = RunConfig()
-    p.add_argument("--out", default=defaults.out, help="run folder (default: %(default)s); re-running resumes")
-    p.add_argument("--model", default=defaults.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=defaults.data,
-                   help="cultural item source (default: auto = BLEnD rebuilt from its raw annotations when a copy is "
-                        "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
-    p.add_argument("--crc", default=defaults.crc,
-                   help="CountryRC scoring templates (default: auto = the real templates 0-24 when found)")
-    p.add_argument("--crc-test", default=defaults.crc_test,
-                   help="CountryRC evaluation templates (default: auto = the real templates 25-49 when found)")
-    p.add_argument("--general", default=defaults.general, help="non-cultural set for specificity ('' to skip)")
-    _add_format(p, default="auto")
-    p.add_argument("--control", default=defaults.control, choices=["empty", "frame"],
-                   help="control prompt: empty (question removed, paper) or frame (keeps the question frame)")
-    p.add_argument("--normalize", default=defaults.normalize, choices=["count", "prob"],
-                   help="divide by item counts (paper) or by summed P (sets answered with different confidence)")
-    p.add_argument("--contrast-general", action="store_true",
-                   help="also subtract a general-ability table (half of --general; the other half is evaluated)")
-    for name, help_text in (("t_mlp", "top fraction of MLP gate neurons"), ("t_attn", "top fraction of q/k/v neurons"),
-                            ("r_mlp", "CountryRC removal fraction, MLP"), ("r_attn", "CountryRC removal fraction, q/k/v"),
-                            ("t_specific", "top fraction for culture-specific neurons"),
-                            ("r_specific", "CountryRC removal fraction for culture-specific neurons"),
-                            ("z_min", "minimum z-score of a culture-specific neuron")):
-        p.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(defaults, name),
-                       help=f"{help_text} (default: %(default)s, the paper's)")
-    p.add_argument("--random", type=int, default=defaults.n_random, help="random sets (default: %(default)s)")
-    p.add_argument("--no-kinship", action="store_true", help="skip the kinship matrix")
-    p.add_argument("--finetune", action="store_true",
-                   help="after the report, run the module study on the culture-general neurons (see "
-                        "'culnig finetune'), into RUN/finetune/")
-    _add_finetune_args(p, prefix="finetune-")
-    p.add_argument("--no-instance-view", action="store_true",
-                   help="skip the per-item view of the general neurons (one more scoring pass over the items)")
-    p.add_argument("--max-test-items", type=int, default=defaults.max_test_items,
-                   help="cap per evaluation set (seeded sample; default: %(default)s)")
-    p.add_argument("--max-scoring-items", type=int, default=defaults.max_scoring_items,
-                   help="cap on the cultural and CountryRC scoring items (seeded sample; default: %(default)s)")
-    p.add_argument("--n-boot", type=int, default=defaults.n_boot,
-                   help="bootstrap resamples of the scoring items for the stability table (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    p.add_argument("--dtype", default=defaults.dtype, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    _add_scale_args(p, score_only=False)
-    p.add_argument("--checkpoint-activations", action="store_true",
-                   help="recompute each decoder layer in the backward pass instead of keeping its activations "
-                        "(long inputs: far less memory, ~1.3x the time; same scores)")
+    p.add_argument("--config", metavar="FILE",
+                   help="options from a YAML or JSON file (keys: the option names with underscores, e.g. the "
+                        "config.json a run writes); flags given here override it")
+    add_arguments(p, RunConfig)
 
     p = sub.add_parser("sweep", help="choose identification settings on a validation split, report on the test split")
     from .sweep import SweepConfig
@@ -282,7 +276,38 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=sd.seed)
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    _add_compare(sub)
+    for command in sub.choices.values():  # on every subcommand, after its name: culnig run --json ...
+        _add_output_args(command)
     return parser
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    from .logs import LEVELS
+
+    p.add_argument("--log-level", default="info", choices=LEVELS,
+                   help="messages on stderr from this level up (default: info)")
+    p.add_argument("--json", action="store_true",
+                   help="print a machine-readable JSON summary on stdout instead of the text summary")
+
+
+def _add_compare(sub) -> None:
+    from .compare import CompareConfig
+    from .options import add_arguments
+
+    p = sub.add_parser("compare", help="CULNIG's neurons beside LAPE's (activation probability): overlap, layers, "
+                                       "inhibition effect against random sets")
+    add_arguments(p, CompareConfig)
+
+
+def _cmd_compare(args) -> dict:
+    from .compare import CompareConfig, compare_markdown, run_compare
+    from .options import build
+
+    cfg = build(CompareConfig, args)
+    with _hf_bars(cfg.progress):
+        result = run_compare(cfg)
+    return {"message": compare_markdown(result) + f"\nwrote {Path(cfg.out) / 'compare.md'}", "compare": result}
 
 
 def _cmd_score(args) -> str:
@@ -363,10 +388,10 @@ def _cmd_identify(args) -> str:
 def _cmd_evaluate(args) -> str:
     from . import select
     from .models import load_model
-    from .pipeline import Condition, evaluate_conditions
+    from .pipeline import Condition, accuracy_rows, evaluate_conditions
     from .data.defaults import is_non_cultural
     from .preflight import check_evaluate
-    from .report import ReportResults, accuracy_row, write_report
+    from .report import ReportResults, write_report
     from .verdict import from_results as verdict_from_results
 
     inputs = check_evaluate(args)
@@ -378,25 +403,58 @@ def _cmd_evaluate(args) -> str:
         conditions.append(Condition("inhibited", neurons))
         conditions += [Condition(f"random{i}", select.random_like(neurons, model, seed=args.seed + i))
                        for i in range(args.random)]
+        conditions += [Condition(f"paper_random{i}", select.random_like(neurons, model, seed=args.seed + i,
+                                                                         match="none"))
+                       for i in range(args.paper_random)]
     out = Path(args.out)
-    results = evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
-                                  progress=not args.no_progress, save_dir=out / "eval")
-    rows = []
+    results = (evaluate_conditions(model, tokenizer, sets, conditions, fmt=args.format, batch_size=args.batch_size,
+                                   progress=not args.no_progress, save_dir=out / "eval") if sets else {})
     cultural = {name: not is_non_cultural(name) for name in results}
-    for name, by_cond in results.items():
-        randoms = [r for c, r in by_cond.items() if c.startswith("random")]
-        inhibited = by_cond.get("inhibited", by_cond["original"])
-        rows.append(accuracy_row(name, by_cond["original"], inhibited, randoms, cultural=cultural[name],
-                                 seed=args.seed))
-    verdict = verdict_from_results(results, cultural, inhibited="inhibited", seed=args.seed)
+    rows = [row for name, by_cond in results.items()
+            for row in accuracy_rows(name, by_cond, "inhibited", cultural=cultural[name], seed=args.seed)]
+    verdict = verdict_from_results(results, cultural, inhibited="inhibited", seed=args.seed) if results else None
+    if inputs.lm_eval_tasks:
+        from .lmeval import run_lm_eval
+
+        lm = run_lm_eval(model, tokenizer, inputs.lm_eval_tasks, conditions, include_path=args.lm_eval_include,
+                         limit=args.lm_eval_limit, batch_size=args.batch_size, seed=args.seed)
+        rows += [row for task, by_cond in lm.items()
+                 for row in accuracy_rows(f"lm-eval: {task} ({next(iter(by_cond.values())).metric})", by_cond,
+                                          "inhibited", cultural=False, seed=args.seed)]
     res = ReportResults(title=f"Evaluation: {args.model}", model=args.model,
                         neuron_set=args.inhibit or "(none)", n_neurons=len(neurons) if neurons else None,
-                        rows=rows, metadata={"format": args.format},
+                        rows=rows, metadata={"protocol": args.protocol, "format": args.format},
                         verdict=verdict.to_dict() if verdict is not None else None)
     report = write_report(out, res)
     lines = [f"{r.eval_set}: original {r.original:.3f}, inhibited {r.inhibited:.3f}"
              + (f", random {r.random_mean:.3f}, p={r.p_value:.3g}" if r.random else "") for r in rows]
     return "\n".join(lines + [f"wrote {report}"])
+
+
+def _cmd_prompts(args) -> str:
+    from .model_inputs import write_prompts
+    from .models import load_tokenizer
+    from .preflight import check_prompts
+
+    items = check_prompts(args)
+    n = write_prompts(items, load_tokenizer(args.model), args.out, format=args.format)
+    return f"wrote {args.out}: {n} prompts ({args.format} format, protocol {args.protocol})"
+
+
+def _cmd_overlap(args) -> str:
+    from .overlap import cross_effects, overlap_stats, write_overlap
+    from .preflight import check_overlap
+
+    inputs = check_overlap(args)
+    stats = overlap_stats(inputs.sets)
+    effects = None
+    if inputs.eval_sets is not None:
+        from .models import load_model
+
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device)
+        effects = cross_effects(model, tokenizer, inputs.sets, inputs.eval_sets, fmt=args.format,
+                                batch_size=args.batch_size, progress=not args.no_progress)
+    return f"wrote {write_overlap(args.out, stats, effects)}"
 
 
 def _cmd_report(args) -> str:
@@ -422,35 +480,42 @@ def _cmd_finetune(args) -> str:
     return "\n".join(lines + [f"wrote {Path(args.out) / REPORT_FILE}"])
 
 
-def _cmd_run(args) -> str:
-    from .pipeline import RunConfig, run_pipeline
+@contextlib.contextmanager
+def _hf_bars(enabled: bool):
+    """transformers' model-loading bars off while the body runs when ``enabled`` is False, restored after."""
+    from transformers.utils import logging as hf_logging
 
-    cfg = RunConfig(
-        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test,
-        general=args.general or None, format=args.format, control=args.control, normalize=args.normalize,
-        contrast_general=args.contrast_general, n_random=args.random, kinship=not args.no_kinship,
-        instance_view=not args.no_instance_view,
-        max_test_items=args.max_test_items, max_scoring_items=args.max_scoring_items, n_boot=args.n_boot,
-        batch_size=args.batch_size, dtype=args.dtype, device=args.device,
-        t_mlp=args.t_mlp, t_attn=args.t_attn, r_mlp=args.r_mlp, r_attn=args.r_attn, t_specific=args.t_specific,
-        r_specific=args.r_specific, z_min=args.z_min,
-        seed=args.seed, progress=not args.no_progress, device_map=_device_map(args.device_map),
-        checkpoint_activations=args.checkpoint_activations,
-        attn_implementation=args.attn_implementation, checkpoint=args.checkpoint != "none",
-        checkpoint_every=args.checkpoint_every,
-        finetune=_study_settings(args, "finetune_", seed=args.seed, eval_batch_size=args.batch_size,
-                                 progress=not args.no_progress) if args.finetune else None,
-        finetune_task=args.finetune_task, finetune_task_test=args.finetune_task_test,
-        finetune_max_train_items=args.finetune_max_train_items,
-    )
-    out = run_pipeline(cfg)
-    return "\n".join([
-        f"[culnig] done in {out.timings['total']:.0f} s ({out.format} format). Outputs in {out.run_dir}/:",
+    switch = not enabled and hf_logging.is_progress_bar_enabled()
+    if switch:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if switch:
+            hf_logging.enable_progress_bar()
+
+
+def _cmd_run(args) -> dict:
+    from .options import build, to_dict
+    from .pipeline import RunConfig, run_pipeline, run_preset
+
+    cfg = build(RunConfig, args, args.config, preset=run_preset)
+    with _hf_bars(cfg.progress):  # progress may come from the config file
+        out = run_pipeline(cfg)
+    message = "\n".join([
+        f"done in {out.timings['total']:.0f} s ({out.format} format, protocol {cfg.protocol}). "
+        f"Outputs in {out.run_dir}/:",
         f"  report     {out.report}",
         f"  summary    {out.run_dir / 'summary.md'}",
         f"  neurons    {out.run_dir / 'neurons'}/general.json, specific/<group>.json",
         f"  scores     {out.run_dir / 'scores'}/*.safetensors",
-    ] + ([f"  finetune   {out.run_dir / 'finetune'}/finetune.md"] if args.finetune else []))
+        f"  config     {out.run_dir / 'config.json'} (culnig run --config FILE repeats the run)",
+    ] + ([f"  finetune   {out.run_dir / 'finetune'}/finetune.md"] if cfg.finetune else []))
+    return {
+        "message": message, "run_dir": str(out.run_dir), "report": str(out.report), "format": out.format,
+        "general_neurons": len(out.general), "specific_neurons": {g: len(s) for g, s in out.specific.items()},
+        "timings": out.timings, "config": to_dict(cfg),
+    }
 
 
 def _cmd_build(args: argparse.Namespace) -> str:
@@ -492,7 +557,7 @@ def _cmd_sweep(args) -> str:
 
 COMMANDS = {"score": _cmd_score, "merge": _cmd_merge, "identify": _cmd_identify, "evaluate": _cmd_evaluate,
             "report": _cmd_report, "run": _cmd_run, "sweep": _cmd_sweep, "build": _cmd_build,
-            "finetune": _cmd_finetune}
+            "finetune": _cmd_finetune, "compare": _cmd_compare, "prompts": _cmd_prompts, "overlap": _cmd_overlap}
 
 
 def _saved_checkpoint(args) -> str | None:
@@ -503,6 +568,16 @@ def _saved_checkpoint(args) -> str | None:
         return None
     path = resolve_checkpoint(getattr(args, "checkpoint", "none"), args.out)
     return str(this_rank_path(path)) if path is not None and this_rank_path(path).exists() else None
+
+
+def _print_result(args, result: str | dict) -> None:
+    """The command's result on stdout: its text summary, or with --json one JSON object (``message`` holds the
+    text; commands that return more structure add their fields)."""
+    data = result if isinstance(result, dict) else {"message": result}
+    if getattr(args, "json", False):
+        print(json.dumps({"command": args.command, "ok": True, **data}, default=str))
+    else:
+        print(data["message"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -518,8 +593,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    from . import logs
+
+    log_handler = logs.setup(getattr(args, "log_level", "info"))
     restore_bars = None
-    if getattr(args, "no_progress", False):
+    if getattr(args, "no_progress", False) or getattr(args, "progress", True) is False:
         # --no-progress hides transformers' model-loading bars too (they would bury a one-line error on stderr).
         from transformers.utils import logging as hf_logging
 
@@ -529,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # SIGTERM raises like Ctrl-C does: the stack unwinds, finally blocks run (checkpoints, temp files).
         with signals_as_exceptions():
-            print(COMMANDS[args.command](args))
+            result = COMMANDS[args.command](args)
+            _print_result(args, result)
     except KeyboardInterrupt as exc:
         out = getattr(args, "out", None) or getattr(args, "run_dir", None)
         print(interrupted_message(args.command, exc, argv, out=out, checkpoint=_saved_checkpoint(args)),
@@ -537,9 +616,13 @@ def main(argv: list[str] | None = None) -> int:
         return exit_status(exc)
     # OSError, not only FileNotFoundError: an output path that is a folder, a read-only folder ... are bad input too.
     except (ValueError, KeyError, OSError) as exc:
-        print(error_line(args.command, exc), file=sys.stderr)
+        line = error_line(args.command, exc)
+        print(line, file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"command": args.command, "ok": False, "error": line}))
         return 1
     finally:
+        logs.teardown(log_handler)
         if restore_bars is not None:
             restore_bars()
     return 0

@@ -171,6 +171,24 @@ class EvalResult:
             "per_group_alignment": self.per_group_alignment,
         }
 
+    # ---------------------------------------------------------------------------------------- as data
+    def to_pandas(self):
+        """One row per item record (``culnig_ext.frames.RECORD_COLUMNS``); format and metadata in ``attrs``."""
+        from .frames import eval_to_pandas
+
+        return eval_to_pandas(self)
+
+    @classmethod
+    def from_pandas(cls, df) -> "EvalResult":
+        from .frames import eval_from_pandas
+
+        return eval_from_pandas(df)
+
+    def _repr_html_(self) -> str:
+        from .frames import eval_html
+
+        return eval_html(self)
+
     # ---------------------------------------------------------------------------------------- storage
     def to_dict(self) -> dict[str, Any]:
         records = []

@@ -15,6 +15,8 @@ Layout of the output folder::
 """
 from __future__ import annotations
 
+import logging
+
 import json
 import math
 import time
@@ -35,6 +37,8 @@ from .modules import BY, ENDS, decoder_param_count, layer_picks, pick_modules, r
 from .neurons import NeuronSet
 from .sites import decoder_layers
 from .stats import paired_bootstrap
+
+log = logging.getLogger("culnig")
 
 
 @dataclass
@@ -109,7 +113,7 @@ def run_study(
     neurons_name: str = "culture-general neurons",
     before: Mapping[str, EvalResult] | None = None,
     notes: Sequence[str] = (),
-    log_fn: Callable[[str], None] = print,
+    log_fn: Callable[[str], None] = log.info,
 ) -> dict[str, Any]:
     """Fine-tune each end from the same start and evaluate before and after; returns the results dict (also
     written with the report into ``out_dir``).
@@ -140,7 +144,7 @@ def run_study(
             for name, items in eval_sets.items()}
     start = model_fingerprints(model)
 
-    log_fn(f"[culnig] module study: evaluating the start model on {task_name} and {len(sets)} sets")
+    log_fn(f"module study: evaluating the start model on {task_name} and {len(sets)} sets")
     if before is not None:
         missing = [name for name in sets if name not in before]
         if missing:
@@ -184,7 +188,7 @@ def run_study(
     }
     for end in s.ends:
         pick = picks[end]
-        log_fn(f"[culnig] module study, end {end!r}: {len(pick)} blocks ({pick.share:.2%} of the decoder's "
+        log_fn(f"module study, end {end!r}: {len(pick)} blocks ({pick.share:.2%} of the decoder's "
                f"parameters): {', '.join(pick.names)}")
         names = {name for b in pick for name in b.linear_names}
         params = [p for name, mod in model.named_modules() if name in names for p in mod.parameters()]
@@ -202,7 +206,7 @@ def run_study(
         changed = [name for name, digest in model_fingerprints(model).items() if start.get(name) != digest]
         if changed:
             raise RuntimeError(f"the model did not return to its start after end {end!r}: {changed[:3]}")
-        log_fn(f"[culnig] end {end!r}: {task_name} {target_before.accuracy:.3f} -> {t_after.accuracy:.3f}; "
+        log_fn(f"end {end!r}: {task_name} {target_before.accuracy:.3f} -> {t_after.accuracy:.3f}; "
                + ", ".join(f"{n} {sets_before[n].accuracy:.3f} -> {r.accuracy:.3f}" for n, r in sets_after.items()))
         ends.append({
             "end": end,
@@ -252,7 +256,7 @@ def _sample(items: list[MCItem], cap: int | None, seed: int) -> list[MCItem]:
     return [items[i] for i in keep]
 
 
-def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
     """Load the model, the neuron set, the task and the evaluation sets of ``cfg`` and run ``run_study``."""
     from .data import load_items
     from .data.tasks import load_task
@@ -288,14 +292,14 @@ def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = print) 
                                            cfg.max_test_items, seed)}
     if cfg.general:
         eval_sets["General knowledge"] = _sample(load_items(cfg.general, seed=seed), cfg.max_test_items, seed)
-    log_fn(f"[culnig] loading model {cfg.model!r}")
+    log_fn(f"loading model {cfg.model!r}")
     model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
     neurons.validate(model)
     fmt, notes = cfg.format, []
     if fmt == "auto":
         probe = load_items(cfg.data, split="neur", seed=seed)  # as the pipeline: the scoring half of the data
         fmt, why = choose_format(model, tokenizer, probe, cfg.settings.eval_batch_size, cfg.settings.progress)
-        log_fn(f"[culnig] {why}")
+        log_fn(f"{why}")
         notes.append(f"Format chosen automatically: {why}.")
     out = Path(cfg.out)
     atomic_write_text(out / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
@@ -309,9 +313,7 @@ def load_study_tasks(cfg: Any) -> tuple[list[MCItem], list[MCItem]]:
     model loads. ``cfg`` is the pipeline's ``RunConfig``."""
     from .data.tasks import load_task
 
-    settings = cfg.finetune
-    if not isinstance(settings, StudySettings):
-        raise TypeError(f"RunConfig.finetune must be a StudySettings or None, got {type(settings).__name__}")
+    settings = cfg.study_settings()
     settings.check()
     if cfg.finetune_task_test is None and ":" in cfg.finetune_task and not cfg.finetune_task.startswith("builtin:"):
         raise ValueError(f"--finetune-task {cfg.finetune_task!r} is a local file, which is one split: give the test "
@@ -324,12 +326,12 @@ def load_study_tasks(cfg: Any) -> tuple[list[MCItem], list[MCItem]]:
 
 def run_finetune_step(model, tokenizer, general: NeuronSet, cfg: Any, tasks: tuple[list[MCItem], list[MCItem]],
                       eval_sets: Mapping[str, Sequence[MCItem]], fmt: str, before: Mapping[str, EvalResult], *,
-                      log_fn: Callable[[str], None] = print) -> dict[str, Any]:
+                      log_fn: Callable[[str], None] = log.info) -> dict[str, Any]:
     """``culnig run --finetune``: the study on the run's culture-general neurons and evaluation sets, reusing the
     pipeline's un-inhibited results as "before", into ``RUN/finetune/``. ``tasks`` from ``load_study_tasks``."""
     train_items, target = tasks
     return run_study(model, tokenizer, general, train_items, target, eval_sets, fmt=fmt,
-                     out_dir=Path(cfg.out) / "finetune", settings=cfg.finetune, task_name=cfg.finetune_task,
+                     out_dir=Path(cfg.out) / "finetune", settings=cfg.study_settings(), task_name=cfg.finetune_task,
                      neurons_name="culture-general neurons of this run", before=before, log_fn=log_fn)
 
 

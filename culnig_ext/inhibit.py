@@ -28,6 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from . import moe
 from .sites import MLP, Site, decoder_layers, neuron_sites, parse_site_name
 
 MODES = ("zero", "scale")
@@ -99,6 +100,17 @@ class _ModuleHook:
         return output.index_copy(-1, index, scaled)
 
 
+class _ExpertHook:
+    """An MoE experts module's tap: per expert, fixed gate columns of its gate/up output, zeroed or scaled."""
+
+    def __init__(self, by_expert: dict[int, torch.Tensor], mode: str, factor: float | None) -> None:
+        self.hooks = {e: _ModuleHook(columns, mode, factor) for e, columns in by_expert.items()}
+
+    def __call__(self, expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> torch.Tensor | None:
+        hook = self.hooks.get(expert)
+        return None if hook is None else hook(None, (), gate_up)
+
+
 class Inhibition:
     """Hooks that inhibit neurons; a handle (``.remove()``) and a context manager (removes on exit).
 
@@ -137,6 +149,7 @@ class Inhibition:
             )
         self.indices: dict[str, torch.Tensor] = {}
         per_module: dict[int, tuple[nn.Module, list[torch.Tensor]]] = {}
+        experts: dict[int, tuple[nn.Module, dict[int, torch.Tensor]]] = {}
         for name, site in sites.items():  # model order
             if name not in wanted:
                 continue
@@ -149,14 +162,19 @@ class Inhibition:
                     f"site {name!r}: neuron index {int(bad[0])} outside [0, {site.width})"
                 )
             self.indices[name] = idx
+            if site.expert is not None:  # MoE expert: its gate columns inside that expert's gate/up output
+                experts.setdefault(id(site.module), (site.module, {}))[1][site.expert] = site.output_columns(idx)
+                continue
             entry = per_module.setdefault(id(site.module), (site.module, []))
-            entry[1].append(idx + site.start)
+            entry[1].append(site.output_columns(idx))
         if mode == "zero":
             self._check_gate_activation(model, [sites[n] for n in self.indices])
         try:
             for module, column_lists in per_module.values():
                 columns = torch.cat(column_lists)
                 self._handles.append(module.register_forward_hook(_ModuleHook(columns, mode, factor)))
+            for module, by_expert in experts.values():
+                self._handles.append(moe.tap(module, _ExpertHook(by_expert, mode, factor)))
         except BaseException:
             self.remove()
             raise
@@ -169,7 +187,8 @@ class Inhibition:
                 continue
             if layers is None:
                 layers = decoder_layers(model)
-            value = _activation_at_zero(layers[site.layer].mlp)
+            block = layers[site.layer]
+            value = _activation_at_zero(getattr(block, "mlp", block))
             if value is not None and value != 0.0:
                 warnings.warn(
                     f"{site.name}: the MLP activation gives act(0) = {value:g} != 0, so zeroing a gate neuron does "

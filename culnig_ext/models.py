@@ -97,13 +97,30 @@ def _dtype(dtype: torch.dtype | str) -> torch.dtype:
     return resolved
 
 
+def load_tokenizer(name: str = DEFAULT_MODEL):
+    """The tokenizer of a model (same names as ``load_model``), without loading its weights."""
+    from transformers import AutoTokenizer
+
+    path, kwargs, _ = resolve(name)
+    try:
+        return AutoTokenizer.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError, struct.error) as exc:
+        raise ValueError(f"cannot load the tokenizer of model {name!r}: {type(exc).__name__}: {exc}") from exc
+
+
+def auto_attn_implementation(config) -> str:
+    """``"eager"`` when the (text) config soft-caps attention logits (Gemma 2), else ``"sdpa"``."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return "eager" if getattr(text, "attn_logit_softcapping", None) else "sdpa"
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
     dtype: torch.dtype | str = torch.float32,
     device: str | None = None,
     device_map: str | dict | None = None,
-    attn_implementation: str | None = "sdpa",
+    attn_implementation: str | None = None,
 ):
     """Load ``(model, tokenizer)`` for scoring and evaluation (eval mode, weights frozen by the scorer itself).
 
@@ -112,15 +129,19 @@ def load_model(
         dtype: weights' dtype (``torch.float32``, ``torch.bfloat16`` ... or its name).
         device: put the whole model on this device (ignored when ``device_map`` is given).
         device_map: spread the model over devices (``"auto"`` or an accelerate map).
-        attn_implementation: ``"sdpa"`` (default), ``"eager"``, ``"flash_attention_2"`` ...; recorded in score tables.
+        attn_implementation: ``"sdpa"``, ``"eager"`` ...; None picks ``"eager"`` for models whose attention logits
+            are soft-capped (Gemma 2: sdpa would silently drop the cap and compute another model) and ``"sdpa"``
+            for every other model. Recorded in score tables.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = _dtype(dtype)
     path, kwargs, display = resolve(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         model_kwargs = dict(kwargs, dtype=dtype)
+        if attn_implementation is None:
+            attn_implementation = auto_attn_implementation(AutoConfig.from_pretrained(path, **kwargs))
         if attn_implementation:
             model_kwargs["attn_implementation"] = attn_implementation
         if device_map is not None:
@@ -146,3 +167,18 @@ def load_model(
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def parse_device_map(spec: str | dict | None) -> str | dict | None:
+    """A ``device_map`` option as ``load_model`` takes it: None, ``"auto"``, or a JSON object given as text."""
+    if spec is None or isinstance(spec, dict) or spec == "auto":
+        return spec
+    import json
+
+    try:
+        value = json.loads(spec)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r} ({exc.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"--device-map must be 'auto' or a JSON object, got {spec!r}")
+    return value

@@ -36,10 +36,16 @@ _TOP_KEYS = ("format", "method", "params", "model", "sources", "neurons")
 _NEURON_KEYS = ("site", "index", "score")
 
 
-def site_key(site: str) -> tuple[int, int]:
-    """Sort key of a site name: ``(layer, rank)`` with rank gate=0, q=1, k=2, v=3. Refuses a non-site name."""
+def site_key(site: str) -> tuple[int, ...]:
+    """Sort key of a site name: ``(layer, rank)`` with rank gate=0, q=1, k=2, v=3; a mixture-of-experts layer's
+    gates sort as ``(layer, 0, expert)``, its shared expert after them. Refuses a non-site name."""
     layer, _ = parse_site_name(site)
-    return layer, _PROJ_RANK[site.split(".", 2)[2]]
+    proj = site.split(".", 2)[2]
+    if proj.startswith("mlp.experts."):
+        return layer, 0, int(proj.split(".")[2])
+    if proj == "mlp.shared_expert.gate_proj":
+        return layer, 0, 1 << 30
+    return layer, _PROJ_RANK[proj]
 
 
 def site_widths(source: nn.Module | ScoreTable | Mapping[str, int]) -> dict[str, int]:
@@ -274,6 +280,24 @@ class NeuronSet:
         return NeuronSet([n for n in self._neurons if (n.site, n.index) not in other], **meta)
 
     # ------------------------------------------------------------------------------------------------- I/O
+    def to_pandas(self):
+        """Long DataFrame ``site | layer | kind | index | group | score``, one row per neuron (``culnig_ext.frames``)."""
+        from .frames import neurons_to_pandas
+
+        return neurons_to_pandas(self)
+
+    @classmethod
+    def from_pandas(cls, df, **meta: Any) -> "NeuronSet":
+        """A set from a DataFrame with ``site``, ``index`` (and ``score``) columns; metadata from ``df.attrs``."""
+        from .frames import neurons_from_pandas
+
+        return neurons_from_pandas(df, **meta)
+
+    def _repr_html_(self) -> str:
+        from .frames import neurons_html
+
+        return neurons_html(self)
+
     def to_json(self) -> dict[str, Any]:
         """The file's JSON object (see the module docstring)."""
         return {

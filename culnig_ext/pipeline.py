@@ -32,12 +32,14 @@ from . import select, stability
 from .analysis import kinship_matrix_encoded, layer_counts, positive_share
 from .atomic import atomic_write_text, partial_dir, publish_dir
 from .data import TokenizerError, encode, encode_choices, load_items, split_items
+from .data.countries import BLEND_COUNTRIES
 from .cloze_cache import evaluate_cloze_cached
 from .data.defaults import resolve as resolve_sources
 from .data.schema import MCItem
 from .evaluate import EvalResult, evaluate_encoded
 from .inhibit import inhibit
 from .neurons import NeuronSet
+from .options import option
 from .report import ReportResults, accuracy_row, with_holm, write_report
 from .verdict import from_results as verdict_from_results
 from .scorer import dataset_fingerprint, item_scores, score
@@ -69,47 +71,124 @@ class RunConfig:
         n_parts, n_boot: stability (``stability.py``): random parts of the scoring items (two halves of them are
             compared) and bootstrap resamples of the parts; n_boot=0 keeps only the split-half comparison.
         checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
+        protocol: ``ours`` or ``paper`` (``paper_config``: the paper's prompts, CountryRC items, dtype and random
+            baseline; see ``culnig_ext.data.protocols``). Stated in every report.
+        saq: a BLEnD folder: also evaluate its short-answer questions (English and local language, held-out topics)
+            by greedy generation, ``saq_max_per_country`` questions per country, ``saq_max_new_tokens`` tokens.
+        n_random_paper: random sets drawn the paper's way (uniform over all gate and q/k/v neurons pooled), shown
+            beside ours (``n_random``, same count per site); 0 = none.
     """
 
-    out: str = "culnig_runs/default"
-    model: str = "smollm2"
-    data: str = "auto"
-    crc: str = "auto"
-    crc_test: str = "auto"
-    general: str | None = "builtin:general"
-    format: str = "auto"
-    control: str = "empty"
-    normalize: str = "count"
-    contrast_general: bool = False
-    t_mlp: float = 0.01
-    t_attn: float = 0.002
-    r_mlp: float = 0.01
-    r_attn: float = 0.01
-    t_specific: float = 0.003
-    r_specific: float = 0.01
-    z_min: float = 0.5
-    n_random: int = 10
-    kinship: bool = True
-    instance_view: bool = True
-    max_test_items: int | None = 300
-    max_scoring_items: int | None = 400
-    max_per_question: int | None = 1
-    n_parts: int = 10
-    n_boot: int = 5
-    batch_size: int = 16
-    dtype: str = "float32"
-    device: str | None = None
-    seed: int = 0
-    progress: bool = True
-    device_map: Any = None
-    attn_implementation: str = "sdpa"
-    checkpoint: bool = True
-    checkpoint_every: int = 20
-    checkpoint_activations: bool = False
-    finetune: Any = None  # finetune_study.StudySettings: run the module study after the report (RUN/finetune/)
-    finetune_task: str = "builtin:qnli"
-    finetune_task_test: str | None = None
-    finetune_max_train_items: int | None = None
+    # One definition: each field is also ``culnig run``'s flag (``--name-with-dashes``) and a key of ``--config``
+    # files and of the config.json a run writes (culnig_ext.options). A new option is a new field here.
+    out: str = option("culnig_runs/default", "run folder; re-running into it resumes")
+    model: str = option("smollm2", "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
+    data: str = option("auto", "cultural item source (auto = BLEnD rebuilt from its raw annotations when a copy is "
+                       "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
+    crc: str = option("auto", "CountryRC scoring templates (auto = the real templates 0-24 when found)")
+    crc_test: str = option("auto", "CountryRC evaluation templates (auto = the real templates 25-49 when found)")
+    general: str | None = option("builtin:general", "non-cultural set evaluated for specificity ('' or none to skip)")
+    format: str = option("auto", "letter: the next token is the option letter; cloze: the option's text scored by "
+                         "likelihood; auto: letter when answered above chance", choices=("letter", "cloze", "auto"))
+    control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
+                          "question frame)", choices=("empty", "frame"))
+    normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
+    contrast_general: bool = option(False, "also subtract a general-ability table (half of --general; the other "
+                                    "half is evaluated)")
+    t_mlp: float = option(0.01, "top fraction of MLP gate neurons (the paper's)")
+    t_attn: float = option(0.002, "top fraction of q/k/v neurons (the paper's)")
+    r_mlp: float = option(0.01, "CountryRC removal fraction, MLP (the paper's)")
+    r_attn: float = option(0.01, "CountryRC removal fraction, q/k/v (the paper's)")
+    t_specific: float = option(0.003, "top fraction for culture-specific neurons (the paper's)")
+    r_specific: float = option(0.01, "CountryRC removal fraction for culture-specific neurons (the paper's)")
+    z_min: float = option(0.5, "minimum z-score of a culture-specific neuron (the paper's)")
+    n_random: int = option(10, "random neuron sets to compare against", flag="--random")
+    kinship: bool = option(True, "the kinship matrix")
+    instance_view: bool = option(True, "the per-item view of the general neurons (one more scoring pass)")
+    max_test_items: int | None = option(300, "cap per evaluation set (seeded sample; none = all)")
+    max_scoring_items: int | None = option(400, "cap on the cultural and CountryRC scoring items (seeded sample; "
+                                           "none = all)")
+    max_per_question: int | None = option(1, "items per (country, question) kept before sampling (none = all)")
+    n_parts: int = option(10, "random parts of the scoring items, for the stability table")
+    n_boot: int = option(5, "bootstrap resamples of the scoring items for the stability table")
+    batch_size: int = option(16, "items per forward/backward pass")
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device for the whole model, e.g. cuda:0 (default: cpu)")
+    seed: int = option(0, "seed of samples and random sets")
+    progress: bool = option(True, "progress bars")
+    device_map: str | None = option(None, "spread the model over devices: 'auto' or a JSON object (accelerate map)")
+    attn_implementation: str | None = option(None, "attention implementation (sdpa, eager, ...; default: eager for "
+                                             "soft-capped attention such as Gemma 2, else sdpa); recorded in tables")
+    checkpoint: bool = option(True, "checkpoint scoring next to each score table (RUN/scores/*.ckpt); an "
+                              "interrupted run resumes from it")
+    checkpoint_every: int = option(20, "batches between scoring checkpoints")
+    checkpoint_activations: bool = option(False, "recompute each decoder layer in the backward pass instead of "
+                                          "keeping its activations (long inputs: far less memory, ~1.3x the time; "
+                                          "same scores)")
+    finetune: bool = option(False, "after the report, run the module study on the culture-general neurons (see "
+                            "'culnig finetune'), into RUN/finetune/")
+    finetune_end: str = option("top,bottom,random", "the study's ends to train, each from the same start")
+    finetune_budget: float = option(0.10, "share of the decoder layers' parameters to train (the paper's)")
+    finetune_by: str = option("count", "rank blocks by neuron count (paper) or count per neuron of the block",
+                              choices=("count", "density"))
+    finetune_task: str = option("builtin:qnli", "target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH")
+    finetune_task_test: str | None = option(None, "target task's test items (needed for a local file)")
+    finetune_lora: bool = option(False, "LoRA (r=32, alpha=64) on the picked modules instead of full training")
+    finetune_epochs: int = option(1, "training epochs")
+    finetune_lr: float = option(3e-5, "constant AdamW learning rate (the paper's)")
+    finetune_train_batch_size: int = option(4, "training items per forward/backward")
+    finetune_grad_accum: int = option(4, "batches per optimizer step")
+    finetune_max_steps: int | None = option(None, "stop after this many optimizer steps (none = the epochs)")
+    finetune_max_train_items: int | None = option(None, "seeded sample of the training items (none = all)")
+
+    protocol: str = option("ours", "ours, or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
+                           "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question), no item caps and its "
+                           "pooled random baseline beside ours (see PAPER_PRESET)", choices=("ours", "paper"))
+    n_random_paper: int = option(0, "random sets drawn the paper's way, uniform over all gate and q/k/v neurons pooled "
+                                 "(paper protocol: 10)", flag="--paper-random")
+    saq: str | None = option(None, "a BLEnD folder: also evaluate its short-answer questions in English and the "
+                             "local languages (greedy generation)")
+    saq_max_per_country: int | None = option(5, "short-answer questions per country (none = all)")
+    saq_max_new_tokens: int = option(48, "generated tokens per short answer")
+
+    def study_settings(self):
+        """The module study's ``StudySettings`` from the ``finetune_*`` options (None without ``finetune``)."""
+        if not self.finetune:
+            return None
+        from .finetune_study import StudySettings
+
+        ends = tuple(e.strip() for e in self.finetune_end.split(",") if e.strip())
+        return StudySettings(ends=ends, budget=self.finetune_budget, by=self.finetune_by, lora=self.finetune_lora,
+                             epochs=self.finetune_epochs, lr=self.finetune_lr,
+                             batch_size=self.finetune_train_batch_size, grad_accum=self.finetune_grad_accum,
+                             max_steps=self.finetune_max_steps, seed=self.seed, eval_batch_size=self.batch_size,
+                             progress=self.progress)
+
+
+#: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
+PAPER_PRESET: dict[str, Any] = dict(
+    protocol="paper", crc="paper:countryrc", crc_test="paper:countryrc", format="letter", dtype="bfloat16",
+    n_random_paper=10, max_per_question=5, max_scoring_items=None, max_test_items=None,
+)
+
+
+def paper_config(**overrides: Any) -> RunConfig:
+    """A ``RunConfig`` with the paper's protocol (``PAPER_PRESET``); ``overrides`` win over the preset."""
+    return RunConfig(**{**PAPER_PRESET, **overrides})
+
+
+def run_preset(explicit: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a run's explicitly given options (config file and flags) select: ``PAPER_PRESET`` for
+    ``protocol: paper``, else none. Explicit options win over the preset (``culnig_ext.options.build``)."""
+    return dict(PAPER_PRESET) if explicit.get("protocol") == "paper" else {}
+
+
+def attn_implementation(cfg: RunConfig) -> str | None:
+    """The attention implementation to load with: the option when given; the paper runs Gemma models with eager
+    attention; otherwise None (``load_model`` picks eager for soft-capped attention such as Gemma 2, else SDPA)."""
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    return "eager" if cfg.protocol == "paper" and "gemma" in str(cfg.model).lower() else None
 
 
 @dataclass
@@ -168,12 +247,11 @@ def score_cached(
         wanted["dataset_fingerprint"] = dataset_fingerprint(checked)
         diff = mismatch(table.metadata, wanted, ("dataset_fingerprint",) + FIELDS)
         if diff is None:
-            log.info("reusing %s (same items and provenance)", path)
-            print(f"[culnig] {desc}: reusing {path}")
+            log.info("%s: reusing %s (same items and provenance)", desc, path)
             return table
         field_name, was, now = diff
-        print(f"[culnig] {desc}: {path} was scored with {field_name}={was!r}, this run has {now!r}: recomputing")
-    print(f"[culnig] {desc}: scoring {len(checked)} items")
+        log.info("%s: %s was scored with %s=%r, this run has %r: recomputing", desc, path, field_name, was, now)
+    log.info("%s: scoring %d items", desc, len(checked))
     ckpt = Path(str(path) + ".ckpt") if checkpoint else None
     table = score(model, checked, batch_size=batch_size, clamp_min=clamp_min, progress=progress,
                   provenance=provenance, checkpoint=ckpt, checkpoint_every=checkpoint_every, keep_checkpoint=True,
@@ -218,10 +296,27 @@ def evaluate_conditions(
             results[set_name][cond.name] = res
             if staging is not None:
                 res.save(staging / f"{slug(set_name)}__{slug(cond.name)}.json")
-            print(f"[culnig] eval {set_name:<28} {cond.name:<12} accuracy {res.accuracy:.3f}")
+            log.info("eval %-28s %-12s accuracy %.3f", set_name, cond.name, res.accuracy)
     if staging is not None:
         publish_dir(staging, save_dir)
     return results
+
+
+def accuracy_rows(set_name: str, by_cond: dict[str, EvalResult], inhibited: str, *, cultural: bool,
+                  seed: int) -> list:
+    """Report rows of one evaluation set: against our random sets (conditions ``random*``) and, when there are
+    any, against the paper's pooled ones (``paper_random*``), each labelled when both are there."""
+    randoms = [r for c, r in by_cond.items() if c.startswith("random")]
+    paper = [r for c, r in by_cond.items() if c.startswith("paper_random")]
+    both = bool(randoms) and bool(paper)
+    rows = []
+    if randoms or not paper:
+        rows.append(accuracy_row(set_name + (" [random: ours, per site]" if both else ""), by_cond["original"],
+                                 by_cond.get(inhibited, by_cond["original"]), randoms, cultural=cultural, seed=seed))
+    if paper:
+        rows.append(accuracy_row(set_name + " [random: paper's, pooled]", by_cond["original"],
+                                 by_cond.get(inhibited, by_cond["original"]), paper, cultural=cultural, seed=seed))
+    return rows
 
 
 def slug(text: str) -> str:
@@ -264,9 +359,9 @@ def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers
     return "\n".join(lines) + "\n"
 
 
-def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> RunOutputs:
+def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = log.info) -> RunOutputs:
     """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
-    from .models import load_model
+    from .models import load_model, parse_device_map
     from .preflight import check_run
 
     timings: dict[str, float] = {}
@@ -276,16 +371,23 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
 
     # data ------------------------------------------------------------------------------------------------
     sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
-    log_fn(f"[culnig] data: {sources.note or 'as given'}")
     per_q = dict(max_per_question=cfg.max_per_question)
     neur_items = _sample(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
                          cfg.seed)
     test_items = _sample(load_items(sources.data, split="test", seed=cfg.seed, **per_q), cfg.max_test_items,
                          cfg.seed)
-    # CountryRC only for the groups of the cultural set: its top neurons are removed per group.
+    # CountryRC only for the groups of the cultural set: its top neurons are removed per group. The paper's
+    # protocol scores its own 8 countries on the first half of the templates and evaluates on all of them.
     groups = list(dict.fromkeys(it.group for it in neur_items))
-    crc_items = _sample(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
-    crc_test = _sample(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
+    if cfg.protocol == "paper":
+        crc_split = "neur" if sources.crc.startswith("paper:") else "all"
+        crc_items = _sample(load_items(sources.crc, seed=cfg.seed, split=crc_split), cfg.max_scoring_items, cfg.seed)
+        crc_test = _sample(load_items(sources.crc_test, seed=cfg.seed), cfg.max_test_items, cfg.seed)
+    else:
+        crc_items = _sample(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items,
+                            cfg.seed)
+        crc_test = _sample(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items,
+                           cfg.seed)
     general_eval: list[MCItem] = []
     general_contrast: list[MCItem] = []
     if cfg.general:
@@ -296,25 +398,27 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
             general_eval = general_items
         general_eval = _sample(general_eval, cfg.max_test_items, cfg.seed)
     study_tasks = None
-    if cfg.finetune is not None:  # the study's settings and task, read before the model like the rest
+    if cfg.finetune:  # the study's settings and task, read before the model like the rest
         from .finetune_study import load_study_tasks
 
         study_tasks = load_study_tasks(cfg)
-    log_fn(f"[culnig] data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
+    log_fn(f"data: {sources.note or 'as given'}")  # after the data read cleanly: an error stays the only line
+    log_fn(f"data: {len(neur_items)} scoring items, {len(test_items)} test items, {len(crc_items)} "
            f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
 
     # model -----------------------------------------------------------------------------------------------
-    log_fn(f"[culnig] loading model {cfg.model!r}")
-    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map,
-                                  attn_implementation=cfg.attn_implementation)
+    log_fn(f"loading model {cfg.model!r}")
+    model, tokenizer = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device,
+                                  device_map=parse_device_map(cfg.device_map),
+                                  attn_implementation=attn_implementation(cfg))
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = [f"Data: {sources.note}."] if sources.note else []
     fmt = cfg.format
     if fmt == "auto":
         fmt, why = choose_format(model, tokenizer, neur_items, cfg.batch_size, cfg.progress)
-        log_fn(f"[culnig] {why}")
+        log_fn(f"{why}")
         notes.append(f"Format chosen automatically: {why}.")
 
     # score -----------------------------------------------------------------------------------------------
@@ -359,11 +463,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                              seed=cfg.seed)
     timings["stability"] = time.perf_counter() - t
     if stab.warning:
-        log_fn(f"[culnig] warning: {stab.warning}")
+        log_fn(f"warning: {stab.warning}")
     specific: dict[str, NeuronSet] = {}
     for group in neur.groups:
         if crc is not None and group not in crc.groups:
-            log_fn(f"[culnig] no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
+            log_fn(f"no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
         # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
         # group is divided by its own summed P, so groups answered with different confidence compare fairly.
         ns = select.specific(neur, ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
@@ -379,7 +483,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         summary += instance_view(general, positive_share(per_item), len(neur_items))
         timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
-    log_fn(f"[culnig] {len(general)} culture-general neurons; specific: "
+    log_fn(f"{len(general)} culture-general neurons; specific: "
            + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
 
     # inhibit and evaluate ---------------------------------------------------------------------------------
@@ -387,6 +491,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     conditions = [Condition("original", None), Condition("general", general)]
     conditions += [Condition(f"random{i}", select.random_like(general, model, seed=cfg.seed + i, match="site"))
                    for i in range(cfg.n_random)]
+    conditions += [Condition(f"paper_random{i}", select.random_like(general, model, seed=cfg.seed + i, match="none"))
+                   for i in range(cfg.n_random_paper)]
     eval_sets = {"Cultural test (BLEnD-style)": test_items, "CountryRC test": crc_test}
     if general_eval:
         eval_sets["General knowledge"] = general_eval
@@ -395,13 +501,30 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
     rows = []
     cultural = {name: name != "General knowledge" for name in results}
     for set_name, by_cond in results.items():
-        randoms = [by_cond[c.name] for c in conditions if c.name.startswith("random")]
-        rows.append(accuracy_row(set_name, by_cond["original"], by_cond["general"], randoms,
-                                 cultural=cultural[set_name], seed=cfg.seed))
+        rows += accuracy_rows(set_name, by_cond, "general", cultural=cultural[set_name], seed=cfg.seed)
+    if cfg.saq:
+        from .data.saq import load_saq
+        from .saq_eval import evaluate_saq, saq_rows
+
+        t_saq = time.perf_counter()
+        saq_groups = [g for g in groups if g in BLEND_COUNTRIES]
+        saq_items = load_saq(cfg.saq, countries=saq_groups, split="test", max_per_country=cfg.saq_max_per_country,
+                             seed=cfg.seed)
+        log_fn(f"short answers: {len(saq_items)} items ({len(saq_groups)} countries, English and local)")
+        saq_results = evaluate_saq(model, tokenizer, saq_items, [c for c in conditions if not c.name.startswith(
+            "paper_random")], max_new_tokens=cfg.saq_max_new_tokens, batch_size=cfg.batch_size,
+            progress=cfg.progress)
+        rows += saq_rows(saq_results, "general", seed=cfg.seed)
+        atomic_write_text(run_dir / "saq_responses.json", json.dumps(
+            {c: [asdict(r) for r in res.records] for c, res in saq_results.items()}, ensure_ascii=False, indent=1))
+        notes.append(f"Short answers: greedy generation, at most {cfg.saq_max_new_tokens} new tokens, scored by "
+                     "lemma match against the annotators' answers (culnig_ext/data/saq.py); responses in "
+                     "saq_responses.json.")
+        timings["saq"] = time.perf_counter() - t_saq
     rows = with_holm(rows)
     verdict = verdict_from_results(results, cultural, inhibited="general", seed=cfg.seed)
     if verdict is not None:
-        log_fn(f"[culnig] specificity verdict: {verdict.label}: {verdict.reason}")
+        log_fn(f"specificity verdict: {verdict.label}: {verdict.reason}")
     timings["evaluate"] = time.perf_counter() - t
 
     kin = None
@@ -420,6 +543,16 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
                  f"{cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons.")
     notes.append(f"Random baselines: {cfg.n_random} sets with the same number of neurons per site (seeds "
                  f"{cfg.seed}..{cfg.seed + cfg.n_random - 1}); p: paired bootstrap over items, one-sided.")
+    if cfg.n_random_paper:
+        from .data.protocols import paper_random_note
+
+        notes.append(paper_random_note(cfg.n_random_paper, cfg.seed) + " Drawn with torch's generator, so the sets "
+                     "differ from the paper's Python-random draws; the distribution they come from is the same.")
+    if cfg.protocol == "paper":
+        notes.append("Protocol: the paper's (ynklab/CULNIG): CountryRC over its 8 countries x 4 instruction variants "
+                     "(scored on the first half of the templates, evaluated on all of them, as its eval script does), "
+                     "accuracy averaged over the variants, letter/number answer labels, "
+                     f"dtype {cfg.dtype}, attention {attn_implementation(cfg)}.")
     timings["total"] = time.perf_counter() - t0
     results_obj = ReportResults(
         title=f"CULNIG run: {model.config._name_or_path}",
@@ -432,11 +565,11 @@ def run_pipeline(cfg: RunConfig, *, log_fn: Callable[[str], None] = print) -> Ru
         notes=notes,
         verdict=verdict.to_dict() if verdict is not None else None,
         sections=[{"title": "Stability of the culture-general neurons", "markdown": stab.to_markdown()}],
-        metadata={"format": fmt, "data": sources.data, "seconds": f"{timings['total']:.0f}",
+        metadata={"protocol": cfg.protocol, "format": fmt, "data": sources.data, "seconds": f"{timings['total']:.0f}",
                   **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     report = write_report(run_dir, results_obj)
-    if cfg.finetune is not None:
+    if cfg.finetune:
         from .finetune_study import run_finetune_step
 
         t = time.perf_counter()

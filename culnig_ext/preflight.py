@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -333,6 +333,7 @@ class EvaluateInputs:
 
     sets: dict[str, list[MCItem]]
     neurons: NeuronSet | None
+    lm_eval_tasks: list[str] = field(default_factory=list)
 
 
 def check_evaluate(opts: Any) -> EvaluateInputs:
@@ -340,6 +341,20 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
     non_negative_int("--random", opts.random)
     if opts.random and not opts.inhibit:
         raise ValueError("--random needs --inhibit (random sets are drawn like the inhibited set)")
+    non_negative_int("--paper-random", getattr(opts, "paper_random", 0))
+    if getattr(opts, "paper_random", 0) and not opts.inhibit:
+        raise ValueError("--paper-random needs --inhibit (random sets are drawn as large as the inhibited set)")
+    tasks = [t.strip() for t in (getattr(opts, "lm_eval", None) or "").split(",") if t.strip()]
+    if not opts.data and not tasks:
+        raise ValueError("give --data (an item source) and/or --lm-eval TASKS")
+    if getattr(opts, "lm_eval_limit", None) is not None:
+        positive_int("--lm-eval-limit", opts.lm_eval_limit)
+    if getattr(opts, "lm_eval_include", None) and not Path(opts.lm_eval_include).is_dir():
+        raise FileNotFoundError(f"--lm-eval-include {opts.lm_eval_include}: folder not found")
+    if tasks:
+        from .lmeval import check_tasks
+
+        check_tasks(tasks, getattr(opts, "lm_eval_include", None))
     sets = {source: items(source, split=opts.split, seed=opts.seed) for source in opts.data}
     neurons = neuron_set(opts.inhibit) if opts.inhibit else None
     layout = _model_options(opts)
@@ -353,7 +368,7 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
     out = output_dir(opts.out, files=(RESULTS_FILE, REPORT_FILE))
     if (out / "eval").exists() and not (out / "eval").is_dir():
         raise ValueError(f"--out {out}: {out / 'eval'} is a file; it must be the folder of evaluation records")
-    return EvaluateInputs(sets, neurons)
+    return EvaluateInputs(sets, neurons, tasks)
 
 
 def check_report(opts: Any):
@@ -372,6 +387,70 @@ def check_report(opts: Any):
 RUN_TABLES = ("neur_parts", "ctrl_parts", "neur", "ctrl", "crc", "general")
 
 
+def protocol(name: Any) -> str:
+    """``--protocol``: ``ours`` or ``paper``."""
+    from .data.protocols import PROTOCOLS
+
+    if name not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    return name
+
+
+def check_prompts(opts: Any) -> list[MCItem]:
+    """``culnig prompts``: protocol, format, output file, items (returned), model (checked, weights not loaded)."""
+    from .model_inputs import paper_source
+
+    protocol(opts.protocol)
+    if opts.protocol == "paper" and opts.format == "cloze":
+        raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
+    output_file(opts.out)
+    source = paper_source(opts.data) if opts.protocol == "paper" else opts.data
+    loaded = items(source, split=opts.split, seed=opts.seed)
+    model_layout(opts.model)  # the same checks as the commands that load weights (no weights read here)
+    return loaded
+
+
+@dataclass
+class OverlapInputs:
+    """The neuron sets of ``culnig overlap`` by name, and their evaluation sets (by the same names) when given."""
+
+    sets: dict[str, NeuronSet]
+    eval_sets: dict[str, list[MCItem]] | None
+
+
+def check_overlap(opts: Any) -> OverlapInputs:
+    """``culnig overlap``: neuron sets (parsed; at least 2), evaluation sources (one per set), model, output."""
+    from .overlap import OVERLAP_JSON, OVERLAP_MD, OVERLAP_PNG, set_name
+
+    if len(opts.sets) < 2:
+        raise ValueError(f"give at least 2 neuron sets to compare, got {len(opts.sets)}")
+    sets: dict[str, NeuronSet] = {}
+    for path in opts.sets:
+        sets[set_name(path, list(sets))] = neuron_set(path, "neuron set")
+    eval_sets = None
+    if opts.eval:
+        if len(opts.eval) != len(opts.sets):
+            raise ValueError(f"--eval: give one evaluation source per neuron set ({len(opts.sets)}), "
+                             f"got {len(opts.eval)}")
+        protocol(opts.protocol)
+        eval_sets = {}
+        for name, source in zip(sets, opts.eval):
+            if opts.protocol == "paper":
+                from .model_inputs import paper_source
+
+                source = paper_source(source)
+            eval_sets[name] = items(source, "--eval", split=opts.split, seed=opts.seed)
+        layout = _model_options(opts)
+        if layout is not None:
+            for (name, ns), path in zip(sets.items(), opts.sets):
+                try:
+                    ns.validate(layout)
+                except ValueError as exc:
+                    raise ValueError(f"{path}: {exc} (model {opts.model})") from None
+    output_dir(opts.out, files=(OVERLAP_JSON, OVERLAP_MD, OVERLAP_PNG))
+    return OverlapInputs(sets, eval_sets)
+
+
 def check_run(cfg: Any) -> None:
     """``culnig run`` / ``run_pipeline``: every number, the model, the run folder and the score tables already in it
     (they are reused). The data sources are read by ``run_pipeline`` itself, before the model and before anything is
@@ -380,6 +459,16 @@ def check_run(cfg: Any) -> None:
         fraction("--" + name.replace("_", "-"), getattr(cfg, name))
     finite("--z-min", cfg.z_min, optional=True)
     non_negative_int("--random", cfg.n_random)
+    non_negative_int("--paper-random", getattr(cfg, "n_random_paper", 0))
+    protocol(getattr(cfg, "protocol", "ours"))
+    if getattr(cfg, "saq", None):
+        if not Path(cfg.saq, "annotations").is_dir() or not Path(cfg.saq, "prompts").is_dir():
+            raise ValueError(f"--saq {cfg.saq}: not a BLEnD folder (needs annotations/, questions/ and prompts/)")
+        if cfg.saq_max_per_country is not None:
+            positive_int("--saq-max-per-country", cfg.saq_max_per_country)
+        positive_int("--saq-max-new-tokens", cfg.saq_max_new_tokens)
+    if getattr(cfg, "protocol", "ours") == "paper" and cfg.format == "cloze":
+        raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
     if cfg.max_test_items is not None:
         positive_int("--max-test-items", cfg.max_test_items)
     if getattr(cfg, "max_scoring_items", None) is not None:
@@ -435,8 +524,9 @@ def error_line(command: str, exc: BaseException) -> str:
 
 
 __all__ = [
-    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_report", "check_run", "check_sweep",
-    "check_merge", "check_score", "device", "error_line", "finite", "fraction", "items", "model_layout", "neuron_set",
+    "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_merge", "check_overlap",
+    "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
+    "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",
 ]

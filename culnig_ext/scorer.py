@@ -34,7 +34,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as distributed_mod
-from . import checkpointing, ops, ops_reference, streaming
+from . import checkpointing, moe, ops, ops_reference, streaming
 from .batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from .checkpoint import CheckpointError, Checkpointer, rank_path, this_rank_path
 from .items import ItemError, ScoreItem, as_score_items, group_names
@@ -44,6 +44,7 @@ from .streaming import dataset_fingerprint  # re-exported: pipeline reuse compar
 
 __all__ = ["score", "item_scores", "dataset_fingerprint", "table_provenance", "remove_checkpoint"]
 from .table import ScoreTable
+from .wrapped import check_differentiable
 
 ItemLike = ScoreItem | Mapping[str, Any]
 log = logging.getLogger("culnig")
@@ -153,6 +154,7 @@ class BatchState:
     rows: torch.Tensor | None = None  # [g] int64, the distinct group rows of the batch
     token_index: torch.Tensor | None = None  # [B, T] int32
     token_count: torch.Tensor | None = None  # [B] int32
+    batch_rows: torch.Tensor | None = None  # [B'] int64: for a sub-batch (MoE expert), its rows in the whole batch
     _cache: dict = field(default_factory=dict)
 
     @classmethod
@@ -164,6 +166,21 @@ class BatchState:
         ops_reference.check_group_range("culnig.score", group.cpu(), n_groups)
         return cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
                    token_count=count)
+
+    def subset(self, rows: torch.Tensor, token_mask: torch.Tensor) -> "BatchState":
+        """The state of the batch rows ``rows [B'] int64`` with another ``token_mask [B', T]`` (an MoE expert's
+        routed tokens; every row has one), its token list built on the host."""
+        rows_cpu = rows.cpu()
+        index, count = ops.token_list(token_mask.detach().to("cpu", torch.bool))
+        return BatchState(
+            token_mask=token_mask,
+            group=self.group[rows_cpu.to(self.group.device)],
+            weight=None if self.weight is None else self.weight[rows.to(self.weight.device)],
+            rows=torch.unique(self.group[rows_cpu.to(self.group.device)]),
+            token_index=index,
+            token_count=count,
+            batch_rows=rows_cpu,
+        )
 
     def on(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, device)
@@ -189,11 +206,16 @@ class _Hooks:
         for site in sites:
             by_module.setdefault(id(site.module), []).append(site)
             modules[id(site.module)] = site.module
+        paths = {id(m): name for name, m in model.named_modules()}
         try:
             embedding = model.get_input_embeddings()
             self.handles.append(embedding.register_forward_hook(self._embedding_hook))
             for key, module in modules.items():
-                self.handles.append(module.register_forward_hook(self._site_hook(by_module[key], on_grad)))
+                if by_module[key][0].expert is not None:
+                    self.handles.append(moe.tap(module, self._expert_tap(by_module[key], on_grad)))
+                else:
+                    hook = self._site_hook(by_module[key], on_grad, paths.get(key, type(module).__name__))
+                    self.handles.append(module.register_forward_hook(hook))
         except BaseException:
             self.close()
             raise
@@ -204,7 +226,41 @@ class _Hooks:
         self.embeds = leaf
         return leaf
 
-    def _site_hook(self, sites: list[Site], on_grad: GradCallback):
+    def _expert_tap(self, sites: list[Site], on_grad: GradCallback):
+        """An MoE experts module: each expert's gate neurons, attributed only on the tokens routed to it (an item
+        none of whose tokens reach the expert adds nothing to that expert's scores)."""
+        by_expert = {site.expert: site for site in sites}
+
+        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> None:
+            site = by_expert.get(expert)
+            if site is None or not gate_up.requires_grad:
+                return None
+            if checkpointing.phase() != "plain":
+                raise RuntimeError(f"{site.name}: mixture-of-experts sites cannot be scored with "
+                                   "checkpoint_activations=True")
+            act, tokens = gate_up.detach(), token_idx.detach()
+
+            def grad_hook(grad: torch.Tensor) -> None:
+                state = self.state
+                b, t = state.token_mask.shape
+                if int(tokens.max()) >= b * t:
+                    raise RuntimeError(f"{site.name}: the experts' input rows are not the batch's B * T tokens")
+                routed = torch.zeros(b * t, dtype=torch.bool, device=act.device)
+                routed[tokens] = True
+                mask = routed.view(b, t) & state.on("token_mask", act.device)
+                rows = mask.any(1).nonzero().squeeze(1)
+                if rows.numel() == 0:
+                    return
+                dense_act = moe.scatter_rows(site.view(act), tokens, b, t)[rows]
+                dense_grad = moe.scatter_rows(site.view(grad), tokens, b, t)[rows]
+                on_grad(site, dense_act, dense_grad, state.subset(rows, mask[rows]))
+
+            gate_up.register_hook(grad_hook)
+            return None
+
+        return expert_tap
+
+    def _site_hook(self, sites: list[Site], on_grad: GradCallback, path: str):
         key = object()  # this module's slot for its recomputed activation (activation checkpointing)
 
         def hook(module, args, output):
@@ -213,6 +269,12 @@ class _Hooks:
                 # forward pass takes this activation; no second gradient hook (exactly one attribution).
                 self.recomputed[key] = output.detach()
                 return None
+            if not isinstance(output, torch.Tensor) or (not output.requires_grad and checkpointing.phase() == "plain"):
+                raise RuntimeError(
+                    f"site {sites[0].name}: module {path} ({type(module).__name__}) returned "
+                    f"{'an output with no gradient path' if isinstance(output, torch.Tensor) else type(output).__name__}"
+                    "; its neurons cannot be attributed (a quantised layer without a backward?)"
+                )
             if not output.requires_grad:
                 return None
             # In a checkpointed layer's forward pass the activation is not held until the backward pass.
@@ -223,9 +285,12 @@ class _Hooks:
                 if act is None:
                     raise RuntimeError("activation checkpointing: a site's gradient arrived before its layer was "
                                        "recomputed; this model cannot be scored with checkpoint_activations=True")
-                # One hook per module output: fused projections are sliced here, with no copy.
+                # One hook per module output: fused projections are sliced here, with no copy. OPT feeds its MLP
+                # the flattened [B * T, H] tokens: its fc1 output is seen as [B, T, N] again.
+                shape = (*self.state.token_mask.shape, -1)
+                a, g = (act, grad) if act.dim() == 3 else (act.reshape(shape), grad.reshape(shape))
                 for site in sites:
-                    on_grad(site, site.view(act), site.view(grad), self.state)
+                    on_grad(site, site.view(a), site.view(g), self.state)
 
             output.register_hook(grad_hook)
             return None
@@ -309,6 +374,7 @@ def _run(
     keep_kw = takes_logits_to_keep(model)
     bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     with frozen(model):
+        check_differentiable(model, sites)
         hooks = _Hooks(model, sites, on_grad)
         try:
             for batch in make_batches(items, group_rows, batch_size, device, pad_id(model)):
@@ -556,6 +622,7 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
     tokens, started = 0, time.perf_counter()
     layers = checkpointing.checkpointed_layers(model) if checkpoint_activations else nullcontext()
     with frozen(model), layers:
+        check_differentiable(model, chosen)
         hooks = _Hooks(model, chosen, on_grad)
         source = streaming.background(windows())
         try:
@@ -665,7 +732,7 @@ def item_scores(
     def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
         out_cols, idx = columns[site.name]
         maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device), *state.tokens_on(act.device))
-        rows = current["rows"]
+        rows = current["rows"] if state.batch_rows is None else current["rows"][state.batch_rows]
         result[rows.unsqueeze(1), out_cols.unsqueeze(0)] = maxima[:, idx.to(maxima.device)].float().cpu()
 
     def on_probs(batch: Batch, probs: torch.Tensor) -> None:

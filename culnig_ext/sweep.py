@@ -22,6 +22,8 @@ evaluation goes (the split-discipline test spies on it).
 """
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import time
@@ -40,6 +42,8 @@ from .inhibit import inhibit
 from .neurons import NeuronSet
 from .report import ReportResults, accuracy_row, with_holm, write_report
 from .verdict import from_results as verdict_from_results
+
+log = logging.getLogger("culnig")
 
 CULTURAL_VAL = "Cultural validation (BLEnD-style)"
 GENERAL_VAL = "General knowledge validation"
@@ -163,7 +167,7 @@ def choose(
         rows.append(GridRow(setting, len(ns), res[CULTURAL_VAL].accuracy, res[GENERAL_VAL].accuracy,
                             _rel_drop(base[CULTURAL_VAL], res[CULTURAL_VAL]),
                             _rel_drop(base[GENERAL_VAL], res[GENERAL_VAL])))
-        print(f"[culnig] sweep {setting.name}: {len(ns)} neurons, validation gap {rows[-1].gap:+.3f}")
+        log.info(f"sweep {setting.name}: {len(ns)} neurons, validation gap {rows[-1].gap:+.3f}")
     best = max(range(len(rows)), key=lambda i: (rows[i].gap if rows[i].gap == rows[i].gap else float("-inf"), -i))
     return rows[best].setting, rows
 
@@ -224,7 +228,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
              "test": [it.id for it in test_items], "general_contrast": [it.id for it in gen_contrast],
              "general_validation": [it.id for it in gen_val], "general_test": [it.id for it in gen_test],
              "countryrc_test": [it.id for it in crc_test]}
-    print(f"[culnig] sweep data: {sources.note or sources.data}; {len(neur_items)} scoring, {len(val_items)} "
+    log.info(f"sweep data: {sources.note or sources.data}; {len(neur_items)} scoring, {len(val_items)} "
           f"validation, {len(test_items)} test cultural items; non-cultural {len(gen_contrast)} contrast / "
           f"{len(gen_val)} validation / {len(gen_test)} test; {len(crc_test)} CountryRC test items")
 
@@ -266,7 +270,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
     t = time.perf_counter()
     chosen, rows = choose(grid(cfg), identify, evaluate_val)
     timings["validation"] = time.perf_counter() - t
-    print(f"[culnig] sweep chose {chosen.name} on validation data; evaluating it on the test split")
+    log.info(f"sweep chose {chosen.name} on validation data; evaluating it on the test split")
 
     # test: only now, only the chosen setting ------------------------------------------------------------------
     t = time.perf_counter()

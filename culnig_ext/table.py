@@ -129,6 +129,31 @@ class ScoreTable:
             return torch.ones(len(self.groups), dtype=torch.float64)
         raise ValueError(f"unknown normalisation {by!r}; expected 'count', 'prob' or 'none'")
 
+    # ------------------------------------------------------------------------------------------ as data
+    def to_pandas(self, normalize: str | None = None):
+        """Long DataFrame ``site | layer | kind | index | group | score`` (see ``culnig_ext.frames``)."""
+        from .frames import table_to_pandas
+
+        return table_to_pandas(self, normalize)
+
+    @classmethod
+    def from_pandas(cls, df) -> "ScoreTable":
+        """The table ``to_pandas()`` (sums) was made from."""
+        from .frames import table_from_pandas
+
+        return table_from_pandas(df)
+
+    def to_xarray(self, normalize: str | None = None):
+        """``xarray.Dataset``, one variable per site over ``(group, <site>/index)`` (needs xarray)."""
+        from .frames import table_to_xarray
+
+        return table_to_xarray(self, normalize)
+
+    def _repr_html_(self) -> str:
+        from .frames import table_html
+
+        return table_html(self)
+
     # ------------------------------------------------------------------------------------------- combining
     @staticmethod
     def merge(tables: Iterable["ScoreTable"], names: Sequence[str] | None = None) -> "ScoreTable":

@@ -36,6 +36,7 @@ def no_model_loading(monkeypatch):
         raise ModelLoaded(f"load_model{args} was called")
 
     monkeypatch.setattr(models, "load_model", refuse)
+    monkeypatch.setattr(models, "load_tokenizer", refuse)  # culnig prompts loads only the tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -121,12 +122,17 @@ COMMANDS = {
                         "--random {count} --batch-size {batch} --out {out_dir}"),
     "report": Command("report {run_dir}"),
     "merge": Command("merge {table} {ctrl} --out {out_file}"),
+    "overlap": Command("overlap {neurons} {neurons} --model {model} --eval {items} --eval {items} --split all --format cloze "
+                       "--batch-size {batch} --out {out_dir}"),
+    "prompts": Command("prompts --model {model} --data {items} --format cloze --out {out_file}"),
     "run": Command("run --model {model} --data {items} --format cloze --t-mlp {fraction} --random {count} "
                    "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
     "sweep": Command("sweep --model {model} --data {items} --format cloze --random {count} --batch-size {batch} "
                      "--out {out_dir}", good=(("items", "builtin:cultural"),)),
     "finetune": Command("finetune --model {model} --neurons {neurons} --format cloze --budget 0.3 "
                         "--batch-size {batch} --out {out_dir}"),
+    "compare": Command("compare --model {model} --data {items} --format cloze --top-rate {fraction} --random {count} "
+                       "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
 }
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a

@@ -78,7 +78,11 @@ HELP_OPTIONS = {
     ("sweep",): ["--out", "--model", "--data", "--crc", "--crc-test", "--general", "--format", "--normalize",
                  "--control", "--contrast-general", "--scale", "--random", "--max-scoring-items", "--max-val-items",
                  "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
-    (): ["score", "identify", "evaluate", "report", "run", "sweep", "--version"],
+
+    ("compare",): ["--out", "--model", "--data", "--crc", "--format", "--control", "--t-specific", "--r-specific",
+                   "--z-min", "--top-rate", "--filter-rate", "--activation-bar-ratio", "--random", "--max-items",
+                   "--max-test-items", "--batch-size", "--dtype", "--device", "--seed", "--no-progress"],
+    (): ["score", "identify", "evaluate", "report", "run", "sweep", "compare", "--version"],
 }
 
 
@@ -98,6 +102,19 @@ def test_identify_without_general_or_specific(tmp_path, capsys):
     table.save(tmp_path / "n.safetensors")
     assert cli.main(["identify"]) == 1
     assert "say which: 'culnig identify general ...' or 'culnig identify specific ...'" in error_line(capsys, "identify")
+
+
+def test_json_output_and_log_level_on_every_command(tmp_path, capsys):
+    """--json puts one JSON object on stdout (also for a failure, beside the error line on stderr)."""
+    missing = tmp_path / "nowhere" / "items.jsonl"
+    assert cli.main(["score", "--data", str(missing), "--out", str(tmp_path / "t.safetensors"), "--json"]) == 1
+    captured = capsys.readouterr()
+    answer = json.loads(captured.out)
+    assert answer["ok"] is False and answer["command"] == "score" and str(missing) in answer["error"]
+    assert answer["error"] == captured.err.strip()
+    with pytest.raises(SystemExit):
+        cli.main(["report", str(tmp_path), "--log-level", "loud"])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------------------- bad input

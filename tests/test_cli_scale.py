@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from culnig_ext import cli, pipeline
+from culnig_ext.models import parse_device_map
 from culnig_ext.sites import site_names
 from tiny_models import tiny_model
 
@@ -18,11 +19,12 @@ def test_run_forwards_the_scaling_options(monkeypatch, tmp_path):
 
     monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
     argv = ["run", "--out", str(tmp_path / "r"), "--device-map", '{"": "cpu"}', "--attn-implementation", "eager",
-            "--checkpoint", "none", "--checkpoint-every", "7"]
+            "--no-checkpoint", "--checkpoint-every", "7"]
     assert cli.main(argv) == 1
     cfg = seen["cfg"]
-    assert (cfg.device_map, cfg.attn_implementation, cfg.checkpoint, cfg.checkpoint_every) == ({"": "cpu"}, "eager",
+    assert (cfg.device_map, cfg.attn_implementation, cfg.checkpoint, cfg.checkpoint_every) == ('{"": "cpu"}', "eager",
                                                                                               False, 7)
+    assert parse_device_map(cfg.device_map) == {"": "cpu"}  # what run_pipeline hands to load_model
     assert cli.main(argv[:3] + ["--out", str(tmp_path / "r")]) == 1
     assert seen["cfg"].checkpoint is True and seen["cfg"].checkpoint_every == 20  # the defaults
 

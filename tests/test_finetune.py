@@ -21,7 +21,6 @@ from culnig_ext.data.tasks import QNLI_PROMPT, encode_task, load_task, task_prom
 from culnig_ext.evaluate import EvalResult
 from culnig_ext.finetune import finetune
 from culnig_ext.modules import decoder_param_count, pick_modules, rank_modules, target_modules
-from culnig_ext.finetune_study import StudySettings
 from culnig_ext.neurons import NeuronSet
 from culnig_ext.pipeline import RunConfig, run_pipeline
 from culnig_ext.stats import paired_bootstrap
@@ -307,9 +306,8 @@ def test_culnig_run_finetune_step(tmp_path):
     TOK.save_pretrained(tmp_path / "model")
     cfg = RunConfig(out=str(tmp_path / "run"), model=str(tmp_path / "model"), format="cloze", n_random=1,
                     max_test_items=6, progress=False, kinship=False, instance_view=False, t_mlp=0.1, t_attn=0.05,
-                    r_mlp=0.02, r_attn=0.02, finetune=StudySettings(budget=0.3, max_steps=1, ends=("top", "bottom"),
-                                                                   progress=False),
-                    finetune_max_train_items=8)
+                    r_mlp=0.02, r_attn=0.02, finetune=True, finetune_budget=0.3, finetune_max_steps=1,
+                    finetune_end="top,bottom", finetune_max_train_items=8)
     out = run_pipeline(cfg)
     assert "finetune" in out.timings
     res = json.loads((tmp_path / "run" / "finetune" / "finetune_results.json").read_text())
@@ -321,7 +319,8 @@ def test_culnig_run_finetune_step(tmp_path):
     assert res["before"] == {row["eval_set"]: row["original"] for row in report["rows"]}
     assert [e["end"] for e in res["ends"]] == ["top", "bottom"] and res["target"]["n_train"] == 8
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["finetune"]["budget"] == 0.3
+    assert config["finetune"] is True and config["finetune_budget"] == 0.3
+    assert config["finetune_end"] == "top,bottom" and config["finetune_max_steps"] == 1
 
 
 FINETUNE_OPTIONS = ["--end", "--budget", "--by", "--task", "--task-test", "--lora", "--epochs", "--lr",

@@ -101,7 +101,7 @@ def run_until(argv_script: list[str], ready, sig: int, cwd: Path, timeout: float
                 if not sent and ready(marks):
                     proc.send_signal(sig)
                     sent = True
-            else:
+            elif not line.startswith("[culnig] "):  # progress messages are logged to stderr; not the error output
                 err.append(line)
         status = proc.wait(timeout=60)
     finally:

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from culnig_ext.models import load_model, resolve
+from culnig_ext.models import auto_attn_implementation, load_model, resolve
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
 BYTE_TOKENS = [bytes_to_unicode()[b] for b in range(256)]  # byte b is token id b + 3
@@ -232,3 +232,24 @@ def test_unknown_dtype(folder, dtype):
     path, _ = folder
     with pytest.raises(ValueError, match=r"unknown dtype .*use float32, bfloat16 or float16"):
         load_model(str(path), dtype=dtype)
+
+
+def test_soft_capped_attention_loads_eager(tmp_path):
+    """Gemma 2 soft-caps attention logits, which sdpa drops: load_model picks eager for it, sdpa for the others."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(
+        vocab_size=len(SPECIALS) + 256, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, attn_logit_softcapping=50.0,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2,
+    )
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    byte_tokenizer().save_pretrained(tmp_path)
+    model, _ = load_model(str(tmp_path))
+    assert model.config._attn_implementation == "eager"
+    # transformers 5 refuses sdpa for Gemma 2 outright; asked for, the refusal names the model.
+    with pytest.raises(ValueError, match=f"cannot load model '{tmp_path}'.*scaled_dot_product_attention"):
+        load_model(str(tmp_path), attn_implementation="sdpa")
+    # The cap decides, not the family name: without one, sdpa.
+    config.attn_logit_softcapping = None
+    assert auto_attn_implementation(config) == "sdpa"

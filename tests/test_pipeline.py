@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -107,10 +108,21 @@ def model_dir(tmp_path_factory):
 
 
 def run_captured(cfg: RunConfig):
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        result = run_pipeline(cfg)
-    return result, out.getvalue()
+    """Run, returning the result and the text logged to the ``culnig`` logger; the library prints nothing."""
+    out, logged = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(logged)
+    logger = logging.getLogger("culnig")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        with contextlib.redirect_stdout(out):
+            result = run_pipeline(cfg)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert out.getvalue() == ""
+    return result, logged.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -281,7 +293,7 @@ def test_run_writes_every_file(run, model_dir):
     shares = [float(r.rstrip(" |").rsplit("| ", 1)[1].rstrip("%")) for r in rows]
     assert all(0.0 <= x <= 100.0 for x in shares)
     for what in ("culture items", "control items (empty)", "CountryRC items", "general-ability contrast items"):
-        assert f"[culnig] {what}: scoring" in printed
+        assert f"{what}: scoring" in printed
 
 
 def test_general_neurons_equal_a_recomputation(run):
@@ -320,7 +332,7 @@ def test_rerun_reuses_the_score_tables(run):
     # Another control prompt changes the control items only: that table alone is scored again.
     other = RunConfig(**{**asdict(cfg), "control": "frame"})
     _, printed = run_captured(other)
-    assert "[culnig] control items (frame): scoring 72 items" in printed
+    assert "control items (frame): scoring 72 items" in printed
     assert files[1].stat().st_mtime_ns != before[files[1]]
     for f in (files[0], files[2], files[3]):
         assert f"reusing {f}" in printed and f.stat().st_mtime_ns == before[f]
@@ -333,8 +345,10 @@ def test_cli_run_and_resume(model_dir, tmp_path, capsys):
             "--max-test-items", "5", "--no-progress", "--contrast-general", "--seed", "3", "--data", BUILTIN["data"],
             "--crc", BUILTIN["crc"], "--crc-test", BUILTIN["crc_test"]]
     assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert f"Outputs in {out}/" in printed and f"report     {out / 'report.md'}" in printed
+    assert "[culnig] culture items: scoring" in captured.err and "scoring" not in printed  # messages on stderr
     config = json.loads((out / "config.json").read_text())
     assert (config["n_random"], config["max_test_items"], config["seed"], config["format"]) == (2, 5, 3, "cloze")
     assert config["contrast_general"] is True and config["progress"] is False
@@ -357,9 +371,25 @@ def test_cli_run_and_resume(model_dir, tmp_path, capsys):
     files = [out / "scores" / f"{name}.safetensors" for name in SCORED]
     before = {f: f.stat().st_mtime_ns for f in files}
     assert cli.main(argv) == 0
-    printed = capsys.readouterr().out
+    logged = capsys.readouterr().err
     for f in files:
-        assert f"reusing {f}" in printed and f.stat().st_mtime_ns == before[f]
+        assert f"reusing {f}" in logged and f.stat().st_mtime_ns == before[f]
+
+    # The config.json a run writes repeats it: the same options, so every table is reused; --json on stdout.
+    report = (out / "report.md").read_text()
+    assert cli.main(["run", "--config", str(out / "config.json"), "--json", "--log-level", "warning"]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert summary["ok"] and summary["command"] == "run" and summary["config"] == config
+    assert summary["run_dir"] == str(out) and summary["general_neurons"] == 0 and summary["format"] == "cloze"
+    assert captured.err == ""  # --log-level warning: the info messages are not shown
+    assert json.loads((out / "config.json").read_text()) == config
+    def untimed(text):  # the report's run-time lines (seconds, time_*) differ between any two runs
+        return [line for line in text.splitlines() if not line.startswith(("- seconds:", "- time_"))]
+
+    assert untimed((out / "report.md").read_text()) == untimed(report)
+    for f in files:
+        assert f.stat().st_mtime_ns == before[f]
 
 
 # ------------------------------------------------------------------------------------------- format="auto"

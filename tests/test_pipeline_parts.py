@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 
 import torch
 
@@ -56,10 +57,21 @@ def test_score_cached_reuses_only_the_same_model_items_and_clamp(tmp_path):
     path = tmp_path / "t.safetensors"
 
     def cached(m, its, clamp):
-        out = io.StringIO()
-        with contextlib.redirect_stdout(out):
-            table = score_cached(path, m, its, clamp_min=clamp, batch_size=4, progress=False, desc="d")
-        return table, out.getvalue()
+        # The library logs (the culnig logger) and prints nothing.
+        out, logged = io.StringIO(), io.StringIO()
+        handler, logger = logging.StreamHandler(logged), logging.getLogger("culnig")
+        handler.setFormatter(logging.Formatter("[culnig] %(message)s"))
+        level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(out):
+                table = score_cached(path, m, its, clamp_min=clamp, batch_size=4, progress=False, desc="d")
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
+        assert out.getvalue() == ""
+        return table, logged.getvalue()
 
     first, printed = cached(model, items, None)
     assert "[culnig] d: scoring 4 items" in printed and first.metadata["model"] == "tiny-a"

@@ -4,8 +4,7 @@ field; pipeline reuse recomputes a table whose provenance differs."""
 from __future__ import annotations
 
 import hashlib
-import io
-import contextlib
+import logging
 
 import pytest
 import torch
@@ -99,15 +98,15 @@ def test_merge_refusals_and_a_good_merge(tmp_path, capsys):
     assert not (tmp_path / "x.safetensors").exists(), "nothing is written by a refused merge"
 
 
-def test_pipeline_reuse_recomputes_on_other_provenance(tmp_path):
+def test_pipeline_reuse_recomputes_on_other_provenance(tmp_path, caplog):
     items = random_items(4, seed=3)
     path = tmp_path / "neur.safetensors"
 
-    def run(model, **kw):
-        printed = io.StringIO()
-        with contextlib.redirect_stdout(printed):
+    def run(model, **kw):  # what score_cached logs (the "culnig" logger), for this call only
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="culnig"):
             table = score_cached(path, model, items, clamp_min=None, batch_size=4, progress=False, desc="t", **kw)
-        return table, printed.getvalue()
+        return table, "\n".join(r.getMessage() for r in caplog.records)
 
     model = tiny_model("llama")
     first, _ = run(model)

@@ -278,31 +278,40 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--t-mlp", "0.11", "--t-attn", "0.12", "--r-mlp", "0.13", "--r-attn", "0.14", "--t-specific", "0.15",
             "--r-specific", "0.16", "--z-min", "0.17", "--random", "4", "--no-kinship", "--max-test-items", "9",
             "--max-scoring-items", "7", "--n-boot", "2", "--batch-size", "5", "--dtype", "bfloat16", "--device", "cpu",
-            "--seed", "6", "--no-progress",
-            "--device-map", "auto", "--attn-implementation", "eager", "--checkpoint", "none",
+            "--seed", "6", "--no-progress", "--no-instance-view", "--max-per-question", "none", "--n-parts", "4",
+            "--device-map", "auto", "--attn-implementation", "eager", "--no-checkpoint",
             "--checkpoint-every", "7", "--checkpoint-activations", "--finetune", "--finetune-task", "t.jsonl",
-            "--finetune-task-test", "u.jsonl", "--finetune-max-train-items", "8"]
+            "--finetune-task-test", "u.jsonl", "--finetune-max-train-items", "8", "--finetune-end", "top",
+            "--finetune-budget", "0.2", "--finetune-by", "density", "--finetune-lora", "--finetune-epochs", "2",
+            "--finetune-lr", "0.001", "--finetune-train-batch-size", "3", "--finetune-grad-accum", "2",
+            "--finetune-max-steps", "5", "--protocol", "paper", "--paper-random", "2", "--saq", "blend_dir",
+            "--saq-max-per-country", "3", "--saq-max-new-tokens", "11"]
     with pytest.raises(Done):
         cli.main(argv)
     want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
                      crc_test="builtin:countryrc", general="builtin:cultural", format="letter", control="frame",
                      normalize="prob", contrast_general=True, t_mlp=0.11, t_attn=0.12, r_mlp=0.13, r_attn=0.14,
                      t_specific=0.15, r_specific=0.16, z_min=0.17, n_random=4, kinship=False,
-                     instance_view=True, max_test_items=9, max_scoring_items=7, n_boot=2, batch_size=5,
-                     dtype="bfloat16", device="cpu", seed=6,
+                     instance_view=False, max_test_items=9, max_scoring_items=7, n_boot=2, batch_size=5,
+                     dtype="bfloat16", device="cpu", seed=6, max_per_question=None, n_parts=4,
                      progress=False, device_map="auto", attn_implementation="eager", checkpoint=False,
-                     checkpoint_every=7, checkpoint_activations=True, finetune_task="t.jsonl",
-                     finetune_task_test="u.jsonl", finetune_max_train_items=8)
+                     checkpoint_every=7, checkpoint_activations=True, finetune=True, finetune_task="t.jsonl",
+                     finetune_task_test="u.jsonl", finetune_max_train_items=8, finetune_end="top",
+                     finetune_budget=0.2, finetune_by="density", finetune_lora=True, finetune_epochs=2,
+                     finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2, finetune_max_steps=5,
+                     protocol="paper", n_random_paper=2, saq="blend_dir", saq_max_per_country=3,
+                     saq_max_new_tokens=11)
     got = asdict(seen[0])
     for f in fields(RunConfig):
-        if f.name in asdict(want) and f.name != "finetune":
+        if f.name in asdict(want):
             assert got[f.name] == asdict(want)[f.name], f.name
     # Every field the CLI offers was given a non-default value above, so each one is checked.
     defaults = asdict(RunConfig())
-    unchecked = [k for k, v in asdict(want).items()
-                 if v == defaults[k] and k not in ("model", "instance_view", "finetune", "max_per_question", "n_parts")]
+    unchecked = [k for k, v in asdict(want).items() if v == defaults[k] and k not in ("model",)]
     assert unchecked == []
-    assert seen[0].finetune is not None and seen[0].finetune.seed == 6  # --finetune: the study's settings
+    study = seen[0].study_settings()  # --finetune: the study's settings from the finetune_* options
+    assert (study.ends, study.budget, study.by, study.lora, study.epochs, study.lr, study.batch_size,
+            study.grad_accum, study.max_steps, study.seed) == (("top",), 0.2, "density", True, 2, 0.001, 3, 2, 5, 6)
 
     # No options: the RunConfig defaults (the paper's values), progress on.
     seen.clear()

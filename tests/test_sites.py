@@ -220,15 +220,29 @@ def test_refuses_a_model_without_decoder_layers():
     assert "model.layers" in message and ".self_attn and .mlp" in message
 
 
+class OddMLP(nn.Module):  # neither a gate nor a known gate-less input projection
+    def __init__(self, d: int, f: int) -> None:
+        super().__init__()
+        self.w_in, self.w_out = nn.Linear(d, f), nn.Linear(f, d)
+
+
 def test_refuses_a_layer_whose_mlp_has_no_gate():
-    model = Holder([Block(Attn(8, 8, 8), GatedMLP(8, 16)), Block(Attn(8, 8, 8), PlainMLP(8, 16))])
+    model = Holder([Block(Attn(8, 8, 8), GatedMLP(8, 16)), Block(Attn(8, 8, 8), OddMLP(8, 16))])
     with pytest.raises(ValueError) as info:
         neuron_sites(model)
     message = str(info.value)
     assert message.startswith("layer 1:")
-    assert "mlp.gate_proj" in message and "mlp.gate_up_proj" in message and "PlainMLP" in message
+    assert "mlp.gate_proj" in message and "mlp.gate_up_proj" in message and "OddMLP" in message
+    assert "fc1" in message and "experts" in message
     # Only the attention sites are still listed when the MLP is not asked for.
     assert len(neuron_sites(model, kinds=("attn",))) == 6
+
+
+def test_a_gateless_mlp_uses_its_input_projection():
+    model = Holder([Block(Attn(8, 8, 8), GatedMLP(8, 16)), Block(Attn(8, 8, 8), PlainMLP(8, 16))])
+    gate = [s for s in neuron_sites(model) if s.kind == "mlp"]
+    assert [s.module for s in gate] == [model.blocks[0].mlp.gate_proj, model.blocks[1].mlp.fc1]
+    assert [s.name for s in gate] == ["layers.0.mlp.gate_proj", "layers.1.mlp.gate_proj"]
 
 
 def test_refuses_attention_without_projections():

@@ -17,7 +17,9 @@ like ``control="empty"``.
 
 Tokenisation: letter format with a chat template tokenises with ``add_special_tokens=False`` (the template already
 holds the special tokens); plain text (no template) and cloze prompts with ``add_special_tokens=True`` (so
-tokenizers that add BOS do); cloze continuations with ``add_special_tokens=False``. Answer letters are checked in
+tokenizers that add BOS do); cloze options as lm-evaluation-harness does: prompt and option encoded together and
+split at the prompt's token count (``encode_pair``), so SentencePiece tokenizers see the option as in context.
+Answer letters are checked in
 context: ``prompt + letter`` must tokenise to the prompt's tokens plus exactly one token, otherwise the tokenizer is
 refused for the letter format.
 """
@@ -106,6 +108,17 @@ def cloze_prompt(item: MCItem, control: Control = None) -> str:
     return f"Question: {question}\nAnswer:" if question else "Answer:"
 
 
+def _is_paper(item: MCItem, format: str, control: Control) -> bool:
+    """True for an item of the paper's protocol (``protocols.PaperItem``): it carries its own prompt and labels,
+    in the letter format only and without control variants."""
+    if getattr(item, "labels", None) is None or not hasattr(item, "benchmark"):
+        return False
+    if format != "letter" or control is not None:
+        raise ValueError(f"item {item.id!r} follows the paper's protocol: letter format only (its answer labels), "
+                         f"no control variant (got format={format!r}, control={control!r})")
+    return True
+
+
 def render(item: MCItem, tokenizer: Any, *, format: Format = "letter", control: Control = None) -> str:
     """The exact prompt text the model is fed for ``item`` (before the answer).
 
@@ -116,6 +129,10 @@ def render(item: MCItem, tokenizer: Any, *, format: Format = "letter", control: 
         control: None, ``"empty"`` or ``"frame"``.
     """
     _check(format, control)
+    if _is_paper(item, format, control):
+        from .protocols import render_paper
+
+        return render_paper(item, tokenizer)[0]
     if format == "cloze":
         return cloze_prompt(item, control)
     message = letter_message(item, control)
@@ -134,6 +151,25 @@ def _ids(tokenizer: Any, text: str, add_special_tokens: bool) -> tuple[int, ...]
     return tuple(int(t) for t in tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
+def encode_pair(tokenizer: Any, context: str, continuation: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(context ids, continuation ids)`` as lm-evaluation-harness encodes a request (``HFLM._encode_pair``):
+    trailing spaces of the context move to the continuation, ``context + continuation`` is encoded as one text,
+    and the continuation is what follows the context's own token count. A SentencePiece tokenizer encodes
+    ``" Paris"`` alone as ``["▁", "▁Paris"]`` (its dummy prefix) but ``"Answer: Paris"`` as ``[..., "▁Paris"]``:
+    only the joint encoding gives the tokens the model reads in context. Both encodings add special tokens (BOS)
+    as the project's prompts do."""
+    spaces = len(context) - len(context.rstrip())
+    if spaces:
+        context, continuation = context[:-spaces], context[-spaces:] + continuation
+    whole = _ids(tokenizer, context + continuation, True)
+    context_ids = _ids(tokenizer, context, True)
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if eos is not None and context_ids and context_ids[-1] == eos and whole and whole[-1] == eos:
+        # a tokenizer that appends EOS to every text: split before it
+        whole, context_ids = whole[:-1], context_ids[:-1]
+    return context_ids, whole[len(context_ids):]
+
+
 def encode_choices(
     item: MCItem, tokenizer: Any, *, format: Format = "letter", control: Control = None
 ) -> ChoiceEncoding:
@@ -145,11 +181,16 @@ def encode_choices(
     """
     text = render(item, tokenizer, format=format, control=control)
     name = tokenizer_name(tokenizer)
+    paper = _is_paper(item, format, control)
     if format == "cloze":
-        prompt_ids = _ids(tokenizer, text, True)
+        prompt_ids = None
         choice_ids = []
         for i, choice in enumerate(item.choices):
-            ids = _ids(tokenizer, " " + choice, False)
+            context_ids, ids = encode_pair(tokenizer, text, " " + choice)
+            if prompt_ids is None:
+                prompt_ids = context_ids
+            elif context_ids != prompt_ids:  # only a trailing space moves, and it moves for every option alike
+                raise TokenizerError(f"tokenizer {name!r}: item {item.id!r}: the prompt encodes differently per option")
             if not ids:
                 raise TokenizerError(f"tokenizer {name!r}: option {i} {choice!r} of item {item.id!r} encodes to no tokens")
             choice_ids.append(ids)
@@ -157,7 +198,7 @@ def encode_choices(
     special = not has_chat_template(tokenizer)
     prompt_ids = _ids(tokenizer, text, special)
     letter_ids = []
-    for letter in LETTERS[: len(item.choices)]:
+    for letter in (item.labels if paper else LETTERS[: len(item.choices)]):
         # Check in context: the letter must add exactly one token and leave the prompt's tokens unchanged.
         full = _ids(tokenizer, text + letter, special)
         if len(full) != len(prompt_ids) + 1 or full[: len(prompt_ids)] != prompt_ids:

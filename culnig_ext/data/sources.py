@@ -33,6 +33,8 @@ ACCEPTED_SOURCES = (
     "culturalbench[:PATH], normad[:PATH], commonsenseqa[:PATH], qnli[:PATH], mrpc[:PATH] (hub or local file)",
     f"{CULTURALBENCH_HUB[0]}, {NORMAD_HUB[0]}, {COMMONSENSEQA_HUB[0]} (hub ids)",
     "worldvaluesbench:DIR (a local WorldValuesBench folder)",
+    "paper:countryrc[:PATH], paper:normad:PATH, paper:culturalbench:PATH, paper:worldvaluesbench:DIR, paper:qnli:PATH, "
+    "paper:mrpc:PATH, paper:commonsenseqa:PATH (the paper's prompts and variants; hub ids in place of PATH)",
 )
 
 # Evaluation sets without countries, and those with them.
@@ -139,6 +141,13 @@ def load_items(
     prefix, _, rest = source.partition(":")
     path = Path(source)
 
+    if prefix == "paper":  # the paper's protocol: its own prompts, variants and neuron/held-out halves
+        from .protocols import load_paper_items
+
+        items = load_paper_items(source, split=split, countries=countries)
+        if stats is not None:
+            stats.update(source=source, n_items=len(items))
+        return items
     if source == "builtin:cultural":
         items = _filter_countries(read_jsonl(builtin.CULTURAL_PATH), countries, source)
     elif source == "builtin:general":
