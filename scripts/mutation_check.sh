@@ -63,6 +63,23 @@ measure_cpu() {
                        printf "%.0f", t }' "$work/.times")
 }
 runs=()
+# The C++ ops as an in-place (AOT) module, built once per source state into $work/aot and copied into every scratch
+# copy: the JIT build's cache is keyed by its include path, so each scratch folder would recompile the kernels.
+aot_so=
+if [ -z "${MUTATION_SUMMARY_ONLY:-}" ]; then
+  aot_dir=$work/aot
+  stamp=$(git ls-files -s csrc setup.py | sha1sum | cut -c1-16)
+  if [ ! -f "$aot_dir/$stamp.built" ]; then
+    rm -rf "$aot_dir"
+    mkdir -p "$aot_dir"
+    git ls-files -z | tar --null -T - -cf - | tar -C "$aot_dir" -xf -
+    echo "== building the C++ ops once (AOT) in $aot_dir"
+    (cd "$aot_dir" && CULNIG_AOT=1 "$python" setup.py build_ext --inplace > build.log 2>&1) ||
+      { tail -c 2000 "$aot_dir/build.log"; echo "mutation_check: building the C++ ops failed" >&2; exit 2; }
+    touch "$aot_dir/$stamp.built"
+  fi
+  aot_so=$(ls "$aot_dir"/culnig_ext/_C*.so)
+fi
 # run_module MODULE DIR PATTERNS...: one mutmut run in a fresh scratch copy
 run_module() {
   local m=$1 dir=$2
@@ -70,7 +87,7 @@ run_module() {
   rm -rf "$dir"
   mkdir -p "$dir"
   git ls-files -z | tar --null -T - -cf - | tar -C "$dir" -xf -
-  cp culnig_ext/_C*.so "$dir/culnig_ext/" 2>/dev/null || true   # the built C++ ops, when present
+  cp "$aot_so" "$dir/culnig_ext/"   # the C++ ops, built once (a JIT build would recompile in every scratch copy)
   {
     echo "[mutmut]"
     echo "source_paths = culnig_ext"
