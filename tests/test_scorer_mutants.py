@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 import culnig_ext
 from test_scorer import reference_scores
 from tiny_models import random_items, tiny_model
@@ -387,3 +389,32 @@ def test_target_log_probs_of_bfloat16_logits_are_computed_in_float32():
     want = (ref * mask).sum(dim=1)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_input_device_follows_an_offloaded_embedding_hook():
+    """Input ids go to the embedding's device; with accelerate-offloaded (``meta``) weights, to its hook's
+    execution device, else the CPU. Hand-built modules: a real device, and a meta one with and without a hook."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from culnig_ext.scorer import input_device
+
+    class Model(nn.Module):
+        def __init__(self, device):
+            super().__init__()
+            self.embed = nn.Embedding(4, 2, device=device)
+
+        def get_input_embeddings(self):
+            return self.embed
+
+    assert input_device(Model("cpu")) == torch.device("cpu")
+    offloaded = Model("meta")
+    assert input_device(offloaded) == torch.device("cpu")  # no hook: the CPU
+    offloaded.embed._hf_hook = SimpleNamespace(execution_device="meta")
+    got = input_device(offloaded)
+    assert isinstance(got, torch.device) and got == torch.device("meta")  # the hook's device, not the default
+    offloaded.embed._hf_hook = SimpleNamespace(execution_device=None)
+    assert input_device(offloaded) == torch.device("cpu")
+    offloaded.embed._hf_hook = SimpleNamespace()  # a hook without an execution device
+    assert input_device(offloaded) == torch.device("cpu")

@@ -127,3 +127,13 @@ def test_quantised_layer_without_a_backward_is_refused_by_name(wrapper, message)
         culnig_ext.score(model, random_items(3), sites=["layers.0.mlp.gate_proj"], progress=False)
     assert str(info.value).startswith(message.split(" model.")[0]) and "site " not in str(info.value)
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_item_scores_refuses_a_quantised_site_by_name():
+    # item_scores probes the model like score: the refused module is named with the site it holds.
+    model = tiny_model("llama")
+    model.model.layers[1].self_attn.k_proj = KernelQuantLinear(model.model.layers[1].self_attn.k_proj)
+    with pytest.raises(NotDifferentiableError) as info:
+        culnig_ext.item_scores(model, random_items(2), [("layers.1.self_attn.k_proj", 0)], progress=False)
+    assert str(info.value).startswith("site layers.1.self_attn.k_proj: the backward of module "
+                                      "model.layers.1.self_attn.k_proj (KernelQuantLinear) fails")
