@@ -38,11 +38,12 @@ declare -A scope=(
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
-  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py"
+  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py
+           tests/test_frames.py"
   [select]="tests/test_select.py tests/test_select_edges.py tests/test_seams.py"
   [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_scorer_mutants.py tests/test_seams.py
             tests/test_families.py tests/test_checkpointing.py tests/test_wrapped.py"
-  [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py"
+  [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py tests/test_families.py"
   [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
   [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
   [pipeline]="tests/test_pipeline_parts.py tests/test_seams_pipeline.py tests/test_pipeline.py"
