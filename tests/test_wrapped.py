@@ -137,3 +137,17 @@ def test_item_scores_refuses_a_quantised_site_by_name():
         culnig_ext.item_scores(model, random_items(2), [("layers.1.self_attn.k_proj", 0)], progress=False)
     assert str(info.value).startswith("site layers.1.self_attn.k_proj: the backward of module "
                                       "model.layers.1.self_attn.k_proj (KernelQuantLinear) fails")
+
+
+def test_a_site_without_a_gradient_path_is_refused_at_run_time(monkeypatch):
+    # Behind the probe, the site hook itself refuses an output with no gradient path (rather than attributing
+    # nothing), naming the site and the module's path and type.
+    import culnig_ext.scorer as scorer
+
+    monkeypatch.setattr(scorer, "check_differentiable", lambda *args, **kwargs: None)  # the probe off
+    model = tiny_model("llama")
+    model.model.layers[1].self_attn.k_proj = DetachedQuantLinear(model.model.layers[1].self_attn.k_proj)
+    with pytest.raises(RuntimeError) as info:
+        culnig_ext.score(model, random_items(2), progress=False)
+    assert str(info.value).startswith("site layers.1.self_attn.k_proj: module model.layers.1.self_attn.k_proj "
+                                      "(DetachedQuantLinear) returned an output with no gradient path; ")
