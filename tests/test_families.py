@@ -218,3 +218,22 @@ def test_item_scores_of_expert_neurons_are_per_item_and_zero_where_not_routed():
         zeros += int((want == 0).sum())
         torch.testing.assert_close(got[row].double(), want, rtol=1e-5, atol=1e-9)
     assert zeros > 0  # some item sends no token to one of the experts: its score there is 0
+
+
+def test_scaling_experts_of_two_moe_layers_equals_scaled_weight_rows():
+    """mode="scale" on experts of both MoE layers (two experts in one layer): the same logits as multiplying those
+    experts' gate rows by the factor by hand, layer by layer; the hooks are gone afterwards."""
+    model = family_model("mixtral")
+    ids = torch.tensor([[5, 9, 11, 40, 7, 3]])
+    neurons = {"layers.0.mlp.experts.1.gate_proj": [0, 3, 7], "layers.0.mlp.experts.2.gate_proj": [5],
+               "layers.1.mlp.experts.0.gate_proj": [2, 4]}
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+        with inhibit(model, neurons, mode="scale", factor=0.25):
+            got = model(input_ids=ids).logits
+        assert torch.equal(model(input_ids=ids).logits, before)  # restored on exit
+        for layer, expert, rows in ((0, 1, [0, 3, 7]), (0, 2, [5]), (1, 0, [2, 4])):
+            model.model.layers[layer].mlp.experts.gate_up_proj[expert, rows] *= 0.25
+        want = model(input_ids=ids).logits
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert (got - before).abs().max() > 1e-6  # the scaling changed something
