@@ -20,7 +20,7 @@ from tiny_models import random_items, tiny_model  # noqa: E402
 
 
 class InjectedFailure(RuntimeError):
-    pass
+    """The failure one rank raises on purpose."""
 
 
 def main() -> None:

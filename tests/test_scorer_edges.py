@@ -106,7 +106,7 @@ def test_batch_size_one_and_zero(model):
 
 
 class _Crash(Exception):
-    pass
+    """An interruption injected into scoring."""
 
 
 def test_checkpoint_cadence_and_refusal_of_other_sites_or_groups(model, tmp_path):

@@ -265,7 +265,7 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
     seen = []
 
     class Done(Exception):
-        pass
+        """Raised by the fake pipeline once it has seen the config."""
 
     def fake_run(cfg, **kw):
         seen.append(cfg)
