@@ -19,7 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batching import left_pad, length_sorted_batches, pad_id, vocab_size
-from .evaluate import EvalResult, _item_alignment, _sequences, _upcast, cloze_record
+from .evaluate import EvalResult, _item_alignment, _sequences, _upcast, checked_inputs, cloze_record
 
 
 def _log_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -46,13 +46,7 @@ def evaluate_cloze_cached(
     Returns:
         ``EvalResult`` (format ``"cloze"``), the same records as ``evaluate_encoded(format="cloze")``.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    items, encodings = list(items), list(encodings)
-    if len(items) != len(encodings):
-        raise ValueError(f"{len(items)} items but {len(encodings)} encodings")
-    if not items:
-        raise ValueError("no items to evaluate")
+    items, encodings = checked_inputs(items, encodings, batch_size)
     seqs, _ = _sequences(items, encodings, "cloze", vocab_size(model))  # validates every item, names the bad one
     options: list[list[tuple[int, ...]]] = [[] for _ in items]
     for s in seqs:

@@ -365,6 +365,18 @@ def cloze_record(item: Any, opt: list[float]) -> ItemRecord:
 
 
 # ------------------------------------------------------------------------------------------------ API
+def checked_inputs(items, encodings, batch_size: int) -> tuple[list, list]:
+    """``(items, encodings)`` as lists, after checking the batch size and that they pair up and are not empty."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    items, encodings = list(items), list(encodings)
+    if len(items) != len(encodings):
+        raise ValueError(f"{len(items)} items but {len(encodings)} encodings")
+    if not items:
+        raise ValueError("no items to evaluate")
+    return items, encodings
+
+
 def evaluate_encoded(
     model: nn.Module,
     items: Sequence[Any],
@@ -388,13 +400,7 @@ def evaluate_encoded(
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if format == "cloze" and restrict_to_choices:
         raise ValueError("restrict_to_choices applies to the letter format only (cloze always ranks the options)")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    items, encodings = list(items), list(encodings)
-    if len(items) != len(encodings):
-        raise ValueError(f"{len(items)} items but {len(encodings)} encodings")
-    if not items:
-        raise ValueError("no items to evaluate")
+    items, encodings = checked_inputs(items, encodings, batch_size)
     seqs, letters = _sequences(items, encodings, format, vocab_size(model))
 
     device = model.get_input_embeddings().weight.device
