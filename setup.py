@@ -3,7 +3,7 @@
 Default -- a pure ``py3-none-any`` wheel, built without torch (``pip install .``, ``pip install git+URL``, an
 sdist, ``pip wheel .``): the Python package plus the C++/CUDA sources, copied from csrc/ into
 ``culnig_ext/csrc``. The kernels are compiled on first use against the user's torch (JIT, ninja, cached; see
-``culnig_ext/_build.py``) or ahead of first use with ``culnig build``.
+``culnig_ext/kernels/loader.py``) or ahead of first use with ``culnig build``.
 
 Ahead of time (AOT), on request -- ``culnig_ext._C`` compiled now against the torch installed in the build
 environment, so no compiler is needed at run time:
@@ -45,8 +45,8 @@ def aot_requested(environ=os.environ, argv=sys.argv) -> bool:
 
 
 def _load_build_module():
-    """culnig_ext/_build.py, loaded by path (without importing the package) for the shared flags."""
-    spec = importlib.util.spec_from_file_location("_culnig_build", ROOT / "culnig_ext" / "_build.py")
+    """culnig_ext/kernels/loader.py, loaded by path (without importing the package) for the shared flags."""
+    spec = importlib.util.spec_from_file_location("_culnig_build", ROOT / "culnig_ext" / "kernels" / "loader.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)

@@ -25,10 +25,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.disable(logging.WARNING)
-    from culnig_ext.cloze_cache import evaluate_cloze_cached
+    from culnig_ext.intervention.cloze_cache import evaluate_cloze_cached
     from culnig_ext.data import encode_choices, load_items
-    from culnig_ext.evaluate import evaluate_encoded
-    from culnig_ext.models import load_model
+    from culnig_ext.intervention.evaluate import evaluate_encoded
+    from culnig_ext.models.loading import load_model
 
     items = load_items(args.data, split="test")[: args.items]
     model, tok = load_model("smollm2")

@@ -4,7 +4,7 @@
     python benchmarks/bench_ops.py --quick    # N=6144 only, fewer repetitions
     python benchmarks/bench_ops.py --device cuda --shape 16 2048 14336   # the GPU check's shape
 
-On the CPU every kernel variant this machine runs (default / avx2 / avx512, see culnig_ext.ops.cpu_capability)
+On the CPU every kernel variant this machine runs (default / avx2 / avx512, see culnig_ext.kernels.ops.cpu_capability)
 gets its own rows; --capability picks one.
 
 Columns:
@@ -15,7 +15,7 @@ Columns:
              reading the inputs once; it may exceed 1 because masked (padding) tokens are never read)
   GB/s       bytes of act and grad over the time: fused counts the counted (unmasked) tokens it reads,
              read-once all of them
-The fused op gets the batch's token list (culnig_ext.ops.token_list, built once per batch as the scorer does).
+The fused op gets the batch's token list (culnig_ext.kernels.ops.token_list, built once per batch as the scorer does).
 Times are medians over the repetitions, in milliseconds.
 """
 
@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from culnig_ext import ops  # noqa: E402  (loads / builds the extension)
+from culnig_ext.kernels import ops  # noqa: E402  (loads / builds the extension)
 
 
 def _sync(device: torch.device) -> None:

@@ -57,7 +57,7 @@ def child(path: str, batch_size: int, out: str | None) -> None:
     import torch
 
     import culnig_ext
-    from culnig_ext.streaming import read_score_jsonl
+    from culnig_ext.data.streaming import read_score_jsonl
 
     torch.set_num_threads(1)
     model = tiny_model()
@@ -99,7 +99,7 @@ def main() -> None:
 
     import torch
 
-    from culnig_ext.table import ScoreTable
+    from culnig_ext.scoring.table import ScoreTable
 
     print(f"bench_scale: tiny Llama (2 layers, hidden 64, 8 groups), batch {args.batch_size}, one thread per "
           f"process, items streamed from JSONL")

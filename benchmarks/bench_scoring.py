@@ -39,8 +39,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import culnig_ext  # noqa: E402
-from culnig_ext import ops, ops_reference  # noqa: E402
-from culnig_ext.sites import neuron_sites  # noqa: E402
+from culnig_ext.kernels import ops  # noqa: E402
+from culnig_ext.kernels import reference as ops_reference
+from culnig_ext.models.sites import neuron_sites  # noqa: E402
 
 VARIANTS = ("a", "b", "c", "d", "e")
 NAMES = {
@@ -56,7 +57,7 @@ def load_model(use_config: bool, device: str, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     if not use_config:
-        from culnig_ext.models import load_model as load_named
+        from culnig_ext.models.loading import load_model as load_named
 
         try:
             model, _ = load_named("smollm2", dtype=dtype, device=device)

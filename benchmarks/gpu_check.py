@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 import bench_ops  # noqa: E402
 import bench_scoring  # noqa: E402
 import culnig_ext  # noqa: E402
-from culnig_ext import ops  # noqa: E402
+from culnig_ext.kernels import ops  # noqa: E402
 
 
 def llama8b_config(smoke: bool):

@@ -9,7 +9,7 @@
 # 2. builds culnig_ext._C as a CUDAExtension with CUDA_HOME=/usr/local/cuda and
 #    TORCH_CUDA_ARCH_LIST="8.0;9.0" into a temporary folder (the repo's own in-place _C is not touched);
 # 3. imports the built module with that torch and checks that both ops have CPU and CUDA kernels;
-# 4. runs the JIT path a pure `pip install` takes on first use (`python -m culnig_ext.build`) with that torch and
+# 4. runs the JIT path a pure `pip install` takes on first use (`python -m culnig_ext.kernels.build`) with that torch and
 #    TORCH_CUDA_ARCH_LIST unset: with no GPU here it must fall back to the documented default architectures
 #    (8.0;9.0;10.0) instead of crashing, and build the CUDA kernels into a temporary extensions folder.
 # Exits non-zero if any step fails. Environment: PYTHON (interpreter for the venv, default python3.11),
@@ -88,11 +88,11 @@ else:
     print("no GPU here: the CUDA kernels were compiled, linked and registered but not run")
 EOF
 
-echo "== JIT build as on first use (python -m culnig_ext.build), TORCH_CUDA_ARCH_LIST unset"
+echo "== JIT build as on first use (python -m culnig_ext.kernels.build), TORCH_CUDA_ARCH_LIST unset"
 jit_start=$SECONDS
 # Only torch and ninja are needed for the build step; the package is imported from the copy.
 (cd "$WORK" && env -u TORCH_CUDA_ARCH_LIST TORCH_EXTENSIONS_DIR="$WORK/ext" PYTHONPATH="$WORK/src" \
-   "$VENV/bin/python" -m culnig_ext.build | tee "$WORK/jit.txt")
+   "$VENV/bin/python" -m culnig_ext.kernels.build | tee "$WORK/jit.txt")
 if ! grep -q "CUDA kernels: yes" "$WORK/jit.txt"; then
   echo "cuda_build_check: the JIT build has no CUDA kernels" >&2
   exit 1

@@ -53,7 +53,7 @@ else
   fi
 fi
 device=$([[ $SMOKE == 1 ]] && echo cpu || echo cuda)
-if ! "$PY" -c "import sys, culnig_ext.ops as o; b = o.backend('$device'); print('backend', b, o.LOAD); sys.exit(b == 'reference')" \
+if ! "$PY" -c "import sys, culnig_ext.kernels.ops as o; b = o.backend('$device'); print('backend', b, o.LOAD); sys.exit(b == 'reference')" \
     >> "$OUT/build.log" 2>&1; then
   build="$build; but the fused $device kernels did not load (see build.log)"
   failed=1

@@ -26,15 +26,15 @@ jobs=${MUTATION_JOBS:-2}
 start=$SECONDS
 
 declare -A scope=(
-  [table]="culnig_ext.table.*"
-  [select]="culnig_ext.select.*"
-  [scorer]="culnig_ext.scorer.*"
-  [inhibit]="culnig_ext.inhibit.*"
-  [stats]="culnig_ext.stats.*"
-  [analysis]="culnig_ext.analysis.*"
-  [pipeline]="culnig_ext.pipeline.x_evaluate_conditions__mutmut_* culnig_ext.pipeline.x_instance_view__mutmut_*
-              culnig_ext.pipeline.x_score_cached__mutmut_* culnig_ext.pipeline.x__sample__mutmut_*
-              culnig_ext.pipeline.x_slug__mutmut_*"
+  [table]="culnig_ext.scoring.table.*"
+  [select]="culnig_ext.selection.culnig.*"
+  [scorer]="culnig_ext.scoring.scorer.*"
+  [inhibit]="culnig_ext.intervention.inhibit.*"
+  [stats]="culnig_ext.stats.bootstrap.*"
+  [analysis]="culnig_ext.reporting.analysis.*"
+  [pipeline]="culnig_ext.studies.pipeline.x_evaluate_conditions__mutmut_* culnig_ext.studies.pipeline.x_instance_view__mutmut_*
+              culnig_ext.studies.pipeline.x_score_cached__mutmut_* culnig_ext.studies.pipeline.x__sample__mutmut_*
+              culnig_ext.studies.pipeline.x_slug__mutmut_*"
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(

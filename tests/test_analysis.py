@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from culnig_ext.analysis import KinshipResult, kinship, kinship_matrix_encoded, layer_counts, positive_share
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.reporting.analysis import KinshipResult, kinship, kinship_matrix_encoded, layer_counts, positive_share
+from culnig_ext.selection.neurons import NeuronSet
 from tiny_models import VOCAB, tiny_model
 
 
@@ -147,7 +147,7 @@ def test_positive_share_by_hand():
 
 
 def test_kinship_matrix_with_tokenizer_end_to_end():
-    from culnig_ext.analysis import kinship_matrix
+    from culnig_ext.reporting.analysis import kinship_matrix
     from culnig_ext.data.prompts import encode_choices
     from test_evaluate import char_model, char_tokenizer, mc_items
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from culnig_ext.analysis import KinshipResult, kinship, kinship_matrix, positive_share
+from culnig_ext.reporting.analysis import KinshipResult, kinship, kinship_matrix, positive_share
 from culnig_ext.data.prompts import encode_choices
-from culnig_ext.evaluate import evaluate_encoded
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.table import ScoreTable
+from culnig_ext.intervention.evaluate import evaluate_encoded
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.scoring.table import ScoreTable
 from test_evaluate import char_model, char_tokenizer, mc_items
 
 
@@ -91,8 +91,8 @@ def test_kinship_checks_rows_orders_columns_and_ranks_ties_by_their_minimum():
 
 
 def test_layer_counts_take_every_neuron_form():
-    from culnig_ext.analysis import layer_counts
-    from culnig_ext.neurons import Neuron
+    from culnig_ext.reporting.analysis import layer_counts
+    from culnig_ext.selection.neurons import Neuron
 
     pairs = [("layers.0.mlp.gate_proj", 1), ("layers.1.self_attn.q_proj", 2), ("layers.1.mlp.gate_proj", 0)]
     want = {"mlp": [1, 1], "attn": [0, 1]}
@@ -110,7 +110,7 @@ def test_layer_counts_take_every_neuron_form():
 
 
 def test_kinship_matrix_encoded_defaults_to_the_letter_format():
-    from culnig_ext.analysis import kinship_matrix_encoded
+    from culnig_ext.reporting.analysis import kinship_matrix_encoded
 
     tokenizer, model, items = char_tokenizer(), char_model(seed=5), mc_items()
     sets = {"US": NeuronSet.from_pairs([("layers.0.mlp.gate_proj", i) for i in range(20)])}

@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext import atomic, cli, table
-from culnig_ext.atomic import atomic_write_text, partial_dir, publish_dir
-from culnig_ext.table import ScoreTable
+from culnig_ext._utils import atomic
+from culnig_ext.cli import main as cli
+from culnig_ext.scoring import table
+from culnig_ext._utils.atomic import atomic_write_text, partial_dir, publish_dir
+from culnig_ext.scoring.table import ScoreTable
 
 
 def disk_full_after(n_bytes: int):

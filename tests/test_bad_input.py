@@ -20,9 +20,10 @@ from typing import Callable
 import pytest
 import torch
 
-from culnig_ext import cli, models
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.table import ScoreTable
+from culnig_ext.cli import main as cli
+from culnig_ext.models import loading as models
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import WIDTHS, save_tiny_model
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext._build import BUILD_MESSAGE
+from culnig_ext.kernels.loader import BUILD_MESSAGE
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 # Prints how the extension was obtained and checks one value of the op against plain torch.
 PROBE = r"""
 import json, torch
-import culnig_ext.ops as ops
+import culnig_ext.kernels.ops as ops
 act = torch.arange(12.0).reshape(1, 3, 4); grad = torch.full((1, 3, 4), -1.0)
 mask = torch.tensor([[False, True, True]])
 out = ops.max_attribution(act, grad, mask)
@@ -140,7 +140,7 @@ def test_aot_install_ships_a_working_module(aot_site, tmp_path):
 # Runs both ops on seeded inputs (every dtype, a strided column slice, a clamp) and saves the outputs.
 OUTPUTS = r"""
 import sys, torch
-import culnig_ext.ops as ops
+import culnig_ext.kernels.ops as ops
 assert ops.LOAD.kind == sys.argv[2], ops.LOAD
 gen = torch.Generator().manual_seed(7)
 out = {}
@@ -176,15 +176,15 @@ def test_aot_and_jit_give_identical_results(aot_site, jit_build, tmp_path):
         assert torch.isfinite(aot).all() and aot.abs().sum() > 0, name
 
 
-def _run_build_cli(args: list[str], env_extra: dict, entry: tuple = ("culnig_ext.build",)):
+def _run_build_cli(args: list[str], env_extra: dict, entry: tuple = ("culnig_ext.kernels.build",)):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CULNIG_")}
     env.update(env_extra, PYTHONPATH=str(REPO))
     return subprocess.run([sys.executable, "-m", *entry, *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.parametrize("entry", [("culnig_ext.build",), ("culnig_ext.cli", "build")],
-                         ids=["python -m culnig_ext.build", "culnig build"])
+@pytest.mark.parametrize("entry", [("culnig_ext.kernels.build",), ("culnig_ext.cli.main", "build")],
+                         ids=["python -m culnig_ext.kernels.build", "culnig build"])
 def test_culnig_build_reports_a_missing_compiler(tmp_path, entry):
     proc = _run_build_cli([], {"TORCH_EXTENSIONS_DIR": str(tmp_path), "CULNIG_NO_AOT": "1",
                                "CXX": str(tmp_path / "no-such-c++")}, entry)

@@ -1,5 +1,5 @@
 """Fast checks (no compiler run) of how a build is configured: the JIT cache key, the CUDA architecture default,
-ninja discovery, stale build locks (culnig_ext/_build.py), and setup.py's choice between the pure wheel and the
+ninja discovery, stale build locks (culnig_ext/kernels/loader.py), and setup.py's choice between the pure wheel and the
 ahead-of-time build, which must not import torch unless asked to."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext import _build
+from culnig_ext.kernels import loader as _build
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -14,18 +14,18 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext import cli
-from culnig_ext.checkpoint import CheckpointError, rank_path
+from culnig_ext.cli import main as cli
+from culnig_ext.scoring.resume import CheckpointError, rank_path
 from culnig_ext.data import CULTURAL_PATH
-from culnig_ext.table import ScoreTable
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import save_tiny_model
 from tiny_models import random_items, tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 # the real CLI, with each batch slowed down so that the kill lands mid-run
-SLOW_CLI = ("import sys, time; import culnig_ext.scorer as s; step = s._step; "
+SLOW_CLI = ("import sys, time; import culnig_ext.scoring.scorer as s; step = s._step; "
             "s._step = lambda *a, **k: (time.sleep(0.25), step(*a, **k))[1]; "
-            "from culnig_ext.cli import main; sys.exit(main(sys.argv[1:]))")
+            "from culnig_ext.cli.main import main; sys.exit(main(sys.argv[1:]))")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -78,7 +78,7 @@ def test_kill_9_then_the_same_command_gives_a_bit_identical_file(tmp_path):
     at_kill = int(ScoreTable.load(ckpt).metadata["batches_done"])
     assert 3 <= at_kill < 20  # 40 items in batches of 2: killed part-way
 
-    again = subprocess.run([sys.executable, "-m", "culnig_ext.cli", *cmd], env=env, capture_output=True, text=True,
+    again = subprocess.run([sys.executable, "-m", "culnig_ext.cli.main", *cmd], env=env, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     assert out.read_bytes() == full.read_bytes()

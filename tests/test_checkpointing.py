@@ -1,4 +1,4 @@
-"""Activation checkpointing (culnig_ext.checkpointing): the same table as without it and as an independent float64
+"""Activation checkpointing (culnig_ext.models.checkpointing): the same table as without it and as an independent float64
 reference, one attribution per site and item under recomputation, less saved for the backward pass, and the model
 left as it was."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext import checkpointing
-from culnig_ext.cli import _parser
+from culnig_ext.models import checkpointing
+from culnig_ext.cli.main import _parser
 from test_scorer import reference_scores
 from tiny_models import ARCHS, random_items, tiny_model
 
@@ -34,13 +34,13 @@ def test_one_attribution_per_site_and_batch_under_recomputation(monkeypatch):
     model = tiny_model("llama")
     items = random_items(5, seed=2)
     calls: dict[str, int] = {}
-    real = culnig_ext.ops.max_attribution_accumulate_
+    real = culnig_ext.kernels.ops.max_attribution_accumulate_
 
     def counting(acc, act, *args, **kwargs):
         calls[acc.data_ptr()] = calls.get(acc.data_ptr(), 0) + 1
         return real(acc, act, *args, **kwargs)
 
-    monkeypatch.setattr(culnig_ext.ops, "max_attribution_accumulate_", counting)
+    monkeypatch.setattr(culnig_ext.kernels.ops, "max_attribution_accumulate_", counting)
     phases = []
     layer = checkpointing.decoder_layers(model)[0]
     handle = layer.self_attn.q_proj.register_forward_hook(lambda *a: phases.append(checkpointing.phase()))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext import cli
-from culnig_ext.evaluate import EvalResult
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.table import ScoreTable
+from culnig_ext.cli import main as cli
+from culnig_ext.intervention.evaluate import EvalResult
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import WIDTHS as TINY_WIDTHS
 from test_pipeline import assert_same_neurons, save_tiny_model
 

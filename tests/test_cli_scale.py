@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from culnig_ext import cli, pipeline
-from culnig_ext.models import parse_device_map
-from culnig_ext.sites import site_names
+from culnig_ext.cli import main as cli
+from culnig_ext.studies import pipeline
+from culnig_ext.models.loading import parse_device_map
+from culnig_ext.models.sites import site_names
 from tiny_models import tiny_model
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from culnig_ext.cloze_cache import evaluate_cloze_cached
-from culnig_ext.inhibit import inhibit
+from culnig_ext.intervention.cloze_cache import evaluate_cloze_cached
+from culnig_ext.intervention.inhibit import inhibit
 from test_evaluate import _random_mc, _reference_scores
 from tiny_models import ARCHS, tiny_model
 

@@ -1,8 +1,8 @@
 """culnig compare's pieces: overlap, union, the Markdown table, against hand-counted sets."""
 from __future__ import annotations
 
-from culnig_ext.compare import compare_markdown, overlap, union
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.studies.compare import compare_markdown, overlap, union
+from culnig_ext.selection.neurons import NeuronSet
 
 G0, Q1 = "layers.0.mlp.gate_proj", "layers.1.self_attn.q_proj"
 
@@ -49,8 +49,8 @@ def test_run_compare_end_to_end_on_a_tiny_model(tmp_path):
 
     import torch
 
-    from culnig_ext.compare import CompareConfig, run_compare
-    from culnig_ext.evaluate import EvalResult
+    from culnig_ext.studies.compare import CompareConfig, run_compare
+    from culnig_ext.intervention.evaluate import EvalResult
     from test_pipeline import save_tiny_model
 
     threads = torch.get_num_threads()

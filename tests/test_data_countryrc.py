@@ -9,7 +9,11 @@ import pytest
 
 from culnig_ext.data.countries import BLEND_COUNTRIES, DISPLAY_NAMES, canonical_country, display_name
 from culnig_ext.data.countryrc import (
-    COUNTRYRC_EVAL_IDS, COUNTRYRC_SCORING_IDS, load_countryrc, read_templates, select_templates,
+    COUNTRYRC_EVAL_IDS,
+    COUNTRYRC_SCORING_IDS,
+    load_countryrc,
+    read_templates,
+    select_templates,
 )
 from culnig_ext.data.schema import SchemaError
 

@@ -8,7 +8,12 @@ import re
 import pytest
 
 from culnig_ext.data.evalsets import (
-    load_commonsenseqa, load_culturalbench, load_mrpc, load_normad, load_qnli, load_worldvaluesbench,
+    load_commonsenseqa,
+    load_culturalbench,
+    load_mrpc,
+    load_normad,
+    load_qnli,
+    load_worldvaluesbench,
 )
 from culnig_ext.data.schema import SchemaError
 

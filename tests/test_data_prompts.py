@@ -13,7 +13,7 @@ from culnig_ext.data.jsonl import read_jsonl
 from culnig_ext.data.prompts import ChoiceEncoding, TokenizerError, encode, encode_choices, render
 from culnig_ext.data.schema import MCItem
 from culnig_ext.data.splits import make_control
-from culnig_ext.items import ScoreItem, as_score_items
+from culnig_ext.data.items import ScoreItem, as_score_items
 
 ITEM = MCItem(id="t1", group="US", question="What is eaten at Thanksgiving?", choices=("Turkey", "Kimchi", "Paella"),
               answer_idx=0)

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext.distributed import assign
-from culnig_ext.table import ScoreTable
+from culnig_ext.scoring.distributed import assign
+from culnig_ext.scoring.table import ScoreTable
 from test_scorer import reference_scores
 from tiny_models import random_items, tiny_model
 
@@ -107,7 +107,7 @@ def test_distributed_true_without_a_job_is_refused(monkeypatch):
 
 
 def test_torchrun_culnig_score_equals_the_single_process_output(tmp_path):
-    from culnig_ext import cli
+    from culnig_ext.cli import main as cli
     from culnig_ext.data import CULTURAL_PATH
     from test_pipeline import save_tiny_model
 
@@ -119,7 +119,7 @@ def test_torchrun_culnig_score_equals_the_single_process_output(tmp_path):
     out = tmp_path / "two.safetensors"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", CULNIG_DIST_TIMEOUT="120")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                          "-m", "culnig_ext.cli", *args, "--out", str(out)], env=env, capture_output=True, text=True,
+                          "-m", "culnig_ext.cli.main", *args, "--out", str(out)], env=env, capture_output=True, text=True,
                          timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "(2 ranks)" in run.stdout

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from culnig_ext.evaluate import EvalResult, alignment_score, evaluate_encoded
+from culnig_ext.intervention.evaluate import EvalResult, alignment_score, evaluate_encoded
 from tiny_models import ARCHS, VOCAB, tiny_model
 
 
@@ -356,7 +356,7 @@ def mc_items():
 @pytest.mark.parametrize("fmt, restrict", [("letter", False), ("letter", True), ("cloze", False)])
 def test_evaluate_end_to_end_matches_unbatched_reference(fmt, restrict):
     from culnig_ext.data.prompts import encode_choices
-    from culnig_ext.evaluate import evaluate
+    from culnig_ext.intervention.evaluate import evaluate
 
     tokenizer, model, items = char_tokenizer(), char_model(), mc_items()
     res = evaluate(model, tokenizer, items, format=fmt, batch_size=2, restrict_to_choices=restrict, progress=False)

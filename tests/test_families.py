@@ -1,7 +1,7 @@
 """Every supported family beyond Llama/Qwen/Gemma 3/Phi-3 against a float64, item-by-item autograd reference.
 
 The reference below maps each site to its module and output columns by hand from the architecture (independent of
-culnig_ext.sites), and for mixtures of experts runs its own per-expert loop, checked against the model's own
+culnig_ext.models.sites), and for mixtures of experts runs its own per-expert loop, checked against the model's own
 forward, keeping every expert's gate output on the tokens routed to it.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from torch.nn import functional as F
 
 import culnig_ext
-from culnig_ext.inhibit import inhibit
-from culnig_ext.sites import neuron_sites
+from culnig_ext.intervention.inhibit import inhibit
+from culnig_ext.models.sites import neuron_sites
 from tiny_families import FAMILIES, MOE, family_model
 from tiny_models import random_items
 

@@ -1,4 +1,4 @@
-"""Fine-tuning picked blocks (culnig_ext.finetune) and the module study (finetune_study, ``culnig finetune``) on
+"""Fine-tuning picked blocks (culnig_ext.studies.finetune.train) and the module study (finetune_study, ``culnig finetune``) on
 tiny random Llamas with a word-level tokenizer and a toy chat template.
 
 References written here: the first optimizer step against a float64 per-item (unpadded) loss with torch's own
@@ -15,15 +15,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, LlamaConfig, PreTrainedTokenizerFast
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items
 from culnig_ext.data.tasks import QNLI_PROMPT, encode_task, load_task, task_prompt
-from culnig_ext.evaluate import EvalResult
-from culnig_ext.finetune import finetune
-from culnig_ext.modules import decoder_param_count, pick_modules, rank_modules, target_modules
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.pipeline import RunConfig, run_pipeline
-from culnig_ext.stats import paired_bootstrap
+from culnig_ext.intervention.evaluate import EvalResult
+from culnig_ext.studies.finetune.train import finetune
+from culnig_ext.studies.finetune.blocks import decoder_param_count, pick_modules, rank_modules, target_modules
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.pipeline import RunConfig, run_pipeline
+from culnig_ext.stats.bootstrap import paired_bootstrap
 
 CHAT = ("{% for m in messages %}<s> user : {{ m['content'] }} </s>{% endfor %}"
         "{% if add_generation_prompt %}<s> assistant :{% endif %}")
@@ -263,7 +263,7 @@ def test_culnig_finetune_cli_on_tiny_model(tmp_path, capsys):
     assert json.loads((out / "ranking.json").read_text())["decoder_params"] == decoder_param_count(model)
     # The model on disk was the start of every end: "before" equals a fresh evaluation of it.
     fresh = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    from culnig_ext.evaluate import evaluate_encoded
+    from culnig_ext.intervention.evaluate import evaluate_encoded
 
     items = [it for it in load_task("builtin:qnli", "test") if it.id in {r.id for r in before_t.records}]
     again = evaluate_encoded(fresh, items, [encode_task(it, TOK) for it in items], format="letter",

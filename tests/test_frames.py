@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 import torch
 
-from culnig_ext.evaluate import EvalResult, ItemRecord
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.table import ScoreTable
+from culnig_ext.intervention.evaluate import EvalResult, ItemRecord
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.scoring.table import ScoreTable
 
 G0, Q1, K1 = "layers.0.mlp.gate_proj", "layers.1.self_attn.q_proj", "layers.1.self_attn.k_proj"
 

@@ -6,7 +6,7 @@ import gguf  # pinned in requirements.txt (the embedded models are GGUF files)
 import numpy as np
 import pytest
 
-from culnig_ext.gguf_header import GGUFHeaderError, site_widths, tensor_shapes
+from culnig_ext.models.gguf_header import GGUFHeaderError, site_widths, tensor_shapes
 
 HIDDEN, FFN, Q, KV = 8, 12, 8, 4
 

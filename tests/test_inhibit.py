@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from culnig_ext.inhibit import Inhibition, inhibit
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.intervention.inhibit import Inhibition, inhibit
+from culnig_ext.selection.neurons import NeuronSet
 from tiny_models import ARCHS, VOCAB, tiny_model
 
 # Neurons spread over both layers and all four site kinds (hidden 32, 4 heads of 8, 2 kv heads, MLP 48).
@@ -33,7 +33,7 @@ def _logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
 
 
 def _rows(model: nn.Module, layer: int, site: str) -> tuple[nn.Linear, int]:
-    """The weight holding ``site``'s rows and their offset, found from the config (not from culnig_ext.sites)."""
+    """The weight holding ``site``'s rows and their offset, found from the config (not from culnig_ext.models.sites)."""
     block = model.model.layers[layer]
     cfg = model.config
     if site == "mlp.gate_proj":
@@ -269,7 +269,7 @@ def test_bad_mode_or_factor():
 
 def test_index_is_moved_to_each_output_device_and_cached():
     """Models spread over devices: the hook moves its columns to the output's device once per device."""
-    from culnig_ext.inhibit import _ModuleHook
+    from culnig_ext.intervention.inhibit import _ModuleHook
 
     hook = _ModuleHook(torch.tensor([0, 2]), "zero", None)
     linear = nn.Linear(3, 4)

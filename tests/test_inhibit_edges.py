@@ -7,7 +7,7 @@ import warnings
 import pytest
 from torch import nn
 
-from culnig_ext.inhibit import inhibit
+from culnig_ext.intervention.inhibit import inhibit
 from tiny_models import tiny_model
 
 
@@ -50,7 +50,7 @@ def test_the_check_looks_past_attention_sites():
 def test_the_index_moved_to_a_device_is_kept_and_reused():
     import torch
 
-    from culnig_ext.inhibit import _ModuleHook
+    from culnig_ext.intervention.inhibit import _ModuleHook
 
     hook = _ModuleHook(torch.tensor([0, 2]), "zero", None)
     linear = nn.Linear(3, 4)
@@ -66,7 +66,7 @@ def test_the_index_moved_to_a_device_is_kept_and_reused():
 def test_index_types_defaults_and_attributes():
     import torch
 
-    from culnig_ext.inhibit import Inhibition
+    from culnig_ext.intervention.inhibit import Inhibition
 
     model = tiny_model("llama")
     ids = torch.tensor([[5, 6, 7]])

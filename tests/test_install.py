@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext._build import BUILD_MESSAGE
+from culnig_ext.kernels.loader import BUILD_MESSAGE
 
 REPO = Path(__file__).resolve().parents[1]
 TORCH_PIN = "torch==2.13.0"  # as requirements.txt: the CPU wheel on local disk
@@ -90,7 +90,7 @@ def fresh_venv(tmp_path_factory):
 # kernels were obtained and where the package and torch came from.
 PROBE = r"""
 import json, sys, torch
-import culnig_ext, culnig_ext.ops as ops
+import culnig_ext, culnig_ext.kernels.ops as ops
 x = torch.load(sys.argv[1])
 out = {}
 for name in ("f32", "bf16"):
@@ -194,7 +194,7 @@ def _assert_pure_wheel_with_sources(dist: Path) -> None:
     names = _wheel_names(wheels[0])
     for source in ("culnig.cpp", "attribution.h", "cpu/attribution_cpu.cpp", "cuda/attribution_cuda.cu"):
         assert f"culnig_ext/csrc/{source}" in names, names
-    assert "culnig_ext/_build.py" in names and "culnig_ext/build.py" in names
+    assert "culnig_ext/kernels/loader.py" in names and "culnig_ext/kernels/build.py" in names
     assert not [n for n in names if n.endswith((".so", ".o", ".pyd"))], names
     with zipfile.ZipFile(wheels[0]) as zf:
         assert "Root-Is-Purelib: true" in zf.read("culnig_ext-0.1.0.dist-info/WHEEL").decode()

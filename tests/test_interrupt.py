@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext import cli
-from culnig_ext.interrupt import Terminated, exit_status, signals_as_exceptions
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.table import ScoreTable
+from culnig_ext.cli import main as cli
+from culnig_ext._utils.interrupt import Terminated, exit_status, signals_as_exceptions
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import save_tiny_model
 from tiny_models import random_items, tiny_model
 
@@ -32,7 +32,8 @@ MARK = "CULNIG-TEST-FORWARD"
 # Runs the culnig command (argv) with every forward pass of the model slowed by 0.2 s and announced on stderr.
 SLOW_CLI = f"""
 import sys, time
-from culnig_ext import cli, models
+from culnig_ext.cli import main as cli
+from culnig_ext.models import loading as models
 real = models.load_model
 def slow(*args, **kwargs):
     model, tokenizer = real(*args, **kwargs)
@@ -177,7 +178,7 @@ def test_interrupted_evaluate_keeps_a_partial_folder_and_resumes(sig, model_dir,
 SLOW_API = f"""
 import sys, time, torch
 from culnig_ext import score
-from culnig_ext.interrupt import exit_status, signals_as_exceptions
+from culnig_ext._utils.interrupt import exit_status, signals_as_exceptions
 from tiny_models import random_items, tiny_model
 api_model = lambda: tiny_model("llama", dtype=torch.float64, seed=3)
 api_items = lambda: random_items(14, seed=5)
@@ -205,7 +206,7 @@ def api_items():
 
 def test_sigterm_during_checkpointed_scoring_loses_no_finished_batch(tmp_path):
     from culnig_ext import score
-    from culnig_ext.table import ScoreTable
+    from culnig_ext.scoring.table import ScoreTable
 
     checkpoint = tmp_path / "partial.safetensors"
     status, err = run_until(["-c", SLOW_API, str(checkpoint)], lambda marks: marks >= 4, signal.SIGTERM, tmp_path)
@@ -283,7 +284,7 @@ def test_ignored_and_foreign_handlers_are_left_alone(default_signals):
 
 def test_cli_sigterm_in_process_exit_143_and_nothing_written(tmp_path, monkeypatch, capsys, default_signals):
     """``culnig report`` gets SIGTERM while it renders: status 143, the message, and report.md not written."""
-    from culnig_ext import report
+    from culnig_ext.reporting import report
 
     run_dir = tmp_path / "run"
     run_dir.mkdir()

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from culnig_ext import lape
-from culnig_ext.table import ScoreTable
+from culnig_ext.selection import lape
+from culnig_ext.scoring.table import ScoreTable
 from test_families import _moe_reference_forward
 from tiny_families import family_model
 from tiny_models import random_items, tiny_model

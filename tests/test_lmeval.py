@@ -9,10 +9,10 @@ import json
 
 import pytest
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items
-from culnig_ext.models import load_model
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.models.loading import load_model
+from culnig_ext.selection.neurons import NeuronSet
 from test_overlap import reference_accuracy
 from test_pipeline import save_tiny_model
 

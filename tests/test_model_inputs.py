@@ -11,7 +11,7 @@ import random
 import pytest
 from transformers import LlamaConfig
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items
 from test_protocols import CRC_V0, CRC_V0_RAW, PAPER_NAMES, byte_tokenizer
 

@@ -1,4 +1,4 @@
-"""culnig_ext.models.load_model: local folders, GGUF files (a tiny one written here, and the embedded SmolLM2),
+"""culnig_ext.models.loading.load_model: local folders, GGUF files (a tiny one written here, and the embedded SmolLM2),
 and clear errors for what cannot be loaded."""
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-from culnig_ext.models import auto_attn_implementation, load_model, resolve
+from culnig_ext.models.loading import auto_attn_implementation, load_model, resolve
 
 SPECIALS = ["<pad>", "<s>", "</s>"]
 BYTE_TOKENS = [bytes_to_unicode()[b] for b in range(256)]  # byte b is token id b + 3

@@ -1,4 +1,4 @@
-"""Module ranking and picks (culnig_ext.modules) against hand-built expectations on tiny models with a hand-made
+"""Module ranking and picks (culnig_ext.studies.finetune.blocks) against hand-built expectations on tiny models with a hand-made
 NeuronSet: counts, densities, parameter counts and module names worked out by hand; the budget holds and is filled
 greedily; the tie rule is the documented seeded permutation."""
 from __future__ import annotations
@@ -8,8 +8,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from culnig_ext.modules import ModuleBlock, decoder_param_count, layer_picks, pick_modules, rank_modules, target_modules
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.studies.finetune.blocks import (
+    ModuleBlock,
+    decoder_param_count,
+    layer_picks,
+    pick_modules,
+    rank_modules,
+    target_modules,
+)
+from culnig_ext.selection.neurons import NeuronSet
 from tests.tiny_models import tiny_model
 
 # 4 layers, hidden 32, 4 heads of 8, 2 kv heads, intermediate 48, no biases.

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from culnig_ext.neurons import FORMAT_VERSION, Neuron, NeuronSet, site_key, site_widths
-from culnig_ext.table import ScoreTable
+from culnig_ext.selection.neurons import FORMAT_VERSION, Neuron, NeuronSet, site_key, site_widths
+from culnig_ext.scoring.table import ScoreTable
 
 G0 = "layers.0.mlp.gate_proj"
 Q0 = "layers.0.self_attn.q_proj"
@@ -198,13 +198,13 @@ def test_save_failure_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "n.json"
     sample_set(**META).save(path)
     before = path.read_bytes()
-    import culnig_ext.atomic as atomic
+    import culnig_ext._utils.atomic as atomic
 
     def boom(tmp):
         tmp.write_text("partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr("culnig_ext.neurons.atomic_write_text", lambda p, text: atomic.atomic_write(p, boom))
+    monkeypatch.setattr("culnig_ext.selection.neurons.atomic_write_text", lambda p, text: atomic.atomic_write(p, boom))
     with pytest.raises(OSError, match="disk full"):
         NeuronSet([]).save(path)
     assert path.read_bytes() == before

@@ -11,8 +11,8 @@ import math
 import pytest
 import torch
 
-import culnig_ext.ops as ops
-import culnig_ext.ops_reference as ops_reference
+import culnig_ext.kernels.ops as ops
+import culnig_ext.kernels.reference as ops_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
@@ -600,7 +600,7 @@ def test_cpu_capability_choice_and_override(monkeypatch):
     with pytest.raises(ValueError, match="not a CPU capability; use default, avx2 or avx512"):
         ops.set_cpu_capability("sse9")
     root = Path(__file__).resolve().parents[1]
-    probe = "import culnig_ext.ops as o; print(o.cpu_capability())"
+    probe = "import culnig_ext.kernels.ops as o; print(o.cpu_capability())"
     for name in supported:
         env = {**__import__("os").environ, "CULNIG_CPU_CAPABILITY": name, "PYTHONPATH": str(root)}
         out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300)

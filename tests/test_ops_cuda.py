@@ -13,8 +13,8 @@ pytestmark = [
 ]
 
 if torch.cuda.is_available():  # import (and maybe build) the extension only where it can be tested
-    import culnig_ext.ops as ops
-    import culnig_ext.ops_reference as ops_reference
+    import culnig_ext.kernels.ops as ops
+    import culnig_ext.kernels.reference as ops_reference
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 DEV = "cuda"
@@ -295,7 +295,7 @@ def test_device_side_asserts_catch_bad_token_list_and_group(bad):
     from pathlib import Path
 
     script = f"""
-import torch, culnig_ext.ops as ops
+import torch, culnig_ext.kernels.ops as ops
 act = torch.randn(2, 5, 64, device="cuda"); mask = torch.ones(2, 5, dtype=torch.bool, device="cuda")
 index, count = ops.token_list(mask)
 group = torch.tensor([0, 1], device="cuda")

@@ -1,4 +1,4 @@
-"""Options defined once (culnig_ext.options): flags, config files (YAML/JSON) and their precedence, checked values."""
+"""Options defined once (culnig_ext.studies.options): flags, config files (YAML/JSON) and their precedence, checked values."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from culnig_ext.options import add_arguments, build, option
+from culnig_ext.studies.options import add_arguments, build, option
 
 
 @dataclass
@@ -77,7 +77,7 @@ def test_bad_yaml_names_the_line(tmp_path):
 
 
 def non_default_run_config():
-    from culnig_ext.pipeline import RunConfig
+    from culnig_ext.studies.pipeline import RunConfig
 
     return RunConfig(out="o", model="m", data="d", crc="c", crc_test="ct", general=None, format="cloze",
                      control="frame", normalize="prob", contrast_general=True, t_mlp=0.02, t_attn=0.004, r_mlp=0.03,
@@ -100,9 +100,9 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
 
     import yaml
 
-    from culnig_ext import cli
-    from culnig_ext.options import to_dict
-    from culnig_ext.pipeline import RunConfig
+    from culnig_ext.cli import main as cli
+    from culnig_ext.studies.options import to_dict
+    from culnig_ext.studies.pipeline import RunConfig
 
     cfg = non_default_run_config()
     assert all(getattr(cfg, f.name) != f.default for f in dataclasses.fields(RunConfig))
@@ -134,8 +134,8 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
 def test_paper_protocol_preset_under_explicit_options(tmp_path):
     """--protocol paper (flag or config file) sets the paper's defaults; options given explicitly, in the file or as
     flags, win over them; without the protocol nothing changes."""
-    from culnig_ext import cli
-    from culnig_ext.pipeline import RunConfig, run_preset
+    from culnig_ext.cli import main as cli
+    from culnig_ext.studies.pipeline import RunConfig, run_preset
 
     def run_cfg(*argv):
         args = cli._parser().parse_args(["run", *argv])

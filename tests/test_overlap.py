@@ -12,12 +12,12 @@ import json
 import pytest
 import torch
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items, write_jsonl
-from culnig_ext.models import load_model
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.overlap import overlap_stats
-from culnig_ext.table import ScoreTable
+from culnig_ext.models.loading import load_model
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.overlap import overlap_stats
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import save_tiny_model
 
 

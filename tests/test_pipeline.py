@@ -16,14 +16,15 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import FRAME_QUESTION, load_items
-from culnig_ext.evaluate import EvalResult
-from culnig_ext.neurons import NeuronSet
+from culnig_ext.intervention.evaluate import EvalResult
+from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.data.schema import MCItem
-from culnig_ext.models import load_model
-from culnig_ext.pipeline import RunConfig, choose_format, run_pipeline
-from culnig_ext.table import ScoreTable
+from culnig_ext.models.loading import load_model
+from culnig_ext.studies.conditions import choose_format
+from culnig_ext.studies.pipeline import RunConfig, run_pipeline
+from culnig_ext.scoring.table import ScoreTable
 
 # The tiny model: 2 layers, hidden 32, 4 heads of 8, 2 kv heads, intermediate 48.
 LAYERS, HIDDEN, HEADS, KV_HEADS, INTERMEDIATE = 2, 32, 4, 2, 48

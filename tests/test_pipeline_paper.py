@@ -13,10 +13,10 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from culnig_ext import cli
+from culnig_ext.cli import main as cli
 from culnig_ext.data import FRAME_QUESTION, load_items
-from culnig_ext.pipeline import PAPER_PRESET, RunConfig, attn_implementation, paper_config
-from culnig_ext.table import ScoreTable
+from culnig_ext.studies.config import PAPER_PRESET, RunConfig, attn_implementation, paper_config
+from culnig_ext.scoring.table import ScoreTable
 
 BLEND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "blend"
 FRACTIONS = ["--t-mlp", "0.1", "--t-attn", "0.05", "--r-mlp", "0.05", "--r-attn", "0.03", "--t-specific", "0.05",

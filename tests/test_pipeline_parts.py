@@ -8,8 +8,11 @@ import logging
 
 import torch
 
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.pipeline import _sample, instance_view, score_cached, slug
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext._utils.names import slug
+from culnig_ext.data.splits import sample_items
+from culnig_ext.scoring.cache import score_cached
+from culnig_ext.studies.pipeline import instance_view
 from tiny_models import random_items, tiny_model
 
 
@@ -37,11 +40,11 @@ def test_instance_view_lists_the_top_neurons_by_score():
 
 def test_sample_is_seeded_sorted_and_capped():
     items = list(range(10))
-    assert _sample(items, None, 0) is items and _sample(items, 10, 0) is items and _sample(items, 12, 3) is items
-    got = _sample(items, 4, seed=5)
+    assert sample_items(items, None, 0) is items and sample_items(items, 10, 0) is items and sample_items(items, 12, 3) is items
+    got = sample_items(items, 4, seed=5)
     g = torch.Generator().manual_seed(5)
     assert got == sorted(torch.randperm(10, generator=g)[:4].tolist())
-    assert _sample(items, 4, seed=5) == got and _sample(items, 4, seed=6) != got
+    assert sample_items(items, 4, seed=5) == got and sample_items(items, 4, seed=6) != got
 
 
 def test_slug():

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from scipy.stats import norm
 
-from culnig_ext.power import minimum_detectable_drop
-from culnig_ext.stats import paired_bootstrap
+from culnig_ext.stats.power import minimum_detectable_drop
+from culnig_ext.stats.bootstrap import paired_bootstrap
 
 
 def test_mde_tends_to_the_z_test_formula():

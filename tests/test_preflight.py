@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from culnig_ext import models, preflight
-from culnig_ext.pipeline import RunConfig, run_pipeline
-from culnig_ext.table import ScoreTable
+from culnig_ext.models import loading as models
+from culnig_ext.studies import preflight
+from culnig_ext.studies.pipeline import RunConfig, run_pipeline
+from culnig_ext.scoring.table import ScoreTable
 from test_pipeline import HEAD_DIM, HEADS, INTERMEDIATE, KV_HEADS, LAYERS, save_tiny_model
 
 
@@ -164,8 +165,8 @@ def test_evaluate_into_the_folder_of_an_earlier_evaluation(tmp_path, model_dir):
 
 def test_neuron_set_checked_against_a_gguf_model_before_loading(tmp_path, monkeypatch, capsys):
     """A GGUF model's sites come from the file's header: a neuron set that does not fit is refused unloaded."""
-    from culnig_ext import cli
-    from culnig_ext.neurons import Neuron, NeuronSet
+    from culnig_ext.cli import main as cli
+    from culnig_ext.selection.neurons import Neuron, NeuronSet
     from test_gguf_header import FFN, llama_tensors, write_gguf
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("model loaded"))

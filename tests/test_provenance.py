@@ -10,10 +10,10 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext import cli
-from culnig_ext.pipeline import score_cached
-from culnig_ext.provenance import weights_hash
-from culnig_ext.table import ScoreTable
+from culnig_ext.cli import main as cli
+from culnig_ext.scoring.cache import score_cached
+from culnig_ext.scoring.provenance import weights_hash
+from culnig_ext.scoring.table import ScoreTable
 from tiny_models import random_items, tiny_model
 
 

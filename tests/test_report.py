@@ -8,15 +8,10 @@ import zlib
 
 import pytest
 
-from culnig_ext.analysis import kinship
-from culnig_ext.evaluate import EvalResult, ItemRecord
-from culnig_ext.report import (
-    AccuracyRow,
-    ReportResults,
-    accuracy_row,
-    write_report,
-    write_report_from_dir,
-)
+from culnig_ext.reporting.analysis import kinship
+from culnig_ext.intervention.evaluate import EvalResult, ItemRecord
+from culnig_ext.reporting.report import ReportResults, write_report, write_report_from_dir
+from culnig_ext.stats.rows import AccuracyRow, accuracy_row
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -11,9 +11,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from culnig_ext.data.saq import answer_part, load_saq, normalise, score_answer
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.pipeline import Condition
-from culnig_ext.saq_eval import evaluate_saq, generate, saq_rows
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.conditions import Condition
+from culnig_ext.intervention.short_answers import evaluate_saq, generate
+from culnig_ext.studies.conditions import saq_rows
 from test_protocols import byte_tokenizer
 
 BLEND = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "blend"

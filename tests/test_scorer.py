@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext.items import ItemError
-from culnig_ext.table import ScoreTable
+from culnig_ext.data.items import ItemError
+from culnig_ext.scoring.table import ScoreTable
 from tiny_models import ARCHS, VOCAB, random_items, tiny_model
 
 
@@ -187,7 +187,7 @@ def test_interrupted_save_leaves_old_file(tmp_path, monkeypatch):
     path = tmp_path / "s.safetensors"
     table.save(path)
     before = path.read_bytes()
-    import culnig_ext.table as table_module
+    import culnig_ext.scoring.table as table_module
 
     def broken(tensors, filename, metadata=None):
         with open(filename, "wb") as f:
@@ -307,7 +307,7 @@ def test_fingerprint_survives_save_and_load(tmp_path):
 def test_out_of_memory_in_the_backward_pass_splits_the_batch(monkeypatch, caplog):
     import logging
 
-    from culnig_ext import ops
+    from culnig_ext.kernels import ops
 
     model = tiny_model("llama")
     items = random_items(8, seed=13, multi_token=True)
@@ -337,7 +337,7 @@ def test_out_of_memory_in_the_backward_pass_splits_the_batch(monkeypatch, caplog
 
 
 def test_out_of_memory_on_a_single_item_is_raised(monkeypatch):
-    from culnig_ext import ops
+    from culnig_ext.kernels import ops
 
     def always(*args):
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")

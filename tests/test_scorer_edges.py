@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext.scorer import dataset_fingerprint
-from culnig_ext.items import as_score_items
-from culnig_ext.table import ScoreTable
+from culnig_ext.scoring.scorer import dataset_fingerprint
+from culnig_ext.data.items import as_score_items
+from culnig_ext.scoring.table import ScoreTable
 from tiny_models import random_items, tiny_model
 
 
@@ -167,7 +167,7 @@ def test_flags_restored_after_scoring(model):
 
 
 def test_item_scores_take_neuron_sets_and_pairs_and_refuse_bad_ones(model):
-    from culnig_ext.neurons import NeuronSet
+    from culnig_ext.selection.neurons import NeuronSet
 
     items = random_items(4, seed=7)
     pairs = [("layers.1.self_attn.v_proj", 2), ("layers.0.mlp.gate_proj", 5)]
@@ -188,7 +188,7 @@ def test_item_scores_take_neuron_sets_and_pairs_and_refuse_bad_ones(model):
 
 
 def test_item_scores_check_items_against_the_vocabulary(model):
-    from culnig_ext.items import ItemError
+    from culnig_ext.data.items import ItemError
 
     bad = {"id": "far", "input_ids": [3, 4], "answer_id": model.config.vocab_size, "group": "A"}
     with pytest.raises(ItemError, match="'far'.*outside the vocabulary"):

@@ -31,7 +31,7 @@ def test_accumulators_snapshot_grows_rows_and_fills_untouched_sites():
 
     import torch
 
-    from culnig_ext.scorer import _Accumulators
+    from culnig_ext.scoring.scorer import _Accumulators
 
     Site = namedtuple("Site", "name width")
     acc = _Accumulators([Site("a", 3), Site("b", 2)], n_groups=1)
@@ -50,8 +50,8 @@ def test_accumulators_snapshot_grows_rows_and_fills_untouched_sites():
 def test_table_provenance_records_empty_defaults_the_clamp_and_extras_as_strings():
     # Expectations written out: the model's provenance, then the table's own fields ("" when unset; the clamp as
     # repr(float)), then the caller's extras as strings, overriding.
-    from culnig_ext.provenance import model_provenance
-    from culnig_ext.scorer import table_provenance
+    from culnig_ext.scoring.provenance import model_provenance
+    from culnig_ext.scoring.scorer import table_provenance
 
     model = tiny_model("llama")
     base = model_provenance(model)
@@ -75,7 +75,7 @@ def test_a_kept_checkpoint_records_the_whole_resume_key_and_the_final_sums(tmp_p
 
     import torch
 
-    from culnig_ext.table import ScoreTable
+    from culnig_ext.scoring.table import ScoreTable
 
     model = tiny_model("llama")
     items = random_items(7, seed=41)
@@ -111,7 +111,7 @@ def test_two_ranks_split_the_batches_and_their_reduced_sums_match_the_reference(
     # all-reduce adds rank 1's part, so rank 0's table must be the whole float64 reference.
     import torch
 
-    from culnig_ext import distributed as dmod
+    from culnig_ext.scoring import distributed as dmod
     from test_scorer import reference_scores
 
     model = tiny_model("llama")
@@ -153,7 +153,7 @@ def test_a_failing_rank_tells_the_others_and_raises_its_own_error(monkeypatch):
     import pytest
     import torch
 
-    from culnig_ext import distributed as dmod
+    from culnig_ext.scoring import distributed as dmod
 
     model = tiny_model("llama")
     checks = []
@@ -177,7 +177,7 @@ def test_checkpoint_seconds_alone_makes_snapshots_due(tmp_path, monkeypatch):
     # checkpoint_every far away, checkpoint_seconds=0: every batch ends "too long" after the last snapshot.
     import pytest
 
-    from culnig_ext.table import ScoreTable
+    from culnig_ext.scoring.table import ScoreTable
 
     model = tiny_model("llama")
     saved_at = []
@@ -208,7 +208,7 @@ def test_checkpoint_seconds_alone_makes_snapshots_due(tmp_path, monkeypatch):
 def test_each_rank_keeps_its_own_checkpoint_file(tmp_path, monkeypatch):
     import torch
 
-    from culnig_ext import distributed as dmod
+    from culnig_ext.scoring import distributed as dmod
 
     model = tiny_model("llama")
     monkeypatch.setattr(dmod, "discover", lambda distributed=None: dmod.Dist(1, 2, torch.device("cpu")))
@@ -237,7 +237,7 @@ def _assert_matches_reference(model, items, table):
 def test_out_of_memory_on_two_items_splits_them_into_one_and_one(monkeypatch):
     import torch
 
-    from culnig_ext import ops
+    from culnig_ext.kernels import ops
 
     model = tiny_model("llama")
     items = random_items(2, seed=47)
@@ -276,7 +276,7 @@ def test_resume_at_a_window_boundary_checks_the_items_once(tmp_path):
     # up to there (refusing other items) and not again in window 3 (where more items have been read).
     import pytest
 
-    from culnig_ext.checkpoint import CheckpointError
+    from culnig_ext.scoring.resume import CheckpointError
 
     model = tiny_model("llama")
     items = random_items(8, seed=49)
@@ -312,7 +312,7 @@ def test_a_crash_between_snapshots_saves_the_completed_batches_and_says_so(tmp_p
 
     import pytest
 
-    from culnig_ext.table import ScoreTable
+    from culnig_ext.scoring.table import ScoreTable
 
     model = tiny_model("llama")
     items = random_items(8, seed=51)
@@ -342,7 +342,7 @@ def test_a_crash_between_snapshots_saves_the_completed_batches_and_says_so(tmp_p
 def test_a_refused_checkpoint_is_neither_rewritten_nor_annotated(tmp_path):
     import pytest
 
-    from culnig_ext.checkpoint import CheckpointError
+    from culnig_ext.scoring.resume import CheckpointError
 
     model = tiny_model("llama")
     ckpt = tmp_path / "y.safetensors"
@@ -355,7 +355,7 @@ def test_a_refused_checkpoint_is_neither_rewritten_nor_annotated(tmp_path):
 def test_an_empty_shard_is_named_with_the_number_of_items():
     import pytest
 
-    from culnig_ext.items import ItemError
+    from culnig_ext.data.items import ItemError
 
     with pytest.raises(ItemError, match=r"^shard \(1, 2\) has no items \(1 items in all\)$"):
         culnig_ext.score(tiny_model("llama"), random_items(1, seed=53), progress=False, shard=(1, 2))
@@ -377,7 +377,7 @@ def test_target_log_probs_of_bfloat16_logits_are_computed_in_float32():
     # bfloat16 logits: a bfloat16 softmax would be off by ~1e-2.
     import torch
 
-    from culnig_ext.scorer import Batch, target_log_probs
+    from culnig_ext.scoring.scorer import Batch, target_log_probs
 
     g = torch.Generator().manual_seed(55)
     logits = (torch.randn(2, 3, 97, generator=g) * 8).to(torch.bfloat16)
@@ -398,7 +398,7 @@ def test_input_device_follows_an_offloaded_embedding_hook():
 
     from torch import nn
 
-    from culnig_ext.scorer import input_device
+    from culnig_ext.scoring.scorer import input_device
 
     class Model(nn.Module):
         def __init__(self, device):

@@ -29,12 +29,13 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext import cli, select
+from culnig_ext import select
+from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items
-from culnig_ext.evaluate import EvalResult, evaluate_encoded
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.pipeline import RunConfig
-from culnig_ext.table import ScoreTable
+from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.pipeline import RunConfig
+from culnig_ext.scoring.table import ScoreTable
 from tiny_models import random_items, tiny_model
 
 
@@ -244,7 +245,7 @@ def exact_bootstrap_p_less(d: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_paired_bootstrap_p_value_is_close_to_the_exact_bootstrap_probability(seed):
-    from culnig_ext.stats import paired_bootstrap
+    from culnig_ext.stats.bootstrap import paired_bootstrap
 
     rng = np.random.default_rng(100 + seed)
     a = (rng.random(9) < 0.35).astype(float)
@@ -260,7 +261,7 @@ def test_paired_bootstrap_p_value_is_close_to_the_exact_bootstrap_probability(se
 
 # ==================================================================================== CLI -> configuration
 def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
-    import culnig_ext.pipeline as pipeline
+    import culnig_ext.studies.pipeline as pipeline
 
     seen = []
 
@@ -326,9 +327,9 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
 
 def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, tmp_path):
     import culnig_ext.data as data
-    import culnig_ext.models as models
-    import culnig_ext.scorer as scorer
-    import culnig_ext.streaming as streaming
+    import culnig_ext.models.loading as models
+    import culnig_ext.scoring.scorer as scorer
+    import culnig_ext.data.streaming as streaming
 
     calls = {}
     model = tiny_model("llama", dtype=torch.float32)
@@ -353,7 +354,7 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
 
     import culnig_ext.data.sources as sources
 
-    for module in (data, sources, sys.modules.get("culnig_ext.preflight")):  # wherever the loader is looked up
+    for module in (data, sources, sys.modules.get("culnig_ext.studies.preflight")):  # wherever the loader is looked up
         if module is not None and hasattr(module, "load_items"):
             monkeypatch.setattr(module, "load_items", fake_load_items)
     monkeypatch.setattr(models, "load_model", fake_load_model)
@@ -552,7 +553,7 @@ def test_interrupted_writes_keep_old_neuron_sets_and_eval_records(monkeypatch, t
 
 
 def test_interrupted_writes_keep_old_report_files(monkeypatch, tmp_path):
-    from culnig_ext.report import write_report
+    from culnig_ext.reporting.report import write_report
 
     def results(inhibited):
         return {"title": "t", "model": "m", "neuron_set": "s", "n_neurons": 2,

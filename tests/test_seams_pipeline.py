@@ -21,13 +21,15 @@ import numpy as np
 import pytest
 import torch
 
-from culnig_ext import cli, select
+from culnig_ext import select
+from culnig_ext.cli import main as cli
 from culnig_ext.data import encode, encode_choices, load_items
-from culnig_ext.evaluate import EvalResult, evaluate_encoded
-from culnig_ext.items import as_score_items
-from culnig_ext.models import load_model
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.pipeline import Condition, RunConfig, evaluate_conditions, run_pipeline
+from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
+from culnig_ext.data.items import as_score_items
+from culnig_ext.models.loading import load_model
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.conditions import Condition, evaluate_conditions
+from culnig_ext.studies.pipeline import RunConfig, run_pipeline
 from test_pipeline import FRACTIONS, GROUPS, save_tiny_model
 from test_seams import _assert_interrupted_write_keeps, bootstrap_p_less
 
@@ -245,7 +247,7 @@ def test_instance_view_shares_equal_a_recomputation(run):
 
 
 def test_evaluate_options_reach_the_conditions(monkeypatch, tmp_path, model_dir):
-    import culnig_ext.pipeline as pipeline
+    import culnig_ext.studies.pipeline as pipeline
 
     model, _ = load_model(str(model_dir))
     ns = NeuronSet.from_pairs([("layers.0.mlp.gate_proj", 1), ("layers.1.self_attn.q_proj", 2)],

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.select import general, random_like, specific, top_fraction
-from culnig_ext.table import ScoreTable
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.selection.culnig import general, random_like, specific, top_fraction
+from culnig_ext.scoring.table import ScoreTable
 
 # A few sites of both kinds over two layers; attention widths differ per projection (GQA-like).
 WIDTHS = {

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.select import random_like
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.selection.culnig import random_like
 
 # 2 MLP sites (80 neurons) and 4 attention sites (64 neurons): 144 in all.
 WIDTHS = {
@@ -60,8 +60,8 @@ import math  # noqa: E402
 
 import torch  # noqa: E402
 
-from culnig_ext.select import specific  # noqa: E402
-from culnig_ext.table import ScoreTable  # noqa: E402
+from culnig_ext.selection.culnig import specific  # noqa: E402
+from culnig_ext.scoring.table import ScoreTable  # noqa: E402
 
 SITE = "layers.0.mlp.gate_proj"
 
@@ -149,7 +149,7 @@ def test_specific_flat_tolerance_is_4_g_eps_times_the_neurons_own_max():
 
 
 def test_general_names_a_zero_total():
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     zero = two_group_table([1.0] * 10, [0.0] * 10, counts=(0, 0))
     with pytest.raises(ValueError, match=r"^the neur table has total item count 0\.0; cannot normalize by it$"):
@@ -163,7 +163,7 @@ def test_general_names_a_zero_total():
 
 @pytest.mark.parametrize("name", ["t_mlp", "t_attn", "r_mlp", "r_attn"])
 def test_general_names_the_bad_fraction(name):
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     neur = two_group_table([1.0] * 10, [0.0] * 10)
     with pytest.raises(ValueError, match=rf"^{name} must be a fraction in \[0, 1\], got -0\.5$"):
@@ -171,7 +171,7 @@ def test_general_names_the_bad_fraction(name):
 
 
 def test_general_names_the_ctrl_and_contrast_tables():
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     neur = two_group_table([1.0] * 10, [0.0] * 10)
     wide = ScoreTable(["A", "B"], [2, 2], {SITE: torch.zeros(2, 12, dtype=torch.float64)},
@@ -189,7 +189,7 @@ def test_general_names_the_ctrl_and_contrast_tables():
 
 
 def test_general_crc_zero_total_and_attention_only_tables():
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     neur = two_group_table([1.0] * 10, [0.0] * 10)
     zero = two_group_table([1.0] * 10, [0.0] * 10, counts=(0, 0))
@@ -204,7 +204,7 @@ def test_general_crc_zero_total_and_attention_only_tables():
 
 
 def test_general_refuses_non_finite_contrast_and_crc():
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     big = two_group_table([1e308] * 10, [0.0] * 10, counts=(1, 0))
     neg = two_group_table([-1e308] * 10, [0.0] * 10, counts=(1, 0))
@@ -220,7 +220,7 @@ def test_general_refuses_non_finite_contrast_and_crc():
 
 
 def test_a_table_without_model_gives_a_set_without_model():
-    from culnig_ext.select import general
+    from culnig_ext.selection.culnig import general
 
     bare = ScoreTable(["A", "B"], [1, 1], {SITE: torch.tensor([[3.0] + [0.0] * 9, [0.0] * 10], dtype=torch.float64)},
                       torch.ones(2, dtype=torch.float64), {})
@@ -229,7 +229,7 @@ def test_a_table_without_model_gives_a_set_without_model():
 
 
 def test_top_fraction_names_its_fraction():
-    from culnig_ext.select import top_fraction
+    from culnig_ext.selection.culnig import top_fraction
 
     with pytest.raises(ValueError, match=r"^fraction must be a fraction in \[0, 1\], got 2$"):
         top_fraction(torch.zeros(4), 2)

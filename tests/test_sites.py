@@ -1,4 +1,4 @@
-"""culnig_ext.sites: where each architecture keeps its neurons, checked against widths/modules written out by hand."""
+"""culnig_ext.models.sites: where each architecture keeps its neurons, checked against widths/modules written out by hand."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +14,7 @@ from transformers import (
     SiglipVisionConfig,
 )
 
-from culnig_ext.sites import Site, neuron_sites, parse_site_name, select_sites
+from culnig_ext.models.sites import Site, neuron_sites, parse_site_name, select_sites
 from tiny_models import tiny_model
 
 PROJS = ("q_proj", "k_proj", "v_proj")

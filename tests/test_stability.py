@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from culnig_ext import score
-from culnig_ext.neurons import Neuron, NeuronSet
-from culnig_ext.stability import SEP, UNSTABLE_BELOW, collapse, jaccard, label_parts, measure, scopes
-from culnig_ext.table import ScoreTable
+from culnig_ext.selection.neurons import Neuron, NeuronSet
+from culnig_ext.selection.stability import SEP, UNSTABLE_BELOW, collapse, jaccard, label_parts, measure, scopes
+from culnig_ext.scoring.table import ScoreTable
 from tiny_models import random_items, tiny_model
 
 SITES = {"layers.0.mlp.gate_proj": 4, "layers.1.mlp.gate_proj": 4, "layers.2.self_attn.q_proj": 4}

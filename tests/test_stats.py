@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from culnig_ext.stats import BootstrapResult, paired_bootstrap, significant
+from culnig_ext.stats.bootstrap import BootstrapResult, paired_bootstrap, significant
 
 
 def _exact_bootstrap_p(a, b, alternative):
@@ -118,7 +118,7 @@ def test_significant_corrections_by_hand():
 
 
 def test_holm_adjusted_p_values_by_hand():
-    from culnig_ext.stats import holm
+    from culnig_ext.stats.bootstrap import holm
 
     # sorted: 0.01 (x4 = 0.04), 0.02 (x3 = 0.06), 0.03 (x2 = 0.06), 0.5 (x1 = 0.5); in input order:
     assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from culnig_ext.stats import BootstrapResult, paired_bootstrap, significant
+from culnig_ext.stats.bootstrap import BootstrapResult, paired_bootstrap, significant
 
 
 def test_holm_sorts_by_p_value_and_differs_from_bonferroni():
@@ -120,7 +120,7 @@ def test_every_alternative_equals_the_documented_rule(alternative, a, b):
 
 @pytest.mark.parametrize("n_resamples", [1, 7, 50])
 def test_chunked_resampling_equals_the_documented_rule(monkeypatch, n_resamples):
-    import culnig_ext.stats as stats
+    import culnig_ext.stats.bootstrap as stats
 
     a = [1, 0, 0, 1, 0]
     b = [[1, 1, 0, 1, 1], [0, 1, 1, 1, 0]]
@@ -145,7 +145,7 @@ def test_defaults_and_confidence_level_bounds():
 
 
 def test_holm_accepts_the_bounds_of_a_probability():
-    from culnig_ext.stats import holm
+    from culnig_ext.stats.bootstrap import holm
 
     # by hand: sorted 0.0, 0.25, 1.0 -> 3 * 0.0, max(0, 2 * 0.25), max(0.5, min(1, 1 * 1.0))
     assert holm([0.0, 1.0, 0.25]) == [0.0, 1.0, 0.5]

@@ -9,9 +9,14 @@ import pytest
 import torch
 
 import culnig_ext
-from culnig_ext.items import ItemError
-from culnig_ext.streaming import (
-    ItemStream, ScoreItem, background, combine_fingerprints, read_score_jsonl, windowed_batches,
+from culnig_ext.data.items import ItemError
+from culnig_ext.data.streaming import (
+    ItemStream,
+    ScoreItem,
+    background,
+    combine_fingerprints,
+    read_score_jsonl,
+    windowed_batches,
 )
 from tiny_models import random_items, tiny_model
 

@@ -7,10 +7,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from culnig_ext import cli, sweep
+from culnig_ext.cli import main as cli
+from culnig_ext.studies import sweep
 from culnig_ext.data import load_items
-from culnig_ext.neurons import NeuronSet
-from culnig_ext.sweep import CULTURAL_VAL, GENERAL_VAL, Setting, SweepConfig, choose, validation_split
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.sweep import CULTURAL_VAL, GENERAL_VAL, Setting, SweepConfig, choose, validation_split
 from test_pipeline import BUILTIN, save_tiny_model
 
 

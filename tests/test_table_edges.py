@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from culnig_ext.table import ScoreTable
+from culnig_ext.scoring.table import ScoreTable
 
 GATE, Q = "layers.0.mlp.gate_proj", "layers.1.self_attn.q_proj"
 

@@ -4,8 +4,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from culnig_ext.verdict import (
-    CULTURE_SPECIFIC, INCONCLUSIVE, NOT_SPECIFIC, Interval, SetOutcome, Verdict, decide, specificity,
+from culnig_ext.stats.verdict import (
+    CULTURE_SPECIFIC,
+    INCONCLUSIVE,
+    NOT_SPECIFIC,
+    Interval,
+    SetOutcome,
+    Verdict,
+    decide,
+    specificity,
 )
 
 
@@ -81,7 +88,7 @@ def test_bad_input():
 def test_from_results_uses_the_named_conditions():
     from types import SimpleNamespace
 
-    from culnig_ext.verdict import from_results
+    from culnig_ext.stats.verdict import from_results
 
     def res(n_correct, n):
         return SimpleNamespace(correct=ones(n_correct, n))

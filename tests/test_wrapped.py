@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import culnig_ext
-from culnig_ext.wrapped import NotDifferentiableError
+from culnig_ext.models.wrapped import NotDifferentiableError
 from tiny_models import random_items, tiny_model
 
 TARGETS = {
@@ -142,7 +142,7 @@ def test_item_scores_refuses_a_quantised_site_by_name():
 def test_a_site_without_a_gradient_path_is_refused_at_run_time(monkeypatch):
     # Behind the probe, the site hook itself refuses an output with no gradient path (rather than attributing
     # nothing), naming the site and the module's path and type.
-    import culnig_ext.scorer as scorer
+    import culnig_ext.scoring.scorer as scorer
 
     monkeypatch.setattr(scorer, "check_differentiable", lambda *args, **kwargs: None)  # the probe off
     model = tiny_model("llama")

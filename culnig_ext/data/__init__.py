@@ -3,24 +3,47 @@
 Flow: ``load_items(source)`` -> ``list[MCItem]`` -> ``split_items`` / ``make_control`` -> ``encode(items, tokenizer)``
 -> ``list[ScoreItem]`` for the scorer; ``encode_choices`` for evaluation.
 """
-from .blend import BLEND_HUB_ID, extract_question, load_blend_mcq_file, load_blend_mcq_hub, read_topics
-from .blend_annotations import BlendBuild, Skip, build_blend_items, load_blend_annotations
-from .builtin import (
-    BUILTIN_COUNTRYRC_EVAL_IDS, BUILTIN_COUNTRYRC_SCORING_IDS, BUILTIN_CULTURAL_COUNTRIES, COUNTRYRC_PATH,
-    CULTURAL_PATH, GENERAL_PATH,
+from culnig_ext.data.blend import BLEND_HUB_ID, extract_question, load_blend_mcq_file, load_blend_mcq_hub, read_topics
+from culnig_ext.data.blend_annotations import BlendBuild, Skip, build_blend_items, load_blend_annotations
+from culnig_ext.data.builtin import (
+    BUILTIN_COUNTRYRC_EVAL_IDS,
+    BUILTIN_COUNTRYRC_SCORING_IDS,
+    BUILTIN_CULTURAL_COUNTRIES,
+    COUNTRYRC_PATH,
+    CULTURAL_PATH,
+    GENERAL_PATH,
 )
-from .countries import BLEND_COUNTRIES, DISPLAY_NAMES, canonical_country, display_name
-from .countryrc import COUNTRYRC_EVAL_IDS, COUNTRYRC_SCORING_IDS, Template, build_countryrc_items, load_countryrc, read_templates
-from .evalsets import (
-    load_commonsenseqa, load_culturalbench, load_mrpc, load_normad, load_qnli, load_worldvaluesbench,
+from culnig_ext.data.countries import BLEND_COUNTRIES, DISPLAY_NAMES, canonical_country, display_name
+from culnig_ext.data.countryrc import (
+    COUNTRYRC_EVAL_IDS,
+    COUNTRYRC_SCORING_IDS,
+    Template,
+    build_countryrc_items,
+    load_countryrc,
+    read_templates,
 )
-from .jsonl import read_jsonl, write_jsonl
-from .prompts import (
-    ANSWER_PREFIX, FRAME_QUESTION, LETTER_INSTRUCTION, ChoiceEncoding, TokenizerError, encode, encode_choices, render,
+from culnig_ext.data.evalsets import (
+    load_commonsenseqa,
+    load_culturalbench,
+    load_mrpc,
+    load_normad,
+    load_qnli,
+    load_worldvaluesbench,
 )
-from .schema import MCItem, SchemaError, validate_items
-from .sources import ACCEPTED_SOURCES, load_items
-from .splits import BLEND_TOPICS, NEUR_TOPICS, TEST_TOPICS, cap_per_question, make_control, split_items
+from culnig_ext.data.jsonl import read_jsonl, write_jsonl
+from culnig_ext.data.prompts import (
+    ANSWER_PREFIX,
+    FRAME_QUESTION,
+    LETTER_INSTRUCTION,
+    ChoiceEncoding,
+    TokenizerError,
+    encode,
+    encode_choices,
+    render,
+)
+from culnig_ext.data.schema import MCItem, SchemaError, validate_items
+from culnig_ext.data.sources import ACCEPTED_SOURCES, load_items
+from culnig_ext.data.splits import BLEND_TOPICS, NEUR_TOPICS, TEST_TOPICS, cap_per_question, make_control, split_items
 
 __all__ = [
     "ACCEPTED_SOURCES", "ANSWER_PREFIX", "BLEND_COUNTRIES", "BLEND_HUB_ID", "BLEND_TOPICS", "BUILTIN_COUNTRYRC_EVAL_IDS",

@@ -13,10 +13,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from .countries import BLEND_COUNTRIES, canonical_country, resolve_countries
-from .schema import MCItem, SchemaError, check_unique_ids
-from .splits import cap_per_question
-from .tabular import Row, hub_rows, read_rows, require_columns
+from culnig_ext.data.countries import BLEND_COUNTRIES, canonical_country, resolve_countries
+from culnig_ext.data.schema import MCItem, SchemaError, check_unique_ids
+from culnig_ext.data.splits import cap_per_question
+from culnig_ext.data.tabular import Row, hub_rows, read_rows, require_columns
 
 BLEND_HUB_ID = "nayeon212/BLEnD"
 BLEND_MCQ_CONFIG = "multiple-choice-questions"

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..textfile import utf8_errors
-from .countries import BLEND_COUNTRIES, resolve_countries
-from .schema import MCItem, SchemaError
-from .seeding import stable_rng
-from .tabular import read_rows, require_columns
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.countries import BLEND_COUNTRIES, resolve_countries
+from culnig_ext.data.schema import MCItem, SchemaError
+from culnig_ext.data.seeding import stable_rng
+from culnig_ext.data.tabular import read_rows, require_columns
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable, Sequence
 
-from ..textfile import utf8_errors
-from .countries import BLEND_COUNTRIES, display_name, resolve_countries
-from .schema import MCItem, SchemaError
-from .seeding import stable_rng
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.countries import BLEND_COUNTRIES, display_name, resolve_countries
+from culnig_ext.data.schema import MCItem, SchemaError
+from culnig_ext.data.seeding import stable_rng
 
 #: The real CountryRC file (ynklab/CULNIG, data/CountryRC/data.json, 50 templates): the paper scores neurons on
 #: templates 0-24 and evaluates on 25-49.

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .blend_annotations import is_blend_annotation_root
+from culnig_ext.data.blend_annotations import is_blend_annotation_root
 
 AUTO = "auto"
 _PROJECT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ NON_CULTURAL_PREFIXES = ("commonsenseqa", "qnli", "mrpc")
 def is_non_cultural(source: str) -> bool:
     """Whether an item source is one of the non-cultural (general-ability) sets: ``builtin:general``,
     CommonsenseQA, GLUE QNLI/MRPC (by prefix or hub id)."""
-    from .evalsets import COMMONSENSEQA_HUB
+    from culnig_ext.data.evalsets import COMMONSENSEQA_HUB
 
     source = source.strip()
     return (source == "builtin:general" or source.partition(":")[0] in NON_CULTURAL_PREFIXES

@@ -27,10 +27,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from ..textfile import utf8_errors
-from .countries import canonical_country, display_name
-from .schema import MCItem, SchemaError, check_unique_ids
-from .tabular import Row, hub_rows, iter_rows, read_rows, require_columns
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.countries import canonical_country, display_name
+from culnig_ext.data.schema import MCItem, SchemaError, check_unique_ids
+from culnig_ext.data.tabular import Row, hub_rows, iter_rows, read_rows, require_columns
 
 CULTURALBENCH_HUB = ("kellycyy/CulturalBench", "CulturalBench-Easy", "test")
 NORMAD_HUB = ("akhilayerukola/NormAd", None, "train")
@@ -43,7 +43,7 @@ QNLI_CHOICES = ("yes", "no")  # label 0 = entailment (the sentence answers the q
 MRPC_CHOICES = ("no", "yes")  # label 1 = equivalent
 
 
-def _load_rows(source: str | Path, hub: tuple[str, str | None, str], *, split: str | None = None) -> list[Row]:
+def load_rows(source: str | Path, hub: tuple[str, str | None, str], *, split: str | None = None) -> list[Row]:
     """Rows from a local file when ``source`` is an existing path, else from the hub via ``datasets``."""
     path = Path(source)
     if path.is_file():
@@ -60,7 +60,7 @@ def _load_rows(source: str | Path, hub: tuple[str, str | None, str], *, split: s
     return hub_rows(dataset, f"{hub_id} [{config or 'default'}/{split}]")
 
 
-def _text(row: Row, column: str) -> str:
+def text_field(row: Row, column: str) -> str:
     value = row.data[column]
     if isinstance(value, (int, float)) and not isinstance(value, bool) and not (isinstance(value, float) and math.isnan(value)):
         value = str(value)
@@ -69,7 +69,7 @@ def _text(row: Row, column: str) -> str:
     return value.strip()
 
 
-def _int(row: Row, column: str) -> int:
+def int_field(row: Row, column: str) -> int:
     value = row.data[column]
     try:
         if isinstance(value, bool):
@@ -83,7 +83,7 @@ def _int(row: Row, column: str) -> int:
         raise SchemaError(f"{row.where}: field {column!r}: expected an integer, got {value!r}") from None
 
 
-def _make(row: Row, **kwargs: Any) -> MCItem:
+def make_item(row: Row, **kwargs: Any) -> MCItem:
     try:
         return MCItem(**kwargs)
     except SchemaError as exc:
@@ -112,22 +112,22 @@ def load_culturalbench(
     data set's order, id ``culturalbench:<data_idx>``, question_id = question_idx."""
     wanted = _country_filter(countries)
     items, places = [], []
-    for row in _load_rows(source, CULTURALBENCH_HUB, split=split):
+    for row in load_rows(source, CULTURALBENCH_HUB, split=split):
         require_columns(row, ("data_idx", "prompt_question", "prompt_option_a", "prompt_option_b",
                               "prompt_option_c", "prompt_option_d", "answer", "country"))
-        group = canonical_country(_text(row, "country"))
+        group = canonical_country(text_field(row, "country"))
         if wanted is not None and group not in wanted:
             continue
-        letter = _text(row, "answer").upper()
+        letter = text_field(row, "answer").upper()
         if letter not in ("A", "B", "C", "D"):
             raise SchemaError(f"{row.where}: field 'answer': expected A, B, C or D, got {row.data['answer']!r}")
         qidx = row.data.get("question_idx")
-        items.append(_make(
+        items.append(make_item(
             row,
-            id=f"culturalbench:{_text(row, 'data_idx')}",
+            id=f"culturalbench:{text_field(row, 'data_idx')}",
             group=group,
-            question=_text(row, "prompt_question"),
-            choices=tuple(_text(row, f"prompt_option_{x}") for x in "abcd"),
+            question=text_field(row, "prompt_question"),
+            choices=tuple(text_field(row, f"prompt_option_{x}") for x in "abcd"),
             answer_idx="ABCD".index(letter),
             question_id=None if qidx is None or str(qidx).strip() == "" else str(qidx).strip(),
         ))
@@ -142,27 +142,27 @@ def load_normad(
     gold labels); group = country; id ``normad:<ID>``."""
     wanted = _country_filter(countries)
     items, places = [], []
-    for row in _load_rows(source, NORMAD_HUB, split=split):
+    for row in load_rows(source, NORMAD_HUB, split=split):
         require_columns(row, ("ID", "Country", "Story", "Gold Label"))
-        group = canonical_country(_text(row, "Country"))
+        group = canonical_country(text_field(row, "Country"))
         if wanted is not None and group not in wanted:
             continue
-        label = _text(row, "Gold Label").lower()
+        label = text_field(row, "Gold Label").lower()
         if label not in NORMAD_CHOICES:
             raise SchemaError(f"{row.where}: field 'Gold Label': expected one of {NORMAD_CHOICES}, got {label!r}")
         question = (
-            f"Country: {display_name(group)}\nStory: {_text(row, 'Story')}\n"
+            f"Country: {display_name(group)}\nStory: {text_field(row, 'Story')}\n"
             "Does the behavior in the story fit the social norms of this country?"
         )
-        items.append(_make(
-            row, id=f"normad:{_text(row, 'ID')}", group=group, question=question, choices=NORMAD_CHOICES,
+        items.append(make_item(
+            row, id=f"normad:{text_field(row, 'ID')}", group=group, question=question, choices=NORMAD_CHOICES,
             answer_idx=NORMAD_CHOICES.index(label),
         ))
         places.append(row.where)
     return _finish(items, places, "NormAd")
 
 
-def _csqa_choices(row: Row) -> tuple[list[str], list[str]]:
+def csqa_choices(row: Row) -> tuple[list[str], list[str]]:
     value = row.data["choices"]
     if isinstance(value, str):
         try:
@@ -180,22 +180,22 @@ def _csqa_choices(row: Row) -> tuple[list[str], list[str]]:
 def load_commonsenseqa(source: str | Path = COMMONSENSEQA_HUB[0], *, split: str | None = None) -> list[MCItem]:
     """CommonsenseQA (validation by default; the test split has no answers): 5 options; group ``commonsenseqa``."""
     items, places = [], []
-    for row in _load_rows(source, COMMONSENSEQA_HUB, split=split):
+    for row in load_rows(source, COMMONSENSEQA_HUB, split=split):
         require_columns(row, ("id", "question", "choices", "answerKey"))
-        labels, texts = _csqa_choices(row)
+        labels, texts = csqa_choices(row)
         key = str(row.data["answerKey"] or "").strip()
         if key not in labels:
             raise SchemaError(f"{row.where}: field 'answerKey': {key!r} is not one of the labels {labels}")
-        items.append(_make(
-            row, id=f"commonsenseqa:{_text(row, 'id')}", group="commonsenseqa", question=_text(row, "question"),
+        items.append(make_item(
+            row, id=f"commonsenseqa:{text_field(row, 'id')}", group="commonsenseqa", question=text_field(row, "question"),
             choices=tuple(texts), answer_idx=labels.index(key),
         ))
         places.append(row.where)
     return _finish(items, places, "CommonsenseQA")
 
 
-def _binary_label(row: Row) -> int:
-    label = _int(row, "label")
+def binary_label(row: Row) -> int:
+    label = int_field(row, "label")
     if label not in (0, 1):
         raise SchemaError(f"{row.where}: field 'label': expected 0 or 1 (unlabelled split?), got {label}")
     return label
@@ -205,15 +205,15 @@ def load_qnli(source: str | Path = QNLI_HUB[0], *, split: str | None = None) -> 
     """GLUE QNLI (validation by default): does the sentence answer the question? Options yes/no (label 0 =
     entailment = yes); group ``qnli``."""
     items, places = [], []
-    for row in _load_rows(source, QNLI_HUB, split=split):
+    for row in load_rows(source, QNLI_HUB, split=split):
         require_columns(row, ("idx", "question", "sentence", "label"))
         question = (
-            f"Question: {_text(row, 'question')}\nSentence: {_text(row, 'sentence')}\n"
+            f"Question: {text_field(row, 'question')}\nSentence: {text_field(row, 'sentence')}\n"
             "Does the sentence contain the answer to the question?"
         )
-        items.append(_make(
-            row, id=f"qnli:{_int(row, 'idx')}", group="qnli", question=question, choices=QNLI_CHOICES,
-            answer_idx=_binary_label(row),
+        items.append(make_item(
+            row, id=f"qnli:{int_field(row, 'idx')}", group="qnli", question=question, choices=QNLI_CHOICES,
+            answer_idx=binary_label(row),
         ))
         places.append(row.where)
     return _finish(items, places, "QNLI")
@@ -223,15 +223,15 @@ def load_mrpc(source: str | Path = MRPC_HUB[0], *, split: str | None = None) -> 
     """GLUE MRPC (test by default, as in the reference): are the two sentences paraphrases? Options no/yes (label
     1 = equivalent); group ``mrpc``."""
     items, places = [], []
-    for row in _load_rows(source, MRPC_HUB, split=split):
+    for row in load_rows(source, MRPC_HUB, split=split):
         require_columns(row, ("idx", "sentence1", "sentence2", "label"))
         question = (
-            f"Sentence 1: {_text(row, 'sentence1')}\nSentence 2: {_text(row, 'sentence2')}\n"
+            f"Sentence 1: {text_field(row, 'sentence1')}\nSentence 2: {text_field(row, 'sentence2')}\n"
             "Do the two sentences mean the same thing?"
         )
-        items.append(_make(
-            row, id=f"mrpc:{_int(row, 'idx')}", group="mrpc", question=question, choices=MRPC_CHOICES,
-            answer_idx=_binary_label(row),
+        items.append(make_item(
+            row, id=f"mrpc:{int_field(row, 'idx')}", group="mrpc", question=question, choices=MRPC_CHOICES,
+            answer_idx=binary_label(row),
         ))
         places.append(row.where)
     return _finish(items, places, "MRPC")
@@ -281,13 +281,13 @@ def load_worldvaluesbench(
     country_of: dict[str, str] = {}
     for row in iter_rows(demo_path):
         require_columns(row, ("D_INTERVIEW", "B_COUNTRY"))
-        group = canonical_country(_text(row, "B_COUNTRY"))
+        group = canonical_country(text_field(row, "B_COUNTRY"))
         if wanted is None or group in wanted:
-            country_of[_text(row, "D_INTERVIEW")] = group
+            country_of[text_field(row, "D_INTERVIEW")] = group
     counts: dict[tuple[str, str], Counter[int]] = {}
     for row in iter_rows(value_path):
         require_columns(row, ("D_INTERVIEW",))
-        group = country_of.get(_text(row, "D_INTERVIEW"))
+        group = country_of.get(text_field(row, "D_INTERVIEW"))
         if group is None:
             continue
         for qid, (_, lo, hi) in scales.items():

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 from typing import Iterable
 
-from ..atomic import atomic_write_text
-from .schema import MCItem, SchemaError, check_unique_ids, validate_items
-from .tabular import jsonl_rows
+from culnig_ext._utils.atomic import atomic_write_text
+from culnig_ext.data.schema import MCItem, SchemaError, check_unique_ids, validate_items
+from culnig_ext.data.tabular import jsonl_rows
 
 
 def read_jsonl(path: str | Path) -> list[MCItem]:

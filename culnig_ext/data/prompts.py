@@ -28,8 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from ..items import ScoreItem
-from .schema import MCItem, validate_items
+from culnig_ext.data.items import ScoreItem
+from culnig_ext.data.schema import MCItem, validate_items
 
 Format = Literal["letter", "cloze"]
 Control = Literal["empty", "frame"] | None
@@ -130,7 +130,7 @@ def render(item: MCItem, tokenizer: Any, *, format: Format = "letter", control: 
     """
     _check(format, control)
     if _is_paper(item, format, control):
-        from .protocols import render_paper
+        from culnig_ext.data.protocols import render_paper
 
         return render_paper(item, tokenizer)[0]
     if format == "cloze":

@@ -38,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from ..textfile import utf8_errors
-from .countries import canonical_country
-from .schema import MCItem, SchemaError
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.countries import canonical_country
+from culnig_ext.data.schema import MCItem, SchemaError
 
 PROTOCOLS = ("ours", "paper")
 
@@ -207,9 +207,9 @@ def countryrc_items(
 
 
 def _rows(source: str, hub) -> list:
-    from .evalsets import _load_rows  # the same reader as the 'ours' loaders (local file or hub)
+    from culnig_ext.data.evalsets import load_rows  # the same reader as the 'ours' loaders (local file or hub)
 
-    return _load_rows(source, hub)
+    return load_rows(source, hub)
 
 
 def _cell(row, column: str) -> str:
@@ -226,7 +226,7 @@ def _cell(row, column: str) -> str:
 
 def normad_items(source: str, *, split: str = "all", countries: Iterable[str] | None = None) -> list[PaperItem]:
     """The paper's NormAd items (see the module docstring)."""
-    from .evalsets import NORMAD_HUB
+    from culnig_ext.data.evalsets import NORMAD_HUB
 
     rows = _rows(source, NORMAD_HUB)
     wanted = None if countries is None else {canonical_country(c) for c in countries}
@@ -261,7 +261,7 @@ def normad_items(source: str, *, split: str = "all", countries: Iterable[str] | 
 
 def culturalbench_items(source: str, *, split: str = "all", countries: Iterable[str] | None = None) -> list[PaperItem]:
     """The paper's CulturalBench-Easy items (see the module docstring)."""
-    from .evalsets import CULTURALBENCH_HUB
+    from culnig_ext.data.evalsets import CULTURALBENCH_HUB
 
     rows = _rows(source, CULTURALBENCH_HUB)
     wanted = None if countries is None else {canonical_country(c) for c in countries}
@@ -309,27 +309,27 @@ def _pair_items(source: str, hub, prompts, fields: tuple[str, str], name: str) -
 
 def qnli_items(source: str) -> list[PaperItem]:
     """The paper's QNLI items: 4 numbered variants, answer ``0`` (entailment) or ``1``."""
-    from .evalsets import QNLI_HUB
+    from culnig_ext.data.evalsets import QNLI_HUB
 
     return _pair_items(source, QNLI_HUB, QNLI_PROMPTS, ("question", "sentence"), "qnli")
 
 
 def mrpc_items(source: str) -> list[PaperItem]:
     """The paper's MRPC items: 4 numbered variants, answer ``1`` (paraphrase) or ``0``."""
-    from .evalsets import MRPC_HUB
+    from culnig_ext.data.evalsets import MRPC_HUB
 
     return _pair_items(source, MRPC_HUB, MRPC_PROMPTS, ("sentence1", "sentence2"), "mrpc")
 
 
 def commonsenseqa_items(source: str) -> list[PaperItem]:
     """The paper's CommonsenseQA items: 4 lettered variants, options A-E in the data set's order."""
-    from .evalsets import COMMONSENSEQA_HUB, _csqa_choices
+    from culnig_ext.data.evalsets import COMMONSENSEQA_HUB, csqa_choices
 
     out = []
     rows = _rows(source, COMMONSENSEQA_HUB)
     for k, instruction in enumerate(COMMONSENSEQA_PROMPTS):
         for r in rows:
-            labels, texts = _csqa_choices(r)
+            labels, texts = csqa_choices(r)
             if list(labels) != list("ABCDE"):
                 raise SchemaError(f"{r.where}: field 'choices': expected labels A-E, got {labels}")
             key = _cell(r, "answerKey")
@@ -357,7 +357,7 @@ def worldvaluesbench_items(
 ) -> list[PaperItem]:
     """The paper's WorldValuesBench items from a local WVB folder (``question_metadata.json``,
     ``full/full_demographic_qa.tsv``, ``full/full_value_qa.tsv``); ``countries`` in the survey's spelling."""
-    from .tabular import iter_rows
+    from culnig_ext.data.tabular import iter_rows
 
     root = Path(root)
     meta_path, demo_path, value_path = (root / "question_metadata.json", root / "full" / "full_demographic_qa.tsv",
@@ -424,8 +424,8 @@ BENCHMARKS = ("countryrc", "normad", "culturalbench", "worldvaluesbench", "qnli"
 
 def load_paper_items(source: str, *, split: str = "all", countries: Iterable[str] | None = None) -> list[PaperItem]:
     """Items of a ``paper:NAME[:PATH]`` source (see the module docstring)."""
-    from . import builtin
-    from .evalsets import COMMONSENSEQA_HUB, CULTURALBENCH_HUB, MRPC_HUB, NORMAD_HUB, QNLI_HUB
+    from culnig_ext.data import builtin
+    from culnig_ext.data.evalsets import COMMONSENSEQA_HUB, CULTURALBENCH_HUB, MRPC_HUB, NORMAD_HUB, QNLI_HUB
 
     _, _, rest = source.partition(":")
     name, _, path = rest.partition(":")

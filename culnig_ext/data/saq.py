@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from ..textfile import utf8_errors
-from .countries import BLEND_COUNTRIES, resolve_countries
-from .schema import SchemaError
-from .seeding import stable_rng
-from .splits import NEUR_TOPICS, TEST_TOPICS
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.countries import BLEND_COUNTRIES, resolve_countries
+from culnig_ext.data.schema import SchemaError
+from culnig_ext.data.seeding import stable_rng
+from culnig_ext.data.splits import NEUR_TOPICS, TEST_TOPICS
 
 #: Each BLEnD country's local language (ISO 639-1).
 COUNTRY_LANGUAGE: dict[str, str] = {

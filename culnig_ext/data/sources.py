@@ -6,20 +6,27 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, MutableMapping
 
-from ..textfile import utf8_errors
-from . import builtin
-from .blend import BLEND_HUB_ID, load_blend_mcq_file, load_blend_mcq_hub
-from .blend_annotations import build_blend_items, is_blend_annotation_root
-from .countries import canonical_country
-from .countryrc import load_countryrc
-from .evalsets import (
-    COMMONSENSEQA_HUB, CULTURALBENCH_HUB, NORMAD_HUB, load_commonsenseqa, load_culturalbench, load_mrpc, load_normad,
-    load_qnli, load_worldvaluesbench,
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data import builtin
+from culnig_ext.data.blend import BLEND_HUB_ID, load_blend_mcq_file, load_blend_mcq_hub
+from culnig_ext.data.blend_annotations import build_blend_items, is_blend_annotation_root
+from culnig_ext.data.countries import canonical_country
+from culnig_ext.data.countryrc import load_countryrc
+from culnig_ext.data.evalsets import (
+    COMMONSENSEQA_HUB,
+    CULTURALBENCH_HUB,
+    NORMAD_HUB,
+    load_commonsenseqa,
+    load_culturalbench,
+    load_mrpc,
+    load_normad,
+    load_qnli,
+    load_worldvaluesbench,
 )
-from .jsonl import read_jsonl
-from .schema import MCItem, SchemaError
-from .splits import Split, split_items
-from .tabular import TABLE_SUFFIXES, iter_rows
+from culnig_ext.data.jsonl import read_jsonl
+from culnig_ext.data.schema import MCItem, SchemaError
+from culnig_ext.data.splits import Split, split_items
+from culnig_ext.data.tabular import TABLE_SUFFIXES, iter_rows
 
 ACCEPTED_SOURCES = (
     "builtin:cultural",
@@ -75,7 +82,7 @@ def _filter_countries(items: list[MCItem], countries: Iterable[str] | None, sour
     return [item for item in items if item.group in wanted]
 
 
-def _has_mcqid(path: Path) -> bool:
+def has_mcqid(path: Path) -> bool:
     """True if the first row of a table file has BLEnD's MCQID column."""
     if path.suffix.lower() == ".jsonl":
         with utf8_errors(path, SchemaError), open(path, encoding="utf-8-sig") as f:
@@ -142,7 +149,7 @@ def load_items(
     path = Path(source)
 
     if prefix == "paper":  # the paper's protocol: its own prompts, variants and neuron/held-out halves
-        from .protocols import load_paper_items
+        from culnig_ext.data.protocols import load_paper_items
 
         items = load_paper_items(source, split=split, countries=countries)
         if stats is not None:
@@ -191,7 +198,7 @@ def load_items(
         suffix = path.suffix.lower()
         if suffix not in TABLE_SUFFIXES:
             raise _unknown(source, f"unsupported file type {suffix!r}")
-        if _has_mcqid(path):
+        if has_mcqid(path):
             if split != "all" and questions_dir is None:
                 raise ValueError(
                     f"split {split!r} of BLEnD multiple-choice file {source!r} needs topics: pass questions_dir "

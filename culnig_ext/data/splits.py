@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterable, Literal
 
-from .schema import MCItem, SchemaError, validate_items
+import torch
+
+from culnig_ext.data.schema import MCItem, SchemaError, validate_items
 
 #: BLEnD's six topics, in the order the reference halves them.
 BLEND_TOPICS: tuple[str, ...] = ("Food", "Work life", "Sport", "Education", "Family", "Holidays/Celebration/Leisure")
@@ -74,3 +76,12 @@ def make_control(items: Iterable[MCItem]) -> list[MCItem]:
         dataclasses.replace(item, id=item.id + CONTROL_SUFFIX, question="")
         for item in validate_items(items)
     ]
+
+
+def sample_items(items: list[MCItem], cap: int | None, seed: int) -> list[MCItem]:
+    """A seeded sample of at most ``cap`` items, in their original order (``cap=None``: all of them)."""
+    if cap is None or len(items) <= cap:
+        return items
+    g = torch.Generator().manual_seed(seed)
+    keep = sorted(torch.randperm(len(items), generator=g)[:cap].tolist())
+    return [items[i] for i in keep]

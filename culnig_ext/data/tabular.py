@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..textfile import utf8_errors
-from .schema import SchemaError
+from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.data.schema import SchemaError
 
 TABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".tsv", ".parquet")
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .builtin import BUILTIN_DIR
-from .evalsets import _binary_label, _int, _load_rows, _make, _text
-from .prompts import ChoiceEncoding, TokenizerError, has_chat_template, tokenizer_name
-from .schema import MCItem, SchemaError, check_unique_ids
-from .tabular import require_columns
+from culnig_ext.data.builtin import BUILTIN_DIR
+from culnig_ext.data.evalsets import binary_label, int_field, load_rows, make_item, text_field
+from culnig_ext.data.prompts import ChoiceEncoding, TokenizerError, has_chat_template, tokenizer_name
+from culnig_ext.data.schema import MCItem, SchemaError, check_unique_ids
+from culnig_ext.data.tabular import require_columns
 
 QNLI_MINI_PATH = BUILTIN_DIR / "qnli_mini.jsonl"
 TASK_CHOICES = ("0", "1")
@@ -55,23 +55,23 @@ QNLI_SHUFFLE_SEED = 42
 
 def _qnli_item(row: Any, prefix: str) -> MCItem:
     require_columns(row, ("idx", "question", "sentence", "label"))
-    prompt = QNLI_PROMPT.format(question=_text(row, "question"), sentence=_text(row, "sentence"))
-    return _make(row, id=f"{prefix}:{_int(row, 'idx')}", group=prefix.split(":")[0], question=prompt,
-                 choices=TASK_CHOICES, answer_idx=_binary_label(row))
+    prompt = QNLI_PROMPT.format(question=text_field(row, "question"), sentence=text_field(row, "sentence"))
+    return make_item(row, id=f"{prefix}:{int_field(row, 'idx')}", group=prefix.split(":")[0], question=prompt,
+                 choices=TASK_CHOICES, answer_idx=binary_label(row))
 
 
 def _mrpc_item(row: Any, prefix: str) -> MCItem:
     require_columns(row, ("idx", "sentence1", "sentence2", "label"))
-    prompt = MRPC_PROMPT.format(sentence1=_text(row, "sentence1"), sentence2=_text(row, "sentence2"))
-    return _make(row, id=f"{prefix}:{_int(row, 'idx')}", group=prefix.split(":")[0], question=prompt,
-                 choices=TASK_CHOICES, answer_idx=_binary_label(row))
+    prompt = MRPC_PROMPT.format(sentence1=text_field(row, "sentence1"), sentence2=text_field(row, "sentence2"))
+    return make_item(row, id=f"{prefix}:{int_field(row, 'idx')}", group=prefix.split(":")[0], question=prompt,
+                 choices=TASK_CHOICES, answer_idx=binary_label(row))
 
 
 def _hub_rows(name: str, split: str) -> list:
-    from .evalsets import MRPC_HUB, QNLI_HUB
+    from culnig_ext.data.evalsets import MRPC_HUB, QNLI_HUB
 
     hub = QNLI_HUB if name == "qnli" else MRPC_HUB
-    rows = _load_rows(hub[0], hub, split=_HUB_SPLITS[name][split])
+    rows = load_rows(hub[0], hub, split=_HUB_SPLITS[name][split])
     if name == "qnli" and split == "train":
         # The paper: dataset.shuffle(seed=42).select(range(10000)); a seeded permutation of the same size here.
         import numpy as np
@@ -101,14 +101,14 @@ def load_task(source: str, split: str = "train", *, max_items: int | None = None
         raise ValueError(f"task source must be a string, got {type(source).__name__}")
     name, _, path = source.strip().partition(":")
     if source.strip() == "builtin:qnli":
-        rows = [row for row in _load_rows(QNLI_MINI_PATH, ("", None, "")) if row.data.get("split") == split]
+        rows = [row for row in load_rows(QNLI_MINI_PATH, ("", None, "")) if row.data.get("split") == split]
         items = [_qnli_item(row, "builtin-qnli") for row in rows]
     elif name in ("qnli", "mrpc"):
         make = _qnli_item if name == "qnli" else _mrpc_item
         if path:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"task source {source!r}: no such file {path!r}")
-            rows = _load_rows(path, ("", None, ""))
+            rows = load_rows(path, ("", None, ""))
         else:
             rows = _hub_rows(name, split)
         items = [make(row, name) for row in rows]

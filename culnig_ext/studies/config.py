@@ -1,0 +1,150 @@
+"""``RunConfig``: every option of ``culnig run`` defined once (a field is a flag, a config-file key and a key of the
+run's config.json), and the paper's protocol as a preset of them."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from culnig_ext.studies.options import option
+
+
+@dataclass
+class RunConfig:
+    """Everything ``run_pipeline`` needs; every fraction and threshold defaults to the paper's value.
+
+    Attributes:
+        model: embedded alias (``smollm2``), GGUF file, local folder or hub id.
+        data: cultural item source (``culnig_ext.data.load_items``); split by topic into scoring/test halves.
+            ``auto``: BLEnD rebuilt from raw annotations when found, else the builtin set (``data.defaults``).
+        crc, crc_test: CountryRC sources for scoring (neurons that fire on country names) and for evaluation
+            (``auto``: the real templates beside the BLEnD folder, else the builtin ones).
+        general: a non-cultural set evaluated beside the cultural ones (specificity); None to skip.
+        format: ``letter``, ``cloze`` or ``auto`` (letter when the model answers letters above chance, else cloze).
+        control: the control prompt: ``empty`` (question removed, the paper's) or ``frame`` (keeps the question frame).
+        normalize: ``count`` (paper: divide by item counts) or ``prob`` (divide by summed P, see ScoreTable).
+        contrast_general: also subtract a general-ability table (half of ``general``; the other half is evaluated).
+        n_random: random neuron sets (same count per site) to compare against.
+        max_test_items: cap per evaluation set (seeded sample) to bound the run time; None = all.
+        max_scoring_items: cap on the cultural (and CountryRC) scoring items (seeded sample); None = all.
+        max_per_question: items per (country, question) kept before sampling (1: independent test items).
+        n_parts, n_boot: stability (``stability.py``): random parts of the scoring items (two halves of them are
+            compared) and bootstrap resamples of the parts; n_boot=0 keeps only the split-half comparison.
+        checkpoint_activations: recompute each decoder layer in the backward pass of scoring (long inputs).
+        protocol: ``ours`` or ``paper`` (``paper_config``: the paper's prompts, CountryRC items, dtype and random
+            baseline; see ``culnig_ext.data.protocols``). Stated in every report.
+        saq: a BLEnD folder: also evaluate its short-answer questions (English and local language, held-out topics)
+            by greedy generation, ``saq_max_per_country`` questions per country, ``saq_max_new_tokens`` tokens.
+        n_random_paper: random sets drawn the paper's way (uniform over all gate and q/k/v neurons pooled), shown
+            beside ours (``n_random``, same count per site); 0 = none.
+    """
+
+    # One definition: each field is also ``culnig run``'s flag (``--name-with-dashes``) and a key of ``--config``
+    # files and of the config.json a run writes (culnig_ext.studies.options). A new option is a new field here.
+    out: str = option("culnig_runs/default", "run folder; re-running into it resumes")
+    model: str = option("smollm2", "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
+    data: str = option("auto", "cultural item source (auto = BLEnD rebuilt from its raw annotations when a copy is "
+                       "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
+    crc: str = option("auto", "CountryRC scoring templates (auto = the real templates 0-24 when found)")
+    crc_test: str = option("auto", "CountryRC evaluation templates (auto = the real templates 25-49 when found)")
+    general: str | None = option("builtin:general", "non-cultural set evaluated for specificity ('' or none to skip)")
+    format: str = option("auto", "letter: the next token is the option letter; cloze: the option's text scored by "
+                         "likelihood; auto: letter when answered above chance", choices=("letter", "cloze", "auto"))
+    control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
+                          "question frame)", choices=("empty", "frame"))
+    normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
+    contrast_general: bool = option(False, "also subtract a general-ability table (half of --general; the other "
+                                    "half is evaluated)")
+    t_mlp: float = option(0.01, "top fraction of MLP gate neurons (the paper's)")
+    t_attn: float = option(0.002, "top fraction of q/k/v neurons (the paper's)")
+    r_mlp: float = option(0.01, "CountryRC removal fraction, MLP (the paper's)")
+    r_attn: float = option(0.01, "CountryRC removal fraction, q/k/v (the paper's)")
+    t_specific: float = option(0.003, "top fraction for culture-specific neurons (the paper's)")
+    r_specific: float = option(0.01, "CountryRC removal fraction for culture-specific neurons (the paper's)")
+    z_min: float = option(0.5, "minimum z-score of a culture-specific neuron (the paper's)")
+    n_random: int = option(10, "random neuron sets to compare against", flag="--random")
+    kinship: bool = option(True, "the kinship matrix")
+    instance_view: bool = option(True, "the per-item view of the general neurons (one more scoring pass)")
+    max_test_items: int | None = option(300, "cap per evaluation set (seeded sample; none = all)")
+    max_scoring_items: int | None = option(400, "cap on the cultural and CountryRC scoring items (seeded sample; "
+                                           "none = all)")
+    max_per_question: int | None = option(1, "items per (country, question) kept before sampling (none = all)")
+    n_parts: int = option(10, "random parts of the scoring items, for the stability table")
+    n_boot: int = option(5, "bootstrap resamples of the scoring items for the stability table")
+    batch_size: int = option(16, "items per forward/backward pass")
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device for the whole model, e.g. cuda:0 (default: cpu)")
+    seed: int = option(0, "seed of samples and random sets")
+    progress: bool = option(True, "progress bars")
+    device_map: str | None = option(None, "spread the model over devices: 'auto' or a JSON object (accelerate map)")
+    attn_implementation: str | None = option(None, "attention implementation (sdpa, eager, ...; default: eager for "
+                                             "soft-capped attention such as Gemma 2, else sdpa); recorded in tables")
+    checkpoint: bool = option(True, "checkpoint scoring next to each score table (RUN/scores/*.ckpt); an "
+                              "interrupted run resumes from it")
+    checkpoint_every: int = option(20, "batches between scoring checkpoints")
+    checkpoint_activations: bool = option(False, "recompute each decoder layer in the backward pass instead of "
+                                          "keeping its activations (long inputs: far less memory, ~1.3x the time; "
+                                          "same scores)")
+    finetune: bool = option(False, "after the report, run the module study on the culture-general neurons (see "
+                            "'culnig finetune'), into RUN/finetune/")
+    finetune_end: str = option("top,bottom,random", "the study's ends to train, each from the same start")
+    finetune_budget: float = option(0.10, "share of the decoder layers' parameters to train (the paper's)")
+    finetune_by: str = option("count", "rank blocks by neuron count (paper) or count per neuron of the block",
+                              choices=("count", "density"))
+    finetune_task: str = option("builtin:qnli", "target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH")
+    finetune_task_test: str | None = option(None, "target task's test items (needed for a local file)")
+    finetune_lora: bool = option(False, "LoRA (r=32, alpha=64) on the picked modules instead of full training")
+    finetune_epochs: int = option(1, "training epochs")
+    finetune_lr: float = option(3e-5, "constant AdamW learning rate (the paper's)")
+    finetune_train_batch_size: int = option(4, "training items per forward/backward")
+    finetune_grad_accum: int = option(4, "batches per optimizer step")
+    finetune_max_steps: int | None = option(None, "stop after this many optimizer steps (none = the epochs)")
+    finetune_max_train_items: int | None = option(None, "seeded sample of the training items (none = all)")
+
+    protocol: str = option("ours", "ours, or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
+                           "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question), no item caps and its "
+                           "pooled random baseline beside ours (see PAPER_PRESET)", choices=("ours", "paper"))
+    n_random_paper: int = option(0, "random sets drawn the paper's way, uniform over all gate and q/k/v neurons pooled "
+                                 "(paper protocol: 10)", flag="--paper-random")
+    saq: str | None = option(None, "a BLEnD folder: also evaluate its short-answer questions in English and the "
+                             "local languages (greedy generation)")
+    saq_max_per_country: int | None = option(5, "short-answer questions per country (none = all)")
+    saq_max_new_tokens: int = option(48, "generated tokens per short answer")
+
+    def study_settings(self):
+        """The module study's ``StudySettings`` from the ``finetune_*`` options (None without ``finetune``)."""
+        if not self.finetune:
+            return None
+        ends = tuple(e.strip() for e in self.finetune_end.split(",") if e.strip())
+        from culnig_ext.studies.finetune.study import StudySettings
+
+        return StudySettings(ends=ends, budget=self.finetune_budget, by=self.finetune_by, lora=self.finetune_lora,
+                             epochs=self.finetune_epochs, lr=self.finetune_lr,
+                             batch_size=self.finetune_train_batch_size, grad_accum=self.finetune_grad_accum,
+                             max_steps=self.finetune_max_steps, seed=self.seed, eval_batch_size=self.batch_size,
+                             progress=self.progress)
+
+
+#: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
+PAPER_PRESET: dict[str, Any] = dict(
+    protocol="paper", crc="paper:countryrc", crc_test="paper:countryrc", format="letter", dtype="bfloat16",
+    n_random_paper=10, max_per_question=5, max_scoring_items=None, max_test_items=None,
+)
+
+
+def paper_config(**overrides: Any) -> RunConfig:
+    """A ``RunConfig`` with the paper's protocol (``PAPER_PRESET``); ``overrides`` win over the preset."""
+    return RunConfig(**{**PAPER_PRESET, **overrides})
+
+
+def run_preset(explicit: dict[str, Any]) -> dict[str, Any]:
+    """The defaults a run's explicitly given options (config file and flags) select: ``PAPER_PRESET`` for
+    ``protocol: paper``, else none. Explicit options win over the preset (``culnig_ext.studies.options.build``)."""
+    return dict(PAPER_PRESET) if explicit.get("protocol") == "paper" else {}
+
+
+def attn_implementation(cfg: RunConfig) -> str | None:
+    """The attention implementation to load with: the option when given; the paper runs Gemma models with eager
+    attention; otherwise None (``load_model`` picks eager for soft-capped attention such as Gemma 2, else SDPA)."""
+    if cfg.attn_implementation:
+        return cfg.attn_implementation
+    return "eager" if cfg.protocol == "paper" and "gemma" in str(cfg.model).lower() else None

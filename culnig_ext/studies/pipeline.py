@@ -1,0 +1,439 @@
+"""The whole CULNIG pipeline in one call: score -> identify -> inhibit/evaluate -> report, into a run folder.
+
+``run_pipeline`` is a short sequence of stages, each a function with typed inputs and outputs: ``load_data``,
+``load_run_model``, ``pick_format``, ``score_tables``, ``identify``, ``evaluate_run``, ``kinship_stage`` and
+``report_stage``; ``sweep``, ``compare`` and the fine-tuning study compose the same lower pieces
+(``scoring.cache.score_cached``, ``studies.conditions``).
+
+``culnig run`` is a thin wrapper over ``run_pipeline``. Layout of a run folder::
+
+    RUN/config.json                 the resolved configuration
+    RUN/scores/{neur,ctrl}_parts.safetensors   cultural/control scores by group and random part (stability.py)
+    RUN/scores/{crc,general}.safetensors   score tables (reused on re-run when model and items match)
+    RUN/scores/{neur,ctrl}.safetensors   the part tables added up by group
+    RUN/neurons/general.json        culture-general neurons
+    RUN/neurons/specific/<group>.json   culture-specific neurons per group
+    RUN/summary.md                  neuron counts per layer and kind
+    RUN/eval/*.json                 per-item evaluation records of every condition
+    RUN/results.json, report.md, kinship.png, layers.png   the report (``culnig report RUN`` rebuilds it)
+
+Re-running into the same folder resumes: a score table whose model and dataset fingerprint match is loaded instead
+of being recomputed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from culnig_ext._utils.atomic import atomic_write_text
+from culnig_ext._utils.names import slug
+from culnig_ext.data import encode, encode_choices, load_items
+from culnig_ext.data.countries import BLEND_COUNTRIES
+from culnig_ext.data.defaults import Sources
+from culnig_ext.data.defaults import resolve as resolve_sources
+from culnig_ext.data.schema import MCItem
+from culnig_ext.data.splits import sample_items
+from culnig_ext.intervention.evaluate import EvalResult
+from culnig_ext.models.sites import neuron_sites
+from culnig_ext.reporting.analysis import kinship_matrix_encoded, layer_counts, positive_share
+from culnig_ext.reporting.report import ReportResults, write_report
+from culnig_ext.stats.rows import with_holm
+from culnig_ext.scoring.cache import score_cached
+from culnig_ext.scoring.scorer import item_scores
+from culnig_ext.scoring.table import ScoreTable
+from culnig_ext.selection import culnig as select
+from culnig_ext.selection import stability
+from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.stats.verdict import Verdict
+from culnig_ext.stats.verdict import from_results as verdict_from_results
+from culnig_ext.studies.conditions import Condition, accuracy_rows, choose_format, evaluate_conditions, saq_rows
+from culnig_ext.studies.config import PAPER_PRESET, RunConfig, attn_implementation, paper_config, run_preset
+
+log = logging.getLogger("culnig")
+LogFn = Callable[[str], None]
+
+__all__ = ["RunConfig", "RunOutputs", "run_pipeline", "paper_config", "run_preset", "PAPER_PRESET", "RunData",
+           "RunScores", "Identified", "Evaluation", "load_data", "load_run_model", "pick_format", "score_tables",
+           "identify", "evaluate_run", "kinship_stage", "report_stage", "instance_view", "summary_table"]
+
+
+@dataclass
+class RunOutputs:
+    """Where a run's results went: its folder, the answer format used, the neuron sets and the report's path."""
+
+    run_dir: Path
+    format: str
+    general: NeuronSet
+    specific: dict[str, NeuronSet]
+    report: Path
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class RunData:
+    """The items of a run, read and sampled before any model is loaded."""
+
+    sources: Sources
+    neur: list[MCItem]  # cultural scoring items
+    test: list[MCItem]  # cultural test items (held-out topics)
+    crc: list[MCItem]  # CountryRC scoring items
+    crc_test: list[MCItem]
+    general_eval: list[MCItem]  # non-cultural evaluation items
+    general_contrast: list[MCItem]  # non-cultural contrast items (``contrast_general``), disjoint from the above
+    groups: list[str]  # groups of the scoring items, in order of first appearance
+    study_tasks: Any = None  # the module study's tasks (``finetune``)
+
+
+@dataclass
+class RunScores:
+    """The score tables of a run (``ScoreTable``: per site a ``[groups, neurons]`` float64 tensor)."""
+
+    parted: dict[str, ScoreTable]  # "neur" / "ctrl" with groups labelled by random part (stability)
+    neur: ScoreTable
+    ctrl: ScoreTable
+    crc: ScoreTable
+    contrast: ScoreTable | None
+
+
+@dataclass
+class Identified:
+    """The neurons a run identified, their stability, and the summary page's Markdown."""
+
+    general: NeuronSet
+    specific: dict[str, NeuronSet]
+    stability: stability.Stability
+    summary: str
+
+
+@dataclass
+class Evaluation:
+    """Every condition on every evaluation set, the report's rows and the specificity verdict."""
+
+    conditions: list[Condition]
+    eval_sets: dict[str, list[MCItem]]
+    results: dict[str, dict[str, EvalResult]]
+    rows: list
+    verdict: Verdict | None
+
+
+def load_data(cfg: RunConfig, log_fn: LogFn = log.info) -> RunData:
+    """Resolve ``auto`` sources, read every item set and sample it to the configured caps (seeded)."""
+    sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
+    per_q = dict(max_per_question=cfg.max_per_question)
+    neur = sample_items(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
+                        cfg.seed)
+    test = sample_items(load_items(sources.data, split="test", seed=cfg.seed, **per_q), cfg.max_test_items, cfg.seed)
+    # CountryRC only for the groups of the cultural set: its top neurons are removed per group. The paper's
+    # protocol scores its own 8 countries on the first half of the templates and evaluates on all of them.
+    groups = list(dict.fromkeys(it.group for it in neur))
+    if cfg.protocol == "paper":
+        crc_split = "neur" if sources.crc.startswith("paper:") else "all"
+        crc = sample_items(load_items(sources.crc, seed=cfg.seed, split=crc_split), cfg.max_scoring_items, cfg.seed)
+        crc_test = sample_items(load_items(sources.crc_test, seed=cfg.seed), cfg.max_test_items, cfg.seed)
+    else:
+        crc = sample_items(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
+        crc_test = sample_items(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items,
+                                cfg.seed)
+    general_eval: list[MCItem] = []
+    general_contrast: list[MCItem] = []
+    if cfg.general:
+        general_items = load_items(cfg.general, seed=cfg.seed)
+        if cfg.contrast_general:  # disjoint halves: never evaluate on the items used to pick the neurons
+            general_contrast, general_eval = general_items[0::2], general_items[1::2]
+        else:
+            general_eval = general_items
+        general_eval = sample_items(general_eval, cfg.max_test_items, cfg.seed)
+    study_tasks = None
+    if cfg.finetune:  # the study's settings and task, read before the model like the rest
+        from culnig_ext.studies.finetune.study import load_study_tasks
+
+        study_tasks = load_study_tasks(cfg)
+    log_fn(f"data: {sources.note or 'as given'}")  # after the data read cleanly: an error stays the only line
+    log_fn(f"data: {len(neur)} scoring items, {len(test)} test items, {len(crc)} "
+           f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
+    return RunData(sources, neur, test, crc, crc_test, general_eval, general_contrast, groups, study_tasks)
+
+
+def load_run_model(cfg: RunConfig, log_fn: LogFn = log.info):
+    """``(model, tokenizer)`` as the run's options ask (dtype, device or device map, attention)."""
+    from culnig_ext.models.loading import load_model, parse_device_map
+
+    log_fn(f"loading model {cfg.model!r}")
+    return load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=parse_device_map(cfg.device_map),
+                      attn_implementation=attn_implementation(cfg))
+
+
+def pick_format(cfg: RunConfig, model, tokenizer, data: RunData, log_fn: LogFn = log.info) -> tuple[str, str | None]:
+    """The answer format (``cfg.format``, or chosen on the scoring items for ``auto``) and the report's note."""
+    if cfg.format != "auto":
+        return cfg.format, None
+    fmt, why = choose_format(model, tokenizer, data.neur, cfg.batch_size, cfg.progress)
+    log_fn(why)
+    return fmt, f"Format chosen automatically: {why}."
+
+
+def score_tables(cfg: RunConfig, model, tokenizer, data: RunData, fmt: str, scores_dir: Path) -> RunScores:
+    """Score (or reuse) the cultural, control, CountryRC and contrast tables into ``scores_dir``."""
+    opts = dict(batch_size=cfg.batch_size, progress=cfg.progress, checkpoint=cfg.checkpoint,
+                checkpoint_every=cfg.checkpoint_every, checkpoint_activations=cfg.checkpoint_activations)
+    plain, controlled = {"prompt_format": fmt, "control": ""}, {"prompt_format": fmt, "control": cfg.control}
+    # Cultural and control items are scored with their groups labelled by a random part: the part tables add up
+    # to the ordinary ones, and halves / resamples of the parts give the stability measure at no scoring cost.
+    parted = {
+        "neur": score_cached(scores_dir / "neur_parts.safetensors", model,
+                             stability.label_parts(encode(data.neur, tokenizer, format=fmt), cfg.n_parts, cfg.seed),
+                             clamp_min=None, desc="culture items", provenance=plain, **opts),
+        "ctrl": score_cached(scores_dir / "ctrl_parts.safetensors", model,
+                             stability.label_parts(encode(data.neur, tokenizer, format=fmt, control=cfg.control),
+                                                   cfg.n_parts, cfg.seed),
+                             clamp_min=0.0, desc=f"control items ({cfg.control})", provenance=controlled, **opts),
+    }
+    for role, table in parted.items():
+        stability.collapse(table).save(scores_dir / f"{role}.safetensors")
+    crc = score_cached(scores_dir / "crc.safetensors", model, encode(data.crc, tokenizer, format=fmt),
+                       clamp_min=None, desc="CountryRC items", provenance=plain, **opts)
+    contrast = None
+    if data.general_contrast:
+        contrast = score_cached(scores_dir / "general.safetensors", model,
+                                encode(data.general_contrast, tokenizer, format=fmt), clamp_min=0.0,
+                                desc="general-ability contrast items", provenance=plain, **opts)
+    return RunScores(parted, ScoreTable.load(scores_dir / "neur.safetensors"),
+                     ScoreTable.load(scores_dir / "ctrl.safetensors"), crc, contrast)
+
+
+def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores, fmt: str, run_dir: Path,
+             timings: dict[str, float], log_fn: LogFn = log.info) -> Identified:
+    """Culture-general and -specific neurons (saved under ``run_dir/neurons``), their stability over the scoring
+    items' parts, and the summary page (``run_dir/summary.md``, with the instance view when asked for)."""
+
+    def general_of(tables) -> NeuronSet:
+        return select.general(tables["neur"], tables["ctrl"], scores.crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp,
+                              cfg.r_attn, normalize=cfg.normalize, contrast=scores.contrast)
+
+    general = general_of({"neur": scores.neur, "ctrl": scores.ctrl})
+    general.save(run_dir / "neurons" / "general.json")
+    t = time.perf_counter()
+    stab = stability.measure(general_of, scores.parted, {s.name: s.width for s in neuron_sites(model)},
+                             n_boot=cfg.n_boot, seed=cfg.seed)
+    timings["stability"] = time.perf_counter() - t
+    if stab.warning:
+        log_fn(f"warning: {stab.warning}")
+    specific: dict[str, NeuronSet] = {}
+    crc = scores.crc
+    for group in scores.neur.groups:
+        if crc is not None and group not in crc.groups:
+            log_fn(f"no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
+        # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
+        # group is divided by its own summed P, so groups answered with different confidence compare fairly.
+        ns = select.specific(scores.neur, scores.ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
+                             cfg.r_specific, cfg.z_min, normalize="prob" if cfg.normalize == "prob" else "total")
+        ns.save(run_dir / "neurons" / "specific" / f"{slug(group)}.json")
+        specific[group] = ns
+    num_layers = len({s.layer for s in neuron_sites(model)})
+    summary = summary_table(general, specific, num_layers)
+    if cfg.instance_view and len(general):
+        t = time.perf_counter()
+        per_item = item_scores(model, encode(data.neur, tokenizer, format=fmt), general,
+                               batch_size=cfg.batch_size, progress=cfg.progress)
+        summary += instance_view(general, positive_share(per_item), len(data.neur))
+        timings["instance_view"] = time.perf_counter() - t
+    atomic_write_text(run_dir / "summary.md", summary)
+    log_fn(f"{len(general)} culture-general neurons; specific: "
+           + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
+    return Identified(general, specific, stab, summary)
+
+
+def evaluate_run(cfg: RunConfig, model, tokenizer, data: RunData, general: NeuronSet, fmt: str, run_dir: Path,
+                 notes: list[str], timings: dict[str, float], log_fn: LogFn = log.info) -> Evaluation:
+    """Evaluate the original model, the model with ``general`` inhibited and the random sets on every set (and the
+    short answers when asked for); records under ``run_dir/eval``."""
+    conditions = [Condition("original", None), Condition("general", general)]
+    conditions += [Condition(f"random{i}", select.random_like(general, model, seed=cfg.seed + i, match="site"))
+                   for i in range(cfg.n_random)]
+    conditions += [Condition(f"paper_random{i}", select.random_like(general, model, seed=cfg.seed + i, match="none"))
+                   for i in range(cfg.n_random_paper)]
+    eval_sets = {"Cultural test (BLEnD-style)": data.test, "CountryRC test": data.crc_test}
+    if data.general_eval:
+        eval_sets["General knowledge"] = data.general_eval
+    results = evaluate_conditions(model, tokenizer, eval_sets, conditions, fmt=fmt, batch_size=cfg.batch_size,
+                                  progress=cfg.progress, save_dir=run_dir / "eval")
+    rows = []
+    cultural = {name: name != "General knowledge" for name in results}
+    for set_name, by_cond in results.items():
+        rows += accuracy_rows(set_name, by_cond, "general", cultural=cultural[set_name], seed=cfg.seed)
+    if cfg.saq:
+        rows += _short_answers(cfg, model, tokenizer, data, conditions, run_dir, notes, timings, log_fn)
+    rows = with_holm(rows)
+    verdict = verdict_from_results(results, cultural, inhibited="general", seed=cfg.seed)
+    if verdict is not None:
+        log_fn(f"specificity verdict: {verdict.label}: {verdict.reason}")
+    return Evaluation(conditions, eval_sets, results, rows, verdict)
+
+
+def _short_answers(cfg: RunConfig, model, tokenizer, data: RunData, conditions: list[Condition], run_dir: Path,
+                   notes: list[str], timings: dict[str, float], log_fn: LogFn) -> list:
+    """BLEnD's short-answer questions under every condition but the paper's random sets: report rows."""
+    from culnig_ext.data.saq import load_saq
+    from culnig_ext.intervention.short_answers import evaluate_saq
+
+    t_saq = time.perf_counter()
+    saq_groups = [g for g in data.groups if g in BLEND_COUNTRIES]
+    saq_items = load_saq(cfg.saq, countries=saq_groups, split="test", max_per_country=cfg.saq_max_per_country,
+                         seed=cfg.seed)
+    log_fn(f"short answers: {len(saq_items)} items ({len(saq_groups)} countries, English and local)")
+    saq_results = evaluate_saq(model, tokenizer, saq_items,
+                               [c for c in conditions if not c.name.startswith("paper_random")],
+                               max_new_tokens=cfg.saq_max_new_tokens, batch_size=cfg.batch_size,
+                               progress=cfg.progress)
+    atomic_write_text(run_dir / "saq_responses.json", json.dumps(
+        {c: [asdict(r) for r in res.records] for c, res in saq_results.items()}, ensure_ascii=False, indent=1))
+    notes.append(f"Short answers: greedy generation, at most {cfg.saq_max_new_tokens} new tokens, scored by "
+                 "lemma match against the annotators' answers (culnig_ext/data/saq.py); responses in "
+                 "saq_responses.json.")
+    timings["saq"] = time.perf_counter() - t_saq
+    return saq_rows(saq_results, "general", seed=cfg.seed)
+
+
+def kinship_stage(cfg: RunConfig, model, tokenizer, data: RunData, specific: dict[str, NeuronSet],
+                  fmt: str) -> dict[str, Any] | None:
+    """The kinship matrix (rows: inhibited group's specific set; columns: accuracy drop per group) as the
+    report stores it, or None when kinship is off or no group has specific neurons."""
+    if not cfg.kinship or not any(len(s) for s in specific.values()):
+        return None
+    sets = {g: s for g, s in specific.items() if len(s)}
+    encodings = [encode_choices(it, tokenizer, format=fmt) for it in data.test]
+    run = kinship_matrix_encoded(model, data.test, encodings, sets, format=fmt, batch_size=cfg.batch_size,
+                                 progress=cfg.progress)
+    return {"targets": list(run.result.targets), "groups": list(run.result.groups),
+            "matrix": run.result.matrix.tolist()}
+
+
+def method_notes(cfg: RunConfig) -> list[str]:
+    """The report's sentences on how the neurons and the random baselines were chosen, and the protocol."""
+    notes = [f"Neurons: top {cfg.t_mlp:g} of MLP gate and {cfg.t_attn:g} of attention q/k/v neurons by "
+             f"neur/N - ctrl/N (normalize={cfg.normalize}, control={cfg.control}), minus the top "
+             f"{cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons.",
+             f"Random baselines: {cfg.n_random} sets with the same number of neurons per site (seeds "
+             f"{cfg.seed}..{cfg.seed + cfg.n_random - 1}); p: paired bootstrap over items, one-sided."]
+    if cfg.n_random_paper:
+        from culnig_ext.data.protocols import paper_random_note
+
+        notes.append(paper_random_note(cfg.n_random_paper, cfg.seed) + " Drawn with torch's generator, so the sets "
+                     "differ from the paper's Python-random draws; the distribution they come from is the same.")
+    if cfg.protocol == "paper":
+        notes.append("Protocol: the paper's (ynklab/CULNIG): CountryRC over its 8 countries x 4 instruction variants "
+                     "(scored on the first half of the templates, evaluated on all of them, as its eval script does), "
+                     "accuracy averaged over the variants, letter/number answer labels, "
+                     f"dtype {cfg.dtype}, attention {attn_implementation(cfg)}.")
+    return notes
+
+
+def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identified, evaluation: Evaluation,
+                 kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path) -> Path:
+    """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path."""
+    num_layers = len({s.layer for s in neuron_sites(model)})
+    results = ReportResults(
+        title=f"CULNIG run: {model.config._name_or_path}",
+        model=str(model.config._name_or_path),
+        neuron_set=f"culture-general neurons ({fmt} format)",
+        n_neurons=len(found.general),
+        rows=evaluation.rows,
+        kinship=kin,
+        layers={"num_layers": num_layers, "counts": layer_counts(found.general, num_layers)},
+        notes=notes,
+        verdict=evaluation.verdict.to_dict() if evaluation.verdict is not None else None,
+        sections=[{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}],
+        metadata={"protocol": cfg.protocol, "format": fmt, "data": data.sources.data,
+                  "seconds": f"{timings['total']:.0f}", **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
+    )
+    return write_report(run_dir, results)
+
+
+def instance_view(general: NeuronSet, shares: torch.Tensor, n_items: int, top: int = 15) -> str:
+    """Markdown: on what share of the scoring items each culture-general neuron's item score is positive
+    (``shares[k]`` for the k-th neuron of ``general``, from ``scorer.item_scores`` and ``analysis.positive_share``)."""
+    if len(general) == 0:
+        return ""
+    lines = ["", "## Instance view", "",
+             f"Share of the {n_items} scoring items on which a culture-general neuron's item score "
+             f"(max over tokens of a * dP/da) is positive: mean {shares.mean().item():.1%}, "
+             f"median {shares.median().item():.1%}, min {shares.min().item():.1%}, max {shares.max().item():.1%}.",
+             "", f"Top {min(top, len(general))} neurons by score:", "",
+             "| neuron | score | share of items positive |", "|---|---:|---:|"]
+    order = sorted(range(len(general)), key=lambda k: -general[k].score)[:top]
+    for k in order:
+        n = general[k]
+        lines.append(f"| {n.site}[{n.index}] | {n.score:.4g} | {shares[k].item():.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers: int) -> str:
+    """Markdown: neuron counts per layer and kind for the general set, and per group for the specific sets."""
+    counts = layer_counts(general, num_layers)
+    lines = ["# Neuron counts", "", f"Culture-general neurons: {len(general)}", "",
+             "| layer | MLP gate | attention q/k/v |", "|---:|---:|---:|"]
+    for layer in range(num_layers):
+        lines.append(f"| {layer} | {counts['mlp'][layer]} | {counts['attn'][layer]} |")
+    lines.append(f"| all | {sum(counts['mlp'])} | {sum(counts['attn'])} |")
+    if specific:
+        lines += ["", "Culture-specific neurons per group:", "", "| group | MLP gate | attention q/k/v | total |",
+                  "|---|---:|---:|---:|"]
+        for group, ns in specific.items():
+            by_kind = ns.counts_by_kind()
+            lines.append(f"| {group} | {by_kind.get('mlp', 0)} | {by_kind.get('attn', 0)} | {len(ns)} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_pipeline(cfg: RunConfig, *, log_fn: LogFn = log.info) -> RunOutputs:
+    """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
+    from culnig_ext.studies.preflight import check_run
+
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    run_dir = Path(cfg.out)
+    check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
+
+    data = load_data(cfg, log_fn)
+    (run_dir / "scores").mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+
+    model, tokenizer = load_run_model(cfg, log_fn)
+    timings["load"] = time.perf_counter() - t0
+    notes: list[str] = [f"Data: {data.sources.note}."] if data.sources.note else []
+    fmt, why = pick_format(cfg, model, tokenizer, data, log_fn)
+    notes += [why] if why else []
+
+    t = time.perf_counter()
+    scores = score_tables(cfg, model, tokenizer, data, fmt, run_dir / "scores")
+    timings["score"] = time.perf_counter() - t
+
+    found = identify(cfg, model, tokenizer, data, scores, fmt, run_dir, timings, log_fn)
+
+    t = time.perf_counter()
+    evaluation = evaluate_run(cfg, model, tokenizer, data, found.general, fmt, run_dir, notes, timings, log_fn)
+    timings["evaluate"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    kin = kinship_stage(cfg, model, tokenizer, data, found.specific, fmt)
+    if kin is not None:
+        timings["kinship"] = time.perf_counter() - t
+
+    notes += method_notes(cfg)
+    timings["total"] = time.perf_counter() - t0
+    report = report_stage(cfg, model, data, fmt, found, evaluation, kin, notes, timings, run_dir)
+    if cfg.finetune:
+        from culnig_ext.studies.finetune.study import run_finetune_step
+
+        t = time.perf_counter()
+        before = {name: by_cond["original"] for name, by_cond in evaluation.results.items()}
+        run_finetune_step(model, tokenizer, found.general, cfg, data.study_tasks, evaluation.eval_sets, fmt, before,
+                          log_fn=log_fn)
+        timings["finetune"] = time.perf_counter() - t
+        timings["total"] = time.perf_counter() - t0
+    return RunOutputs(run_dir, fmt, found.general, found.specific, report, timings)
