@@ -10,9 +10,9 @@
 #
 # Each module runs in its own scratch copy of the tracked files ($MUTATION_DIR/<module>, default
 # /tmp/culnig_mutation), with its own test selection, so the work tree gets no mutants/ folder and no mutmut
-# config. Mutated: every function of the module, except pipeline.py, where only the condition logic is
-# (evaluate_conditions, which inhibits each condition, and the helpers that feed the report: instance_view,
-# score_cached, _sample, slug). Not mutated: statements that only raise an error, warn, print or log (their
+# config. Mutated: every function of the module, except `pipeline`, the condition logic the pipeline composes
+# (studies/conditions.evaluate_conditions, which inhibits each condition, and the helpers that feed the report:
+# studies/pipeline.instance_view, scoring/cache.score_cached, data/splits.sample_items, _utils/names.slug). Not mutated: statements that only raise an error, warn, print or log (their
 # messages; the bad-input tests check the errors), and progress-bar lines.
 # Exit status: 0 when every module kills >= $MUTATION_MIN_RATE % (default 90) of its mutants, equivalent
 # (allow-listed) ones left out, and no survivor is unlisted. Tool: mutmut, pinned in requirements-dev.txt.
@@ -32,9 +32,19 @@ declare -A scope=(
   [inhibit]="culnig_ext.intervention.inhibit.*"
   [stats]="culnig_ext.stats.bootstrap.*"
   [analysis]="culnig_ext.reporting.analysis.*"
-  [pipeline]="culnig_ext.studies.pipeline.x_evaluate_conditions__mutmut_* culnig_ext.studies.pipeline.x_instance_view__mutmut_*
-              culnig_ext.studies.pipeline.x_score_cached__mutmut_* culnig_ext.studies.pipeline.x__sample__mutmut_*
-              culnig_ext.studies.pipeline.x_slug__mutmut_*"
+  [pipeline]="culnig_ext.studies.conditions.x_evaluate_conditions__mutmut_* culnig_ext.studies.pipeline.x_instance_view__mutmut_*
+              culnig_ext.scoring.cache.x_score_cached__mutmut_* culnig_ext.data.splits.x_sample_items__mutmut_*
+              culnig_ext._utils.names.x_slug__mutmut_*"
+)
+# The files each module's mutants are planted in (paths under culnig_ext/).
+declare -A files=(
+  [table]="scoring/table.py"
+  [select]="selection/culnig.py"
+  [scorer]="scoring/scorer.py"
+  [inhibit]="intervention/inhibit.py"
+  [stats]="stats/bootstrap.py"
+  [analysis]="reporting/analysis.py"
+  [pipeline]="studies/conditions.py studies/pipeline.py scoring/cache.py data/splits.py _utils/names.py"
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
@@ -93,7 +103,8 @@ run_module() {
   {
     echo "[mutmut]"
     echo "source_paths = culnig_ext"
-    echo "only_mutate = culnig_ext/$m.py"
+    echo "only_mutate ="
+    for f in ${files[$m]}; do echo "    culnig_ext/$f"; done
     echo "pytest_add_cli_args_test_selection ="
     for t in ${covering[$m]}; do echo "    $t"; done
     echo "pytest_add_cli_args ="
@@ -143,6 +154,18 @@ for m in "${modules[@]}"; do
   echo "   $m: $((SECONDS - t0)) s wall; $cpu CPU seconds so far (all workers)"
 done
 
+# module_of MUTANT: the module key whose scope holds the mutant's name
+module_of() {
+  local key pat
+  for key in "${!scope[@]}"; do
+    for pat in ${scope[$key]}; do
+      # shellcheck disable=SC2053  # the pattern is a glob on purpose
+      [[ $1 == $pat ]] && { echo "$key"; return; }
+    done
+  done
+  echo "unknown"
+}
+
 rc=0
 measure_cpu
 "$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt --min-rate "${MUTATION_MIN_RATE:-90}" \
@@ -150,7 +173,7 @@ measure_cpu
 if [ -s "$work/survivors.txt" ] && [ -z "${MUTATION_QUIET:-}" ]; then
   echo; echo "== the surviving mutants' diffs"
   while read -r name; do
-    m=${name#culnig_ext.}; m=${m%%.*}
+    m=$(module_of "$name")
     d=$work/$m; [ -d "$d.rerun/mutants" ] && d=$d.rerun
     (cd "$d" && "$python" -m mutmut show "$name" 2>/dev/null) || echo "$name"
   done < "$work/survivors.txt"

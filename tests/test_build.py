@@ -132,7 +132,7 @@ def test_aot_install_ships_a_working_module(aot_site, tmp_path):
     cache.mkdir()
     result, err = _run_probe({"TORCH_EXTENSIONS_DIR": str(cache)}, cwd=tmp_path, pythonpath=str(site))
     assert result["kind"] == "aot" and result["backend"] == "cpu-ext"
-    assert Path(result["module"]).parent == site / "culnig_ext"
+    assert Path(result["module"]).parent == site / "culnig_ext" / "kernels"
     assert list(cache.iterdir()) == []  # the AOT module was used: no JIT build
     assert BUILD_MESSAGE not in err
 

@@ -483,7 +483,7 @@ def test_messages_have_one_source():
     keys = set(ops_reference.MESSAGES)
     assert len(keys) >= 20
     cpp = (root / "csrc" / "culnig.cpp").read_text()
-    py = (root / "culnig_ext" / "ops_reference.py").read_text()
+    py = (root / "culnig_ext" / "kernels" / "reference.py").read_text()
     for _, text in ops_reference.MESSAGES.values():
         fragment = max(text.split("{}"), key=len)
         assert len(fragment) >= 12, text

@@ -247,7 +247,7 @@ def test_instance_view_shares_equal_a_recomputation(run):
 
 
 def test_evaluate_options_reach_the_conditions(monkeypatch, tmp_path, model_dir):
-    import culnig_ext.studies.pipeline as pipeline
+    import culnig_ext.studies.conditions as conditions
 
     model, _ = load_model(str(model_dir))
     ns = NeuronSet.from_pairs([("layers.0.mlp.gate_proj", 1), ("layers.1.self_attn.q_proj", 2)],
@@ -259,7 +259,7 @@ def test_evaluate_options_reach_the_conditions(monkeypatch, tmp_path, model_dir)
         seen.update(sets=sets, conditions=conditions, kw=kw)
         raise KeyError("stop here")
 
-    monkeypatch.setattr(pipeline, "evaluate_conditions", fake_conditions)
+    monkeypatch.setattr(conditions, "evaluate_conditions", fake_conditions)
     argv = ["evaluate", "--model", str(model_dir), "--format", "cloze", "--data", "builtin:cultural", "--split", "test", "--inhibit", str(ns_path), "--random", "2", "--seed", "5",
             "--batch-size", "7", "--no-progress", "--out", str(tmp_path / "ev")]
     err = io.StringIO()

@@ -63,7 +63,10 @@ def _checkpointed(forward):
 def checkpointed_layers(model: nn.Module) -> Iterator[int]:
     """Run every decoder layer of ``model`` under activation checkpointing for the duration; yields the number
     of layers wrapped. The layers' ``forward`` is restored on exit, also on error."""
-    layers = decoder_layers(model)
+    try:
+        layers = decoder_layers(model)
+    except ValueError as exc:
+        raise ValueError(f"cannot checkpoint activations: {exc}") from exc
     wrapped = []
     try:
         for layer in layers:
