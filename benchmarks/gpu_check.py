@@ -155,7 +155,7 @@ def table(env: dict, op_rows: list[dict], sc: dict | None, build: str, tests: st
              "", "| check | measured | target | met |", "|---|---|---|---|",
              f"| build of the extension | {build} | builds, CUDA kernels registered | "
              f"{'yes' if build.startswith('ok') else 'no'} |",
-             f"| tests/test_ops_cuda.py (ops + GPU scorer) | {tests} | all pass | "
+             f"| tests/kernels/test_ops_cuda.py (ops + GPU scorer) | {tests} | all pass | "
              f"{'yes' if ' passed' in tests and 'failed' not in tests and 'error' not in tests else 'no'} |"]
     for r in op_rows:
         ratio = r["fused_gbs"] / r["read_once_gbs"]

@@ -6,13 +6,13 @@
 # On one H100/H200 whose image has torch (CUDA), transformers and ninja, no network, within ~8 minutes:
 #   1. builds the extension in place (setup.py build_ext --inplace; TORCH_CUDA_ARCH_LIST default "9.0") and checks
 #      that the CUDA kernels are registered;
-#   2. runs tests/test_ops_cuda.py (the ops against the oracle, CUDA-graph capture, the GPU scorer);
+#   2. runs tests/kernels/test_ops_cuda.py (the ops against the oracle, CUDA-graph capture, the GPU scorer);
 #   3. runs benchmarks/gpu_check.py: bench_ops at B=16 T=2048 N=14336 (bf16, fp32: GB/s vs reading the inputs once)
 #      and bench_scoring's variants on a Llama-3-8B-shaped model with random bf16 weights (tokens/s vs a bare frozen
 #      forward+backward and a forward, the op's share of the step, peak memory, with/without checkpointing);
 #   4. writes OUT_DIR/gpu_check.md (the table; copy it into the README) and gpu_check.json, plus the logs.
 # --smoke: the same steps end to end on the CPU with small shapes (no build: uses the extension as it loads), so the
-# script never rots; tests/test_gpu_check.py runs it. Every step runs even if an earlier one failed (the table says
+# script never rots; tests/integration/test_gpu_check.py runs it. Every step runs even if an earlier one failed (the table says
 # which); the exit status is non-zero if any failed. Environment: PYTHON (default python), TORCH_CUDA_ARCH_LIST,
 # MAX_JOBS (default: all cores).
 set -uo pipefail
@@ -61,8 +61,8 @@ fi
 say "build: $build"
 
 # 2. tests ------------------------------------------------------------------------------------------------------
-say "tests/test_ops_cuda.py"
-timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/test_ops_cuda.py > "$OUT/tests.log" 2>&1
+say "tests/kernels/test_ops_cuda.py"
+timeout 300 "$PY" -m pytest -q -p no:cacheprovider tests/kernels/test_ops_cuda.py > "$OUT/tests.log" 2>&1
 rc=$?
 tests="$(grep -E '(passed|failed|skipped|error)' "$OUT/tests.log" | tail -n 1 | sed 's/=//g; s/^ *//; s/ *$//')"
 [[ -z "$tests" ]] && tests="no summary (exit $rc, see tests.log)"

@@ -48,15 +48,15 @@ declare -A files=(
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
-  [table]="tests/test_table_edges.py tests/test_seams.py tests/test_analysis_edges.py tests/test_scorer.py
-           tests/test_frames.py"
-  [select]="tests/test_select.py tests/test_select_edges.py tests/test_seams.py"
-  [scorer]="tests/test_scorer_edges.py tests/test_scorer.py tests/test_scorer_mutants.py tests/test_seams.py
-            tests/test_families.py tests/test_checkpointing.py tests/test_wrapped.py"
-  [inhibit]="tests/test_inhibit_edges.py tests/test_inhibit.py tests/test_analysis.py tests/test_families.py"
-  [stats]="tests/test_stats_edges.py tests/test_stats.py tests/test_seams.py"
-  [analysis]="tests/test_analysis_edges.py tests/test_analysis.py tests/test_seams_pipeline.py"
-  [pipeline]="tests/test_pipeline_parts.py tests/test_seams_pipeline.py tests/test_pipeline.py"
+  [table]="tests/scoring/test_table.py tests/integration/test_seams.py tests/reporting/test_analysis_edges.py tests/scoring/test_scorer.py
+           tests/data/test_frames.py"
+  [select]="tests/selection/test_culnig.py tests/selection/test_culnig_edges.py tests/integration/test_seams.py"
+  [scorer]="tests/scoring/test_scorer_edges.py tests/scoring/test_scorer.py tests/scoring/test_scorer_mutants.py tests/integration/test_seams.py
+            tests/scoring/test_families.py tests/models/test_checkpointing.py tests/models/test_wrapped.py"
+  [inhibit]="tests/intervention/test_inhibit_edges.py tests/intervention/test_inhibit.py tests/reporting/test_analysis.py tests/scoring/test_families.py"
+  [stats]="tests/stats/test_bootstrap_edges.py tests/stats/test_bootstrap.py tests/integration/test_seams.py"
+  [analysis]="tests/reporting/test_analysis_edges.py tests/reporting/test_analysis.py tests/integration/test_seams_pipeline.py"
+  [pipeline]="tests/studies/test_pipeline_parts.py tests/integration/test_seams_pipeline.py tests/studies/test_pipeline.py"
 )
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(table select scorer inhibit stats analysis pipeline)
