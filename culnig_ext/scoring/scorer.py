@@ -532,48 +532,132 @@ def table_provenance(model: nn.Module, clamp_min: float | None, extra: Mapping[s
     return meta
 
 
-def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progress, checkpoint, checkpoint_every,
-                  checkpoint_seconds, keep_checkpoint, job, window, provenance,
-                  checkpoint_activations=False) -> ScoreTable:
+def _score_stream(model: nn.Module, stream: streaming.ItemStream, chosen: Sequence[Site], *, batch_size: int,
+                  clamp_min: float | None, groups: Sequence[str] | None, progress: bool,
+                  checkpoint: str | os.PathLike | None, checkpoint_every: int, checkpoint_seconds: float,
+                  keep_checkpoint: bool, job: distributed_mod.Dist | None, window: int, provenance: dict[str, str],
+                  checkpoint_activations: bool = False) -> ScoreTable:
+    """The engine of ``score`` (arguments checked there), as a sequence of stages: the partial table; resuming
+    from a checkpoint; scoring this rank's batches of every window with hooks on the sites (the snapshot on
+    failure); the final table (summed over the ranks)."""
     rank, world = (job.rank, job.world) if job is not None else (0, 1)
     metadata = table_provenance(model, clamp_min, provenance)
-    fixed = groups is not None
-    names: list[str] = list(groups) if fixed else []
-    rows = {g: i for i, g in enumerate(names)}
-    acc = _Accumulators(chosen, len(names))
-    counts = torch.zeros(len(names), dtype=torch.int64)
-    prob_sums = torch.zeros(len(names), dtype=torch.float64)
+    table = _PartialTable(chosen, groups, metadata)
+    start = _resume(checkpoint, table, chosen, stream, batch_size=batch_size, window=window, rank=rank,
+                    world=world, every=checkpoint_every, seconds=checkpoint_seconds)
+    on_grad = _accumulating(table.acc, clamp_min)
+    device, keep_kw, pad = input_device(model), takes_logits_to_keep(model), pad_id(model)
+    bar = tqdm(total=stream.total, desc="scoring", unit="item", disable=not progress, dynamic_ncols=True)
+    done = _Progress(bar, start.skip)
+    layers = checkpointing.checkpointed_layers(model) if checkpoint_activations else nullcontext()
+    with frozen(model), layers:
+        check_differentiable(model, chosen)
+        hooks = _Hooks(model, chosen, on_grad)
+        runner = _BatchRunner(model, hooks, table, device, keep_kw, pad)
+        source = streaming.background(_windows(stream, batch_size, window))
+        try:
+            _score_windows(source, runner, start, done, job, rank, world)
+        except BaseException as exc:
+            _stopped(exc, table, start, done, job, rank)
+            raise
+        finally:
+            source.close()
+            hooks.close()
+            bar.close()
+    return _final_table(stream, table, job, start.ckpt, keep_checkpoint)
 
-    ckpt, saved, skip = None, None, 0
-    if checkpoint is not None:
-        key = {**metadata, "batch_size": str(batch_size), "window": str(window), "sites_hash": _sites_hash(chosen),
-               "shard": "" if stream.shard is None else f"{stream.shard[0]}/{stream.shard[1]}",
-               "max_items": "" if stream.max_items is None else str(stream.max_items),
-               "world": str(world), "rank": str(rank), "fixed_groups": json.dumps(names) if fixed else ""}
-        ckpt = Checkpointer(rank_path(checkpoint, rank, world), key, checkpoint_every, checkpoint_seconds)
-        saved = ckpt.load()
-    if saved is not None:
-        names = list(saved.groups)
-        rows = {g: i for i, g in enumerate(names)}
-        acc.rows = len(names)
-        acc.sums = {name: saved[name].clone() for name in acc.sums}
-        counts, prob_sums = saved.counts.clone(), saved.prob_sums.clone()
-        skip = int(saved.metadata["batches_done"])
-        log.warning("resuming from %s after batch %d", ckpt.path, skip)
 
-    def grow(new_groups: Sequence[str]) -> None:
-        nonlocal counts, prob_sums
-        unknown = [g for g in new_groups if g not in rows]
+class _PartialTable:
+    """The table while it is scored: its group rows in table order (``names``; ``rows``: the row of each name),
+    item counts and summed ``P(y|x)`` per row, and the ``[G, N]`` site sums (``acc``). Rows are added as new groups
+    appear, unless ``groups=`` fixed them.
+
+    ``metadata`` is the caller's provenance dict itself (not a copy): ``snapshot`` records what it holds then.
+    """
+
+    def __init__(self, sites: Sequence[Site], groups: Sequence[str] | None, metadata: dict[str, str]) -> None:
+        self.metadata = metadata
+        self.fixed = groups is not None
+        self.names: list[str] = list(groups) if self.fixed else []
+        self.rows: dict[str, int] = {g: i for i, g in enumerate(self.names)}
+        self.acc = _Accumulators(sites, len(self.names))
+        self.counts = torch.zeros(len(self.names), dtype=torch.int64)
+        self.prob_sums = torch.zeros(len(self.names), dtype=torch.float64)
+
+    def restore(self, saved: ScoreTable) -> None:
+        """Continue from a checkpoint's snapshot: its groups, counts, P sums and site sums (copies)."""
+        self.names = list(saved.groups)
+        self.rows = {g: i for i, g in enumerate(self.names)}
+        self.acc.rows = len(self.names)
+        self.acc.sums = {name: saved[name].clone() for name in self.acc.sums}
+        self.counts, self.prob_sums = saved.counts.clone(), saved.prob_sums.clone()
+
+    def grow(self, new_groups: Sequence[str]) -> None:
+        """Add a row (zero counts and sums) for each group of ``new_groups`` not yet in the table, in order;
+        ``ValueError`` for one when the rows are fixed."""
+        unknown = [g for g in new_groups if g not in self.rows]
         if not unknown:
             return
-        if fixed:
-            raise ValueError(f"items have group(s) {unknown} not in groups={names}")
+        if self.fixed:
+            raise ValueError(f"items have group(s) {unknown} not in groups={self.names}")
         for g in unknown:
-            rows[g] = len(names)
-            names.append(g)
-        acc.rows = len(names)
-        counts = torch.cat([counts, torch.zeros(len(unknown), dtype=torch.int64)])
-        prob_sums = torch.cat([prob_sums, torch.zeros(len(unknown), dtype=torch.float64)])
+            self.rows[g] = len(self.names)
+            self.names.append(g)
+        self.acc.rows = len(self.names)
+        self.counts = torch.cat([self.counts, torch.zeros(len(unknown), dtype=torch.int64)])
+        self.prob_sums = torch.cat([self.prob_sums, torch.zeros(len(unknown), dtype=torch.float64)])
+
+    def add(self, group: torch.Tensor, probs: torch.Tensor) -> None:
+        """Count a scored batch's items (``group [B]`` int64 rows) and add their ``P(y|x)`` (``probs [B]``)."""
+        self.counts.index_add_(0, group, torch.ones_like(group))
+        self.prob_sums.index_add_(0, group, probs.to("cpu", torch.float64))
+
+    def snapshot(self) -> ScoreTable:
+        """The table as it stands (site sums on the CPU, a copy of the metadata)."""
+        return ScoreTable(self.names, self.counts, self.acc.cpu(), self.prob_sums, dict(self.metadata))
+
+
+@dataclass
+class _Start:
+    """Where a run starts: its checkpointer (None without ``checkpoint``), the snapshot it resumes from (None when
+    it starts afresh) and the global batches that snapshot holds (``skip``: they are not scored again)."""
+
+    ckpt: Checkpointer | None
+    saved: ScoreTable | None
+    skip: int
+
+
+def _checkpoint_key(table: _PartialTable, chosen: Sequence[Site], stream: streaming.ItemStream, *, batch_size: int,
+                    window: int, rank: int, world: int) -> dict[str, str]:
+    """What a checkpoint records of the run that wrote it, and must match to be resumed: the provenance, batch
+    size, window, sites, shard, item limit, rank and world size, and the fixed groups (if any)."""
+    return {**table.metadata, "batch_size": str(batch_size), "window": str(window), "sites_hash": _sites_hash(chosen),
+            "shard": "" if stream.shard is None else f"{stream.shard[0]}/{stream.shard[1]}",
+            "max_items": "" if stream.max_items is None else str(stream.max_items),
+            "world": str(world), "rank": str(rank), "fixed_groups": json.dumps(table.names) if table.fixed else ""}
+
+
+def _resume(checkpoint: str | os.PathLike | None, table: _PartialTable, chosen: Sequence[Site],
+            stream: streaming.ItemStream, *, batch_size: int, window: int, rank: int, world: int, every: int,
+            seconds: float) -> _Start:
+    """This rank's checkpointer for ``checkpoint`` (none without one); when its file holds a snapshot of the same
+    kind of run, ``table`` continues from it and the run skips the batches it holds."""
+    if checkpoint is None:
+        return _Start(None, None, 0)
+    key = _checkpoint_key(table, chosen, stream, batch_size=batch_size, window=window, rank=rank, world=world)
+    ckpt = Checkpointer(rank_path(checkpoint, rank, world), key, every, seconds)
+    saved = ckpt.load()
+    if saved is None:
+        return _Start(ckpt, None, 0)
+    table.restore(saved)
+    skip = int(saved.metadata["batches_done"])
+    log.warning("resuming from %s after batch %d", ckpt.path, skip)
+    return _Start(ckpt, saved, skip)
+
+
+def _accumulating(acc: _Accumulators, clamp_min: float | None) -> GradCallback:
+    """The gradient callback of ``score`` (it runs in every site's gradient hook): the fused op adds the batch's
+    ``P * max`` into the site's accumulator, after saving the rows it changes (``_Accumulators.touch``)."""
 
     def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
         dev = act.device
@@ -584,24 +668,27 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
             clamp_min, *state.tokens_on(dev),
         )
 
-    def snapshot() -> ScoreTable:
-        return ScoreTable(names, counts, acc.cpu(), prob_sums, dict(metadata))
+    return on_grad
 
-    def windows():
-        for batches in streaming.windowed_batches(stream, batch_size, window):
-            yield batches, list(stream.groups), stream.fingerprint.hexdigest(), stream.read
 
-    device = input_device(model)
-    keep_kw = takes_logits_to_keep(model)
-    pad = pad_id(model)
+class _BatchRunner:
+    """Scores batches of items into a partial table: one forward and one backward pass each (``_step``, with the
+    gradient hooks ``hooks``). A batch that fails leaves the site sums as they were; one of several items that runs
+    out of memory is scored again as two halves."""
 
-    def run_batch(batch_items: list[ScoreItem]) -> None:
-        batch = make_batch(batch_items, rows, device, pad)
-        acc.begin()
+    def __init__(self, model: nn.Module, hooks: _Hooks, table: _PartialTable, device: torch.device, keep_kw: bool,
+                 pad: int) -> None:
+        self.model, self.hooks, self.table = model, hooks, table
+        self.device, self.keep_kw, self.pad = device, keep_kw, pad
+
+    def run(self, batch_items: list[ScoreItem]) -> None:
+        """Score ``batch_items`` (one batch, in this order) and count them in the table."""
+        batch = make_batch(batch_items, self.table.rows, self.device, self.pad)
+        self.table.acc.begin()
         try:
-            probs = _step(model, hooks, batch, keep_kw, len(names))
+            probs = _step(self.model, self.hooks, batch, self.keep_kw, len(self.table.names))
         except BaseException as exc:
-            acc.rollback()
+            self.table.acc.rollback()
             if not (_is_oom(exc) and len(batch_items) > 1):
                 raise
             oom = True
@@ -609,88 +696,133 @@ def _score_stream(model, stream, chosen, *, batch_size, clamp_min, groups, progr
             oom = False
         if oom:  # split outside the except block, so the failed pass's tensors are freed first
             del batch
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            half = len(batch_items) // 2
-            log.warning("out of memory on a batch of %d items; splitting it into %d + %d and retrying",
-                        len(batch_items), half, len(batch_items) - half)
-            run_batch(batch_items[:half])
-            run_batch(batch_items[half:])
+            self._run_halves(batch_items)
             return
-        counts.index_add_(0, batch.group, torch.ones_like(batch.group))
-        prob_sums.index_add_(0, batch.group, probs.to("cpu", torch.float64))
+        self.table.add(batch.group, probs)
 
-    bar = tqdm(total=stream.total, desc="scoring", unit="item", disable=not progress, dynamic_ncols=True)
-    loads = [0] * world
-    complete, complete_state = skip, {}
-    tokens, started = 0, time.perf_counter()
-    layers = checkpointing.checkpointed_layers(model) if checkpoint_activations else nullcontext()
-    with frozen(model), layers:
-        check_differentiable(model, chosen)
-        hooks = _Hooks(model, chosen, on_grad)
-        source = streaming.background(windows())
-        try:
-            before = 0  # global batches in the windows before this one
-            for batches, seen_groups, fingerprint, n_read in source:
-                grow(seen_groups)
-                state = {"items_fingerprint": fingerprint, "items_read": str(n_read)}
-                if saved is not None and before < skip <= before + len(batches):
-                    want = (saved.metadata.get("items_fingerprint"), saved.metadata.get("items_read"))
-                    if want != (fingerprint, str(n_read)):
-                        raise CheckpointError(
-                            f"checkpoint {ckpt.path} was written for other items (items_fingerprint of the first "
-                            f"{want[1]} items differs); delete it or pass another checkpoint path")
-                owner = (distributed_mod.assign([sum(len(it.fed_ids) for it in b) for b in batches], loads)
-                         if job is not None else [0] * len(batches))
-                for j, batch_items in enumerate(batches):
-                    number = before + j + 1
-                    if number > skip and owner[j] == rank:
-                        run_batch(batch_items)
-                        tokens += sum(len(it.fed_ids) for it in batch_items)
-                    complete, complete_state = max(complete, number), state
-                    bar.update(len(batch_items))
-                    elapsed = max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix_str(f"{tokens / elapsed:,.0f} tok/s", refresh=False)
-                    if ckpt is not None and number > skip and ckpt.due(number):
-                        ckpt.save(snapshot, number, state)
-                before += len(batches)
-                if job is not None:
-                    distributed_mod.check(job, True)
-        except BaseException as exc:
-            acc.rollback()
-            if ckpt is not None and not isinstance(exc, CheckpointError) and complete > ckpt.last_done:
-                ckpt.save(snapshot, complete, complete_state)
-            if ckpt is not None and ckpt.path.exists() and not isinstance(exc, CheckpointError):
-                # a note, not a log line: the CLI prints its own one-line message (with the command to re-run)
-                exc.add_note(f"scoring stopped after batch {ckpt.last_done}; progress is saved in {ckpt.path}: "
-                             "run the same command (the same score() call) again to resume")
-                log.info("scoring stopped after batch %d; progress saved in %s", ckpt.last_done, ckpt.path)
-            if job is not None and isinstance(exc, Exception) and not isinstance(exc, distributed_mod.RankFailed):
-                try:  # tell the other ranks, so they stop now instead of at the timeout
-                    distributed_mod.check(job, False)
-                except Exception as other:  # the original error is re-raised below
-                    log.warning("rank %d could not tell the others it failed: %s", rank, other)
-            raise
-        finally:
-            source.close()
-            hooks.close()
-            bar.close()
+    def _run_halves(self, batch_items: list[ScoreItem]) -> None:
+        """After running out of memory on ``batch_items``: free the cached GPU memory, score each half."""
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        half = len(batch_items) // 2
+        log.warning("out of memory on a batch of %d items; splitting it into %d + %d and retrying",
+                    len(batch_items), half, len(batch_items) - half)
+        self.run(batch_items[:half])
+        self.run(batch_items[half:])
 
+
+def _windows(stream: streaming.ItemStream, batch_size: int, window: int
+             ) -> Iterator[tuple[list[list[ScoreItem]], list[str], str, int]]:
+    """The stream's windows of batches, each with what the stream has seen once it is read: the groups (in order
+    of first appearance), the items' fingerprint and the number of items read."""
+    for batches in streaming.windowed_batches(stream, batch_size, window):
+        yield batches, list(stream.groups), stream.fingerprint.hexdigest(), stream.read
+
+
+@dataclass
+class _Progress:
+    """How far a run has got. ``complete``: the last global batch that is done (scored here, another rank's, or in
+    the snapshot resumed from), ``state``: its window's item state (both for a snapshot); ``tokens`` scored here
+    since ``started``, for the tokens/s on ``bar``."""
+
+    bar: tqdm
+    complete: int
+    state: dict[str, str] = field(default_factory=dict)
+    tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def advance(self, number: int, state: dict[str, str], n_items: int) -> None:
+        """Global batch ``number`` (``n_items`` items, of the window with item state ``state``) is done."""
+        self.complete, self.state = max(self.complete, number), state
+        self.bar.update(n_items)
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+
+
+def _score_windows(source: Iterable[tuple[list[list[ScoreItem]], list[str], str, int]], runner: _BatchRunner,
+                   start: _Start, done: _Progress, job: distributed_mod.Dist | None, rank: int, world: int) -> None:
+    """Score every window of ``source`` (see ``_windows``): new groups get rows, the batches are shared out among
+    the ranks, this rank scores its own (but those the snapshot resumed from holds) and snapshots when due; under
+    torch.distributed the ranks check after each window that none has failed."""
+    loads = [0] * world  # tokens per rank so far: batches are shared out by tokens, across windows
+    before = 0  # global batches in the windows before this one
+    for batches, seen_groups, fingerprint, n_read in source:
+        runner.table.grow(seen_groups)
+        state = {"items_fingerprint": fingerprint, "items_read": str(n_read)}
+        if start.saved is not None and before < start.skip <= before + len(batches):
+            _check_same_items(start, fingerprint, n_read)
+        owner = (distributed_mod.assign([sum(len(it.fed_ids) for it in b) for b in batches], loads)
+                 if job is not None else [0] * len(batches))
+        for j, batch_items in enumerate(batches):
+            _score_batch(before + j + 1, batch_items, owner[j] == rank, state, runner, start, done)
+        before += len(batches)
+        if job is not None:
+            distributed_mod.check(job, True)
+
+
+def _check_same_items(start: _Start, fingerprint: str, n_read: int) -> None:
+    """In the window where a resumed run picks up: ``CheckpointError`` unless the items read so far are those the
+    snapshot was written after (same fingerprint, same count)."""
+    want = (start.saved.metadata.get("items_fingerprint"), start.saved.metadata.get("items_read"))
+    if want != (fingerprint, str(n_read)):
+        raise CheckpointError(
+            f"checkpoint {start.ckpt.path} was written for other items (items_fingerprint of the first "
+            f"{want[1]} items differs); delete it or pass another checkpoint path")
+
+
+def _score_batch(number: int, batch_items: list[ScoreItem], mine: bool, state: dict[str, str], runner: _BatchRunner,
+                 start: _Start, done: _Progress) -> None:
+    """Global batch ``number``: scored when it is this rank's (``mine``) and not in the snapshot resumed from;
+    then done (progress bar) and, when one is due, a snapshot."""
+    if number > start.skip and mine:
+        runner.run(batch_items)
+        done.tokens += sum(len(it.fed_ids) for it in batch_items)
+    done.advance(number, state, len(batch_items))
+    if start.ckpt is not None and number > start.skip and start.ckpt.due(number):
+        start.ckpt.save(runner.table.snapshot, number, state)
+
+
+def _stopped(exc: BaseException, table: _PartialTable, start: _Start, done: _Progress,
+             job: distributed_mod.Dist | None, rank: int) -> None:
+    """Scoring stopped on ``exc`` (the caller re-raises it): the half-scored batch is undone, the batches done are
+    snapshotted (not when the checkpoint itself was refused), ``exc`` gets a note saying how to resume, and under
+    torch.distributed the other ranks are told (unless the failure is theirs, or an interruption)."""
+    table.acc.rollback()
+    ckpt = start.ckpt
+    if ckpt is not None and not isinstance(exc, CheckpointError) and done.complete > ckpt.last_done:
+        ckpt.save(table.snapshot, done.complete, done.state)
+    if ckpt is not None and ckpt.path.exists() and not isinstance(exc, CheckpointError):
+        # a note, not a log line: the CLI prints its own one-line message (with the command to re-run)
+        exc.add_note(f"scoring stopped after batch {ckpt.last_done}; progress is saved in {ckpt.path}: "
+                     "run the same command (the same score() call) again to resume")
+        log.info("scoring stopped after batch %d; progress saved in %s", ckpt.last_done, ckpt.path)
+    if job is not None and isinstance(exc, Exception) and not isinstance(exc, distributed_mod.RankFailed):
+        try:  # tell the other ranks, so they stop now instead of at the timeout
+            distributed_mod.check(job, False)
+        except Exception as other:  # the original error is re-raised by the caller
+            log.warning("rank %d could not tell the others it failed: %s", rank, other)
+
+
+def _final_table(stream: streaming.ItemStream, table: _PartialTable, job: distributed_mod.Dist | None,
+                 ckpt: Checkpointer | None, keep_checkpoint: bool) -> ScoreTable:
+    """The finished table: ``ItemError`` when no item was scored; the dataset fingerprint and item-id hashes
+    recorded; under torch.distributed the sums of all ranks; the checkpoint removed unless ``keep_checkpoint``."""
     if stream.fingerprint.count == 0:
         if stream.shard is not None and stream.read:
             raise ItemError(f"shard {stream.shard} has no items ({stream.read} items in all)")
         raise ItemError("no items to score")
     hashes = torch.from_numpy(stream.sorted_id_hashes().copy())
+    metadata = table.metadata
     metadata["dataset_fingerprint"] = stream.fingerprint.hexdigest()
-    table = snapshot()
+    result = table.snapshot()
     if job is not None:
-        reduced = distributed_mod.all_reduce_sum(job, [table.counts, table.prob_sums, *table.table.values()])
-        table = ScoreTable(names, reduced[0], dict(zip(table.sites, reduced[2:])), reduced[1], metadata)
-    table.metadata = dict(metadata)
-    table.item_hashes = hashes
+        reduced = distributed_mod.all_reduce_sum(job, [result.counts, result.prob_sums, *result.table.values()])
+        result = ScoreTable(table.names, reduced[0], dict(zip(result.sites, reduced[2:])), reduced[1], metadata)
+    result.metadata = dict(metadata)
+    result.item_hashes = hashes
     if ckpt is not None and not keep_checkpoint:
         ckpt.remove()
-    return table
+    return result
 
 
 def remove_checkpoint(checkpoint: str | os.PathLike) -> None:
