@@ -8,7 +8,7 @@ import torch
 
 import culnig_ext
 from culnig_ext.models import checkpointing
-from culnig_ext.cli.main import _parser
+from culnig_ext.cli.main import build_parser as _parser
 from test_scorer import reference_scores
 from tiny_models import ARCHS, random_items, tiny_model
 

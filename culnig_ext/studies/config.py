@@ -1,5 +1,9 @@
-"""``RunConfig``: every option of ``culnig run`` defined once (a field is a flag, a config-file key and a key of the
-run's config.json), and the paper's protocol as a preset of them."""
+"""The studies' options: ``RunConfig``, every option of ``culnig run`` defined once (a field is a flag, a
+config-file key and a key of the run's config.json), and the paper's protocol as a preset of them; ``CompareConfig``
+(``culnig compare``, the same way) and ``SweepConfig`` (``culnig sweep``).
+
+No torch here (nor in what this imports): the CLI builds its parser from these classes without loading torch; the
+modules that run the studies (``pipeline``, ``compare``, ``sweep``) re-export them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -115,7 +119,7 @@ class RunConfig:
         if not self.finetune:
             return None
         ends = tuple(e.strip() for e in self.finetune_end.split(",") if e.strip())
-        from culnig_ext.studies.finetune.study import StudySettings
+        from culnig_ext.studies.finetune.settings import StudySettings
 
         return StudySettings(ends=ends, budget=self.finetune_budget, by=self.finetune_by, lora=self.finetune_lora,
                              epochs=self.finetune_epochs, lr=self.finetune_lr,
@@ -148,3 +152,61 @@ def attn_implementation(cfg: RunConfig) -> str | None:
     if cfg.attn_implementation:
         return cfg.attn_implementation
     return "eager" if cfg.protocol == "paper" and "gemma" in str(cfg.model).lower() else None
+
+
+@dataclass
+class CompareConfig:
+    """Options of ``culnig compare`` (each fraction defaults to its paper's value); also its CLI flags."""
+
+    out: str = option("culnig_runs/compare", "output folder; re-running reuses its score tables")
+    model: str = option("smollm2", "embedded alias, .gguf file, model folder or hub id")
+    data: str = option("builtin:cultural", "cultural item source (split by topic into scoring and test halves)")
+    crc: str = option("builtin:countryrc", "CountryRC scoring templates")
+    format: str = option("auto", "letter, cloze, or auto (letter when answered above chance)",
+                         choices=("letter", "cloze", "auto"))
+    control: str = option("empty", "control prompt: empty (question removed) or frame", choices=("empty", "frame"))
+    t_specific: float = option(0.003, "CULNIG: top fraction of all neurons per group")
+    r_specific: float = option(0.01, "CULNIG: CountryRC removal fraction")
+    z_min: float = option(0.5, "CULNIG: minimum z-score across groups")
+    top_rate: float = option(0.01, "LAPE: share of neurons kept by lowest entropy")
+    filter_rate: float = option(0.95, "LAPE: a neuron needs some group above this quantile of probabilities")
+    activation_bar_ratio: float = option(0.95, "LAPE: a group gets a kept neuron above this quantile")
+    n_random: int = option(3, "random sets per method", flag="--random")
+    max_items: int | None = option(None, "cap on scoring items per source (seeded sample; none = all)")
+    max_test_items: int | None = option(120, "cap on test items (seeded sample; none = all)")
+    batch_size: int = option(16, "items per forward/backward pass")
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device for the whole model, e.g. cuda:0")
+    seed: int = option(0, "seed of the samples and random sets")
+    progress: bool = option(True, "progress bars")
+
+
+@dataclass
+class SweepConfig:
+    """Everything ``run_sweep`` needs (sources as in ``RunConfig``; ``auto`` finds BLEnD)."""
+
+    out: str = "culnig_runs/sweep"
+    model: str = "smollm2"
+    data: str = "auto"
+    crc: str = "auto"
+    crc_test: str = "auto"
+    general: str = "builtin:general"
+    format: str = "cloze"
+    normalize: tuple[str, ...] = ("count", "prob")
+    control: tuple[str, ...] = ("empty", "frame")
+    contrast_general: tuple[bool, ...] = (False, True)
+    scale: tuple[float, ...] = (1.0, 2.0)
+    t_mlp: float = 0.01
+    t_attn: float = 0.002
+    r_mlp: float = 0.01
+    r_attn: float = 0.01
+    n_random: int = 10
+    max_scoring_items: int | None = 400
+    max_val_items: int | None = 150
+    max_test_items: int | None = 300
+    max_per_question: int | None = 1
+    batch_size: int = 16
+    dtype: str = "float32"
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True
