@@ -1,8 +1,12 @@
 """``culnig finetune``: the module study; fine-tune the blocks with the most / fewest culture neurons (or random
-ones) and measure the target-task gain and the cultural loss."""
+ones) and measure the target-task gain and the cultural loss.
+
+The study's flags (``--end``, ``--budget``, ... ``--max-train-items``) are generated from their one declaration,
+``culnig_ext.studies.finetune.settings`` (``culnig run`` takes the same options as ``--finetune-*``)."""
 from __future__ import annotations
 
 import argparse
+import typing
 from pathlib import Path
 
 from culnig_ext.cli.common import add_format, add_model_args
@@ -27,46 +31,36 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def add_study_args(p: argparse.ArgumentParser) -> None:
-    """The module study's options (``culnig run`` has them as ``--finetune-*``, from ``RunConfig``)."""
-    from culnig_ext.studies.finetune.settings import StudySettings
+    """One flag per study option (``study_options``): a list option takes several values, a boolean is a switch,
+    the help ends with the default (in words where None stands for one)."""
+    from culnig_ext.studies.finetune.settings import study_options
+    from culnig_ext.studies.options import flag_of, option_meta
 
-    d = StudySettings()
-    p.add_argument("--end", nargs="+", default=list(d.ends), choices=["top", "bottom", "random"],
-                   help="which ends to train, each from the same start (default: top bottom random)")
-    p.add_argument("--budget", type=float, default=d.budget,
-                   help="share of the decoder layers' parameters to train (default: %(default)s, the paper's)")
-    p.add_argument("--by", default=d.by, choices=["count", "density"],
-                   help="rank blocks by neuron count (paper) or count per neuron of the block (default: count)")
-    p.add_argument("--task", default="builtin:qnli",
-                   help="target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH (default: %(default)s)")
-    p.add_argument("--task-test", default=None,
-                   help="target task's test items (default: the task's test split; needed for a local file)")
-    p.add_argument("--lora", action="store_true", help="LoRA (r=32, alpha=64) on the picked modules")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="constant AdamW lr (default: %(default)s)")
-    p.add_argument("--train-batch-size", type=int, default=d.batch_size,
-                   help="training items per forward/backward (default: %(default)s)")
-    p.add_argument("--grad-accum", type=int, default=d.grad_accum,
-                   help="batches per optimizer step (default: %(default)s)")
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    p.add_argument("--max-train-items", type=int, default=None,
-                   help="seeded sample of the training items (default: all)")
+    for f, kind, optional in study_options():
+        meta = option_meta(f)
+        flag, text, default = flag_of(f), meta["help"].replace("%", "%%"), f.default
+        if kind is bool:
+            p.add_argument(flag, action="store_true", help=text)
+        elif typing.get_origin(kind) is tuple:
+            p.add_argument(flag, nargs="+", default=list(default), choices=list(meta["choices"]),
+                           help=f"{text} (default: {' '.join(default)})")
+        else:
+            shown = meta["none"] if default is None and meta["none"] else default
+            choices = list(meta["choices"]) if meta["choices"] else None
+            p.add_argument(flag, type=None if kind is str else kind, default=default, choices=choices,
+                           help=f"{text} (default: {shown})")
 
 
 def run(args) -> str:
     from culnig_ext.studies.finetune.report import REPORT_FILE
-    from culnig_ext.studies.finetune.settings import StudySettings
+    from culnig_ext.studies.finetune.settings import settings_from, task_from
     from culnig_ext.studies.finetune.study import FinetuneConfig, run_finetune
 
-    settings = StudySettings(ends=tuple(args.end), budget=args.budget, by=args.by, lora=args.lora,
-                             epochs=args.epochs, lr=args.lr, batch_size=args.train_batch_size,
-                             grad_accum=args.grad_accum, max_steps=args.max_steps, seed=args.seed,
-                             eval_batch_size=args.batch_size, progress=not args.no_progress)
+    settings = settings_from(args, seed=args.seed, eval_batch_size=args.batch_size, progress=not args.no_progress)
     cfg = FinetuneConfig(
-        neurons=args.neurons, out=args.out, model=args.model, task=args.task, task_test=args.task_test,
-        max_train_items=args.max_train_items, max_test_items=args.max_test_items, data=args.data,
-        crc_test=args.crc_test, general=args.general or None, format=args.format, dtype=args.dtype,
-        device=args.device, settings=settings)
+        neurons=args.neurons, out=args.out, model=args.model, **task_from(args),
+        max_test_items=args.max_test_items, data=args.data, crc_test=args.crc_test, general=args.general or None,
+        format=args.format, dtype=args.dtype, device=args.device, settings=settings)
     results = run_finetune(cfg)
     lines = [f"{e['end']}: target gain {100 * e['target_gain']['diff']:+.2f} pp; drops "
              + ", ".join(f"{n} {100 * d['diff']:+.2f} pp" for n, d in e["drops"].items()) for e in results["ends"]]

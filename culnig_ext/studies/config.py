@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from culnig_ext.studies.finetune.settings import finetune_option, settings_from
 from culnig_ext.studies.options import option
 
 
@@ -90,19 +91,20 @@ class RunConfig:
                                           "same scores)")
     finetune: bool = option(False, "after the report, run the module study on the culture-general neurons (see "
                             "'culnig finetune'), into RUN/finetune/")
-    finetune_end: str = option("top,bottom,random", "the study's ends to train, each from the same start")
-    finetune_budget: float = option(0.10, "share of the decoder layers' parameters to train (the paper's)")
-    finetune_by: str = option("count", "rank blocks by neuron count (paper) or count per neuron of the block",
-                              choices=("count", "density"))
-    finetune_task: str = option("builtin:qnli", "target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH")
-    finetune_task_test: str | None = option(None, "target task's test items (needed for a local file)")
-    finetune_lora: bool = option(False, "LoRA (r=32, alpha=64) on the picked modules instead of full training")
-    finetune_epochs: int = option(1, "training epochs")
-    finetune_lr: float = option(3e-5, "constant AdamW learning rate (the paper's)")
-    finetune_train_batch_size: int = option(4, "training items per forward/backward")
-    finetune_grad_accum: int = option(4, "batches per optimizer step")
-    finetune_max_steps: int | None = option(None, "stop after this many optimizer steps (none = the epochs)")
-    finetune_max_train_items: int | None = option(None, "seeded sample of the training items (none = all)")
+    # The module study's options are declared once, in culnig_ext.studies.finetune.settings (also the flags of
+    # 'culnig finetune'): each finetune_<name> here takes its default and help from there.
+    finetune_end: str = finetune_option("end")
+    finetune_budget: float = finetune_option("budget")
+    finetune_by: str = finetune_option("by")
+    finetune_task: str = finetune_option("task")
+    finetune_task_test: str | None = finetune_option("task_test")
+    finetune_lora: bool = finetune_option("lora")
+    finetune_epochs: int = finetune_option("epochs")
+    finetune_lr: float = finetune_option("lr")
+    finetune_train_batch_size: int = finetune_option("train_batch_size")
+    finetune_grad_accum: int = finetune_option("grad_accum")
+    finetune_max_steps: int | None = finetune_option("max_steps")
+    finetune_max_train_items: int | None = finetune_option("max_train_items")
 
     protocol: str = option("ours", "ours, or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
                            "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question), no item caps and its "
@@ -118,13 +120,7 @@ class RunConfig:
         """The module study's ``StudySettings`` from the ``finetune_*`` options (None without ``finetune``)."""
         if not self.finetune:
             return None
-        ends = tuple(e.strip() for e in self.finetune_end.split(",") if e.strip())
-        from culnig_ext.studies.finetune.settings import StudySettings
-
-        return StudySettings(ends=ends, budget=self.finetune_budget, by=self.finetune_by, lora=self.finetune_lora,
-                             epochs=self.finetune_epochs, lr=self.finetune_lr,
-                             batch_size=self.finetune_train_batch_size, grad_accum=self.finetune_grad_accum,
-                             max_steps=self.finetune_max_steps, seed=self.seed, eval_batch_size=self.batch_size,
+        return settings_from(self, "finetune_", seed=self.seed, eval_batch_size=self.batch_size,
                              progress=self.progress)
 
 

@@ -35,7 +35,7 @@ from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
 from culnig_ext.studies.finetune.train import finetune, model_fingerprints
 from culnig_ext.studies.finetune.report import STUDY_FORMAT, write_finetune_report
 from culnig_ext.studies.finetune.blocks import decoder_param_count, layer_picks, pick_modules, rank_modules
-from culnig_ext.studies.finetune.settings import StudySettings
+from culnig_ext.studies.finetune.settings import StudySettings, StudyTask
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.models.sites import decoder_layers
 from culnig_ext.stats.bootstrap import paired_bootstrap
@@ -195,9 +195,9 @@ class FinetuneConfig:
     neurons: str
     out: str
     model: str = "smollm2"
-    task: str = "builtin:qnli"
-    task_test: str | None = None
-    max_train_items: int | None = None
+    task: str = StudyTask.task  # the task's options and their defaults: StudyTask (settings.py)
+    task_test: str | None = StudyTask.task_test
+    max_train_items: int | None = StudyTask.max_train_items
     max_test_items: int | None = 120
     data: str = "builtin:cultural"
     crc_test: str = "builtin:countryrc-test"
