@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -29,40 +29,13 @@ from culnig_ext._utils.atomic import atomic_write_text
 from culnig_ext.data import encode, load_items
 from culnig_ext.data.items import as_score_items
 from culnig_ext.selection.neurons import NeuronSet
-from culnig_ext.studies.options import option
+from culnig_ext.studies.config import CompareConfig  # declared with the other studies' options (torch-free)
 from culnig_ext.stats.rows import accuracy_row
 from culnig_ext.scoring.scorer import dataset_fingerprint
 from culnig_ext.models.sites import MLP, neuron_sites
 from culnig_ext.scoring.table import ScoreTable
 
 log = logging.getLogger("culnig")
-
-
-@dataclass
-class CompareConfig:
-    """Options of ``culnig compare`` (each fraction defaults to its paper's value); also its CLI flags."""
-
-    out: str = option("culnig_runs/compare", "output folder; re-running reuses its score tables")
-    model: str = option("smollm2", "embedded alias, .gguf file, model folder or hub id")
-    data: str = option("builtin:cultural", "cultural item source (split by topic into scoring and test halves)")
-    crc: str = option("builtin:countryrc", "CountryRC scoring templates")
-    format: str = option("auto", "letter, cloze, or auto (letter when answered above chance)",
-                         choices=("letter", "cloze", "auto"))
-    control: str = option("empty", "control prompt: empty (question removed) or frame", choices=("empty", "frame"))
-    t_specific: float = option(0.003, "CULNIG: top fraction of all neurons per group")
-    r_specific: float = option(0.01, "CULNIG: CountryRC removal fraction")
-    z_min: float = option(0.5, "CULNIG: minimum z-score across groups")
-    top_rate: float = option(0.01, "LAPE: share of neurons kept by lowest entropy")
-    filter_rate: float = option(0.95, "LAPE: a neuron needs some group above this quantile of probabilities")
-    activation_bar_ratio: float = option(0.95, "LAPE: a group gets a kept neuron above this quantile")
-    n_random: int = option(3, "random sets per method", flag="--random")
-    max_items: int | None = option(None, "cap on scoring items per source (seeded sample; none = all)")
-    max_test_items: int | None = option(120, "cap on test items (seeded sample; none = all)")
-    batch_size: int = option(16, "items per forward/backward pass")
-    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
-    device: str | None = option(None, "device for the whole model, e.g. cuda:0")
-    seed: int = option(0, "seed of the samples and random sets")
-    progress: bool = option(True, "progress bars")
 
 
 def union(sets: dict[str, NeuronSet], method: str) -> NeuronSet:

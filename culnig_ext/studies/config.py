@@ -1,10 +1,15 @@
-"""``RunConfig``: every option of ``culnig run`` defined once (a field is a flag, a config-file key and a key of the
-run's config.json), and the paper's protocol as a preset of them."""
+"""The studies' options: ``RunConfig``, every option of ``culnig run`` defined once (a field is a flag, a
+config-file key and a key of the run's config.json), and the paper's protocol as a preset of them; ``CompareConfig``
+(``culnig compare``, the same way) and ``SweepConfig`` (``culnig sweep``).
+
+No torch here (nor in what this imports): the CLI builds its parser from these classes without loading torch; the
+modules that run the studies (``pipeline``, ``compare``, ``sweep``) re-export them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from culnig_ext.studies.finetune.settings import finetune_option, settings_from
 from culnig_ext.studies.options import option
 
 
@@ -86,19 +91,20 @@ class RunConfig:
                                           "same scores)")
     finetune: bool = option(False, "after the report, run the module study on the culture-general neurons (see "
                             "'culnig finetune'), into RUN/finetune/")
-    finetune_end: str = option("top,bottom,random", "the study's ends to train, each from the same start")
-    finetune_budget: float = option(0.10, "share of the decoder layers' parameters to train (the paper's)")
-    finetune_by: str = option("count", "rank blocks by neuron count (paper) or count per neuron of the block",
-                              choices=("count", "density"))
-    finetune_task: str = option("builtin:qnli", "target task: builtin:qnli, qnli, mrpc (hub), qnli:PATH, mrpc:PATH")
-    finetune_task_test: str | None = option(None, "target task's test items (needed for a local file)")
-    finetune_lora: bool = option(False, "LoRA (r=32, alpha=64) on the picked modules instead of full training")
-    finetune_epochs: int = option(1, "training epochs")
-    finetune_lr: float = option(3e-5, "constant AdamW learning rate (the paper's)")
-    finetune_train_batch_size: int = option(4, "training items per forward/backward")
-    finetune_grad_accum: int = option(4, "batches per optimizer step")
-    finetune_max_steps: int | None = option(None, "stop after this many optimizer steps (none = the epochs)")
-    finetune_max_train_items: int | None = option(None, "seeded sample of the training items (none = all)")
+    # The module study's options are declared once, in culnig_ext.studies.finetune.settings (also the flags of
+    # 'culnig finetune'): each finetune_<name> here takes its default and help from there.
+    finetune_end: str = finetune_option("end")
+    finetune_budget: float = finetune_option("budget")
+    finetune_by: str = finetune_option("by")
+    finetune_task: str = finetune_option("task")
+    finetune_task_test: str | None = finetune_option("task_test")
+    finetune_lora: bool = finetune_option("lora")
+    finetune_epochs: int = finetune_option("epochs")
+    finetune_lr: float = finetune_option("lr")
+    finetune_train_batch_size: int = finetune_option("train_batch_size")
+    finetune_grad_accum: int = finetune_option("grad_accum")
+    finetune_max_steps: int | None = finetune_option("max_steps")
+    finetune_max_train_items: int | None = finetune_option("max_train_items")
 
     protocol: str = option("ours", "ours, or paper: the paper's prompts and variants, CountryRC over its 8 countries, "
                            "bfloat16, eager attention for Gemma, the first 5 MCQs per (country, question), no item caps and its "
@@ -114,13 +120,7 @@ class RunConfig:
         """The module study's ``StudySettings`` from the ``finetune_*`` options (None without ``finetune``)."""
         if not self.finetune:
             return None
-        ends = tuple(e.strip() for e in self.finetune_end.split(",") if e.strip())
-        from culnig_ext.studies.finetune.study import StudySettings
-
-        return StudySettings(ends=ends, budget=self.finetune_budget, by=self.finetune_by, lora=self.finetune_lora,
-                             epochs=self.finetune_epochs, lr=self.finetune_lr,
-                             batch_size=self.finetune_train_batch_size, grad_accum=self.finetune_grad_accum,
-                             max_steps=self.finetune_max_steps, seed=self.seed, eval_batch_size=self.batch_size,
+        return settings_from(self, "finetune_", seed=self.seed, eval_batch_size=self.batch_size,
                              progress=self.progress)
 
 
@@ -148,3 +148,61 @@ def attn_implementation(cfg: RunConfig) -> str | None:
     if cfg.attn_implementation:
         return cfg.attn_implementation
     return "eager" if cfg.protocol == "paper" and "gemma" in str(cfg.model).lower() else None
+
+
+@dataclass
+class CompareConfig:
+    """Options of ``culnig compare`` (each fraction defaults to its paper's value); also its CLI flags."""
+
+    out: str = option("culnig_runs/compare", "output folder; re-running reuses its score tables")
+    model: str = option("smollm2", "embedded alias, .gguf file, model folder or hub id")
+    data: str = option("builtin:cultural", "cultural item source (split by topic into scoring and test halves)")
+    crc: str = option("builtin:countryrc", "CountryRC scoring templates")
+    format: str = option("auto", "letter, cloze, or auto (letter when answered above chance)",
+                         choices=("letter", "cloze", "auto"))
+    control: str = option("empty", "control prompt: empty (question removed) or frame", choices=("empty", "frame"))
+    t_specific: float = option(0.003, "CULNIG: top fraction of all neurons per group")
+    r_specific: float = option(0.01, "CULNIG: CountryRC removal fraction")
+    z_min: float = option(0.5, "CULNIG: minimum z-score across groups")
+    top_rate: float = option(0.01, "LAPE: share of neurons kept by lowest entropy")
+    filter_rate: float = option(0.95, "LAPE: a neuron needs some group above this quantile of probabilities")
+    activation_bar_ratio: float = option(0.95, "LAPE: a group gets a kept neuron above this quantile")
+    n_random: int = option(3, "random sets per method", flag="--random")
+    max_items: int | None = option(None, "cap on scoring items per source (seeded sample; none = all)")
+    max_test_items: int | None = option(120, "cap on test items (seeded sample; none = all)")
+    batch_size: int = option(16, "items per forward/backward pass")
+    dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
+    device: str | None = option(None, "device for the whole model, e.g. cuda:0")
+    seed: int = option(0, "seed of the samples and random sets")
+    progress: bool = option(True, "progress bars")
+
+
+@dataclass
+class SweepConfig:
+    """Everything ``run_sweep`` needs (sources as in ``RunConfig``; ``auto`` finds BLEnD)."""
+
+    out: str = "culnig_runs/sweep"
+    model: str = "smollm2"
+    data: str = "auto"
+    crc: str = "auto"
+    crc_test: str = "auto"
+    general: str = "builtin:general"
+    format: str = "cloze"
+    normalize: tuple[str, ...] = ("count", "prob")
+    control: tuple[str, ...] = ("empty", "frame")
+    contrast_general: tuple[bool, ...] = (False, True)
+    scale: tuple[float, ...] = (1.0, 2.0)
+    t_mlp: float = 0.01
+    t_attn: float = 0.002
+    r_mlp: float = 0.01
+    r_attn: float = 0.01
+    n_random: int = 10
+    max_scoring_items: int | None = 400
+    max_val_items: int | None = 150
+    max_test_items: int | None = 300
+    max_per_question: int | None = 1
+    batch_size: int = 16
+    dtype: str = "float32"
+    device: str | None = None
+    seed: int = 0
+    progress: bool = True

@@ -1,12 +1,13 @@
 """Run options defined once: a config dataclass's fields (with ``option(...)`` metadata) are the CLI flags, the
 config-file keys and the ``config.json`` a run writes.
 
-``option(default, help, flag=None, choices=None)`` declares a field; ``add_arguments(parser, Config)`` adds one flag
-per field (booleans as ``--x/--no-x``, ``int | None`` fields also take ``none``); ``build(Config, args, config_file)``
-merges, in rising precedence, the dataclass defaults, a YAML or JSON config file (``--config FILE``; the
-``config.json`` of a run is one) and the flags given on the command line (the namespace lists them in
-``given_options``; every field also has its default there, as plain argparse would give it). Every key and value is checked: an unknown
-key or a value of the wrong type is refused naming the file and the key.
+``option(default, help, flag=None, choices=None, none=None)`` declares a field; ``add_arguments(parser, Config)`` adds
+one flag per field (booleans as ``--x/--no-x``, ``int | None`` fields also take ``none``);
+``build(Config, args, config_file)`` merges, in rising precedence, the dataclass defaults, a YAML or JSON config
+file (``--config FILE``; the ``config.json`` of a run is one) and the flags given on the command line (the
+namespace lists them in ``given_options``; every field also has its default there, as plain argparse would give
+it). Every key and value is checked: an unknown key or a value of the wrong type is refused naming the file and the
+key.
 """
 from __future__ import annotations
 
@@ -20,9 +21,17 @@ from typing import Any, Callable, Mapping
 _META = "culnig_option"
 
 
-def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None) -> Any:
-    """A dataclass field that is also a command-line flag (``--name-with-dashes`` unless ``flag`` is given)."""
-    return dataclasses.field(default=default, metadata={_META: {"help": help, "flag": flag, "choices": choices}})
+def option(default: Any, help: str, *, flag: str | None = None, choices: tuple | None = None,
+           none: str | None = None) -> Any:
+    """A dataclass field that is also a command-line flag (``--name-with-dashes`` unless ``flag`` is given);
+    ``none``: what None means, in words (the help shows ``(none = ...)``)."""
+    return dataclasses.field(default=default, metadata={_META: {"help": help, "flag": flag, "choices": choices,
+                                                                "none": none}})
+
+
+def option_meta(f: dataclasses.Field) -> dict[str, Any] | None:
+    """What ``option`` recorded for a field (help, flag, choices, none); None for a field declared without it."""
+    return f.metadata.get(_META)
 
 
 def _base(tp: Any) -> tuple[type, bool]:
@@ -37,6 +46,12 @@ def _base(tp: Any) -> tuple[type, bool]:
 def _fields(cls) -> list[tuple[dataclasses.Field, type, bool]]:
     hints = typing.get_type_hints(cls)
     return [(f, *_base(hints[f.name])) for f in dataclasses.fields(cls)]
+
+
+def option_fields(cls) -> list[tuple[dataclasses.Field, type, bool]]:
+    """The fields of ``cls`` declared with ``option``, in order, each with its type and whether it takes None
+    (``int | None`` -> ``int, True``)."""
+    return [(f, kind, optional) for f, kind, optional in _fields(cls) if _META in f.metadata]
 
 
 def flag_of(f: dataclasses.Field) -> str:
@@ -77,7 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> None:
     for f, kind, optional in _fields(cls):
         meta = f.metadata.get(_META) or {}
         default = getattr(defaults, f.name)
-        help_text = f"{meta.get('help', '')} (default: {default!r})".replace("%", "%%")
+        none = f" (none = {meta['none']})" if meta.get("none") else ""
+        help_text = f"{meta.get('help', '')}{none} (default: {default!r})".replace("%", "%%")
         flag = flag_of(f)
         if kind is bool:
             parser.add_argument(flag, dest=f.name, action=_BOOL, default=default, help=help_text)

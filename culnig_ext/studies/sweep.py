@@ -44,42 +44,12 @@ from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.reporting.report import ReportResults, write_report
 from culnig_ext.stats.rows import accuracy_row, with_holm
 from culnig_ext.stats.verdict import from_results as verdict_from_results
+from culnig_ext.studies.config import SweepConfig  # declared with the other studies' options (torch-free)
 
 log = logging.getLogger("culnig")
 
 CULTURAL_VAL = "Cultural validation (BLEnD-style)"
 GENERAL_VAL = "General knowledge validation"
-
-
-@dataclass
-class SweepConfig:
-    """Everything ``run_sweep`` needs (sources as in ``pipeline.RunConfig``; ``auto`` finds BLEnD)."""
-
-    out: str = "culnig_runs/sweep"
-    model: str = "smollm2"
-    data: str = "auto"
-    crc: str = "auto"
-    crc_test: str = "auto"
-    general: str = "builtin:general"
-    format: str = "cloze"
-    normalize: tuple[str, ...] = ("count", "prob")
-    control: tuple[str, ...] = ("empty", "frame")
-    contrast_general: tuple[bool, ...] = (False, True)
-    scale: tuple[float, ...] = (1.0, 2.0)
-    t_mlp: float = 0.01
-    t_attn: float = 0.002
-    r_mlp: float = 0.01
-    r_attn: float = 0.01
-    n_random: int = 10
-    max_scoring_items: int | None = 400
-    max_val_items: int | None = 150
-    max_test_items: int | None = 300
-    max_per_question: int | None = 1
-    batch_size: int = 16
-    dtype: str = "float32"
-    device: str | None = None
-    seed: int = 0
-    progress: bool = True
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ import torch
 
 import culnig_ext
 from culnig_ext.models import checkpointing
-from culnig_ext.cli.main import _parser
-from tests.scoring.test_scorer import reference_scores
+from culnig_ext.cli.main import build_parser as _parser
 from tests.fixtures import ARCHS, random_items, tiny_model
+from tests.scoring.test_scorer import reference_scores
 
 
 @pytest.mark.parametrize("arch", ARCHS)

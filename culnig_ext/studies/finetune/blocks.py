@@ -22,9 +22,8 @@ from torch import nn
 
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.models.sites import ATTN, KINDS, MLP, decoder_layers, neuron_sites
+from culnig_ext.studies.finetune.settings import BY, ENDS
 
-ENDS = ("top", "bottom", "random")
-BY = ("count", "density")
 
 # Linear modules of each block kind, unfused names first; a fused model has the alternatives.
 _BLOCK_LINEARS = {

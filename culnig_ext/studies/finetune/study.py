@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,58 +32,15 @@ from culnig_ext.data.schema import MCItem
 from culnig_ext.data.splits import sample_items
 from culnig_ext.data.tasks import encode_task
 from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
-from culnig_ext.studies.finetune.train import (
-    PAPER_BATCH_SIZE,
-    PAPER_GRAD_ACCUM,
-    PAPER_LR,
-    finetune,
-    model_fingerprints,
-)
+from culnig_ext.studies.finetune.train import finetune, model_fingerprints
 from culnig_ext.studies.finetune.report import STUDY_FORMAT, write_finetune_report
-from culnig_ext.studies.finetune.blocks import BY, ENDS, decoder_param_count, layer_picks, pick_modules, rank_modules
+from culnig_ext.studies.finetune.blocks import decoder_param_count, layer_picks, pick_modules, rank_modules
+from culnig_ext.studies.finetune.settings import StudySettings, StudyTask
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.models.sites import decoder_layers
 from culnig_ext.stats.bootstrap import paired_bootstrap
 
 log = logging.getLogger("culnig")
-
-
-@dataclass
-class StudySettings:
-    """How each end is picked and trained (defaults: the paper's)."""
-
-    ends: tuple[str, ...] = ENDS
-    budget: float = 0.10
-    by: str = "count"
-    lora: bool = False
-    epochs: int = 1
-    lr: float = PAPER_LR
-    batch_size: int = PAPER_BATCH_SIZE
-    grad_accum: int = PAPER_GRAD_ACCUM
-    max_steps: int | None = None
-    seed: int = 0
-    eval_batch_size: int = 16
-    n_resamples: int = 10000
-    progress: bool = True
-
-    def check(self) -> None:
-        """Refuse bad settings (naming the option) before anything is loaded."""
-        if not self.ends or any(e not in ENDS for e in self.ends) or len(set(self.ends)) != len(self.ends):
-            raise ValueError(f"--end must be distinct values of {ENDS}, got {self.ends!r}")
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget <= 1:
-            raise ValueError(f"--budget must be a share of the decoder's parameters in (0, 1], got {self.budget!r}")
-        if self.by not in BY:
-            raise ValueError(f"--by must be one of {BY}, got {self.by!r}")
-        from culnig_ext.studies.preflight import positive_int
-
-        for option, name in (("--epochs", "epochs"), ("--train-batch-size", "batch_size"),
-                             ("--grad-accum", "grad_accum"), ("--batch-size", "eval_batch_size"),
-                             ("n_resamples", "n_resamples")):
-            positive_int(option, getattr(self, name))
-        if self.max_steps is not None:
-            positive_int("--max-steps", self.max_steps)
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"--lr must be a positive number, got {self.lr!r}")
 
 
 def _evaluate_all(model, target: tuple[list[MCItem], list, str], sets: Mapping[str, tuple[list[MCItem], list]],
@@ -239,9 +195,9 @@ class FinetuneConfig:
     neurons: str
     out: str
     model: str = "smollm2"
-    task: str = "builtin:qnli"
-    task_test: str | None = None
-    max_train_items: int | None = None
+    task: str = StudyTask.task  # the task's options and their defaults: StudyTask (settings.py)
+    task_test: str | None = StudyTask.task_test
+    max_train_items: int | None = StudyTask.max_train_items
     max_test_items: int | None = 120
     data: str = "builtin:cultural"
     crc_test: str = "builtin:countryrc-test"

@@ -35,11 +35,9 @@ from culnig_ext.data.schema import MCItem, validate_items
 from culnig_ext.data.tasks import task_prompt
 from culnig_ext.data.prompts import TokenizerError, tokenizer_name
 from culnig_ext.studies.finetune.blocks import ModuleBlock, target_modules
+from culnig_ext.studies.finetune.settings import PAPER_BATCH_SIZE, PAPER_GRAD_ACCUM, PAPER_LR
 
 # CULNIG's train/config.yaml
-PAPER_LR = 3e-5
-PAPER_BATCH_SIZE = 4
-PAPER_GRAD_ACCUM = 4
 PAPER_LORA = {"r": 32, "alpha": 64, "dropout": 0.0}
 MAX_GRAD_NORM = 1.0  # HF Trainer's default, which the paper's script keeps
 
