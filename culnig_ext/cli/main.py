@@ -46,7 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_parser = build_parser  # the former name (tests/test_options.py, tests/test_bad_input.py)
 
 
 def _print_result(args, result: str | dict) -> None:

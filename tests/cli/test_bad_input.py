@@ -360,7 +360,7 @@ def test_good_inputs_pass_the_checks(name, tmp_path, model_dir, capsys):
 
 def test_every_subcommand_has_rows():
     """A new subcommand added to the CLI without a line in COMMANDS fails here."""
-    parser = cli._parser()
+    parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
     covered = {name.split()[0] for name in COMMANDS}
     assert set(sub.choices) == covered | WITHOUT_INPUTS

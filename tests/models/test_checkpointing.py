@@ -8,7 +8,7 @@ import torch
 
 import culnig_ext
 from culnig_ext.models import checkpointing
-from culnig_ext.cli.main import build_parser as _parser
+from culnig_ext.cli.main import build_parser
 from tests.fixtures import ARCHS, random_items, tiny_model
 from tests.scoring.test_scorer import reference_scores
 
@@ -109,5 +109,5 @@ def test_model_without_layer_list_is_refused():
 
 @pytest.mark.parametrize("command", [["score", "--model", "m", "--data", "d", "--out", "o"], ["run"]])
 def test_cli_flag(command):
-    assert _parser().parse_args(command + ["--checkpoint-activations"]).checkpoint_activations is True
-    assert _parser().parse_args(command).checkpoint_activations is False
+    assert build_parser().parse_args(command + ["--checkpoint-activations"]).checkpoint_activations is True
+    assert build_parser().parse_args(command).checkpoint_activations is False

@@ -108,10 +108,10 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
     assert all(getattr(cfg, f.name) != f.default for f in dataclasses.fields(RunConfig))
     path = tmp_path / f"config{suffix}"
     path.write_text(json.dumps(to_dict(cfg)) if suffix == ".json" else yaml.safe_dump(to_dict(cfg)))
-    args = cli._parser().parse_args(["run", "--config", str(path)])
+    args = cli.build_parser().parse_args(["run", "--config", str(path)])
     assert build(RunConfig, args, args.config) == cfg
     # flags override the file, field by field
-    args = cli._parser().parse_args(["run", "--config", str(path), "--random", "2", "--kinship", "--general", "g"])
+    args = cli.build_parser().parse_args(["run", "--config", str(path), "--random", "2", "--kinship", "--general", "g"])
     assert build(RunConfig, args, args.config) == dataclasses.replace(cfg, n_random=2, kinship=True, general="g")
     # the same options as flags give the same config
     argv = ["run", "--out", "o", "--model", "m", "--data", "d", "--crc", "c", "--crc-test", "ct", "--general", "",
@@ -127,7 +127,7 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8",
             "--protocol", "paper", "--paper-random", "3", "--saq", "s", "--saq-max-per-country", "none",
             "--saq-max-new-tokens", "9"]
-    args = cli._parser().parse_args(argv)
+    args = cli.build_parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
 
 
@@ -138,7 +138,7 @@ def test_paper_protocol_preset_under_explicit_options(tmp_path):
     from culnig_ext.studies.pipeline import RunConfig, run_preset
 
     def run_cfg(*argv):
-        args = cli._parser().parse_args(["run", *argv])
+        args = cli.build_parser().parse_args(["run", *argv])
         return build(RunConfig, args, args.config, preset=run_preset)
 
     paper = run_cfg("--protocol", "paper")
