@@ -49,20 +49,20 @@ def _check_kernels(with_cuda: bool) -> list[str]:
 
 def run(args: argparse.Namespace) -> str:
     """Clean (if asked), load or build the kernels, check them; a summary. Raises BuildError on failure."""
-    from culnig_ext.kernels import loader as _build
+    from culnig_ext.kernels import loader
 
     if args.clean:
-        removed = _build.cached_builds()
+        removed = loader.cached_builds()
         for folder in removed:
             shutil.rmtree(folder)
-        header = f"removed {len(removed)} cached build(s) from {_build.cache_root()}"
+        header = f"removed {len(removed)} cached build(s) from {loader.cache_root()}"
         # Build in a fresh process: this one may have loaded a build already (the culnig CLI imports the ops),
         # and a library registering the same ops cannot be loaded twice into one process.
         proc = subprocess.run([sys.executable, "-m", "culnig_ext.kernels.build"], stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             raise BuildError(f"{header}; the build that followed failed (its error is above)")
         return header + "\n" + proc.stdout.rstrip("\n")
-    result = _build.load()
+    result = loader.load()
     if result.kind == "none":
         raise BuildError(f"no kernels: {result.detail}. Without them culnig_ext runs the slower pure-PyTorch "
                          "reference ops. Install a C++ compiler (g++ or clang) and run `culnig build` again "
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> str:
         f"  CUDA kernels: {cuda}; checked against plain torch on: {', '.join(checked)}",
     ]
     if result.kind == "jit":
-        lines.append(f"  cache: {_build.cache_root()} (clear it with `culnig build --clean`)")
+        lines.append(f"  cache: {loader.cache_root()} (clear it with `culnig build --clean`)")
     else:
         lines.append("  the ahead-of-time module culnig_ext._C is used; nothing to build")
     return "\n".join(lines)

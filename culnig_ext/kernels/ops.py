@@ -25,15 +25,15 @@ import warnings
 
 import torch
 
-from culnig_ext.kernels import loader as _build
-from culnig_ext.kernels import reference as ops_reference
+from culnig_ext.kernels import loader
+from culnig_ext.kernels import reference
 
 FORCE_REFERENCE: bool = os.environ.get("CULNIG_FORCE_REFERENCE") == "1"
 
 if FORCE_REFERENCE:
-    LOAD: _build.LoadResult = _build.LoadResult("none", "CULNIG_FORCE_REFERENCE=1", False)
+    LOAD: loader.LoadResult = loader.LoadResult("none", "CULNIG_FORCE_REFERENCE=1", False)
 else:
-    LOAD = _build.load()
+    LOAD = loader.load()
     if LOAD.kind == "none":
         warnings.warn(
             f"culnig_ext: fused C++ ops unavailable ({LOAD.detail}); using the slower pure-PyTorch reference. "
@@ -52,15 +52,15 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("culnig::max_attribution")
     def _max_attribution_fake(act, grad, token_mask, token_index=None, token_count=None) -> torch.Tensor:
-        ops_reference.check_structure("culnig.max_attribution", act, grad, token_mask)
-        ops_reference.check_list_structure("culnig.max_attribution", act, token_index, token_count)
+        reference.check_structure("culnig.max_attribution", act, grad, token_mask)
+        reference.check_list_structure("culnig.max_attribution", act, token_index, token_count)
         dtype = torch.float64 if act.dtype == torch.float64 else torch.float32
         return act.new_empty((act.shape[0], act.shape[2]), dtype=dtype)
 
     @torch.library.register_fake("culnig::max_attribution_accumulate_")
     def _accumulate_fake(acc, act, grad, token_mask, weight, group, clamp_min=None, token_index=None,
                          token_count=None) -> None:
-        ops_reference.check_accumulate_structure(acc, act, grad, token_mask, weight, group, token_index, token_count)
+        reference.check_accumulate_structure(acc, act, grad, token_mask, weight, group, token_index, token_count)
 
 
 if EXTENSION_LOADED:
@@ -97,8 +97,8 @@ def token_list(token_mask: torch.Tensor, *, check: bool = True) -> tuple[torch.T
     check the ops then skip. A mask on a GPU costs one device->host copy here, once per batch.
     """
     if check:
-        ops_reference.check_mask_has_tokens("culnig.token_list", token_mask.cpu())
-    return ops_reference.token_list(token_mask)
+        reference.check_mask_has_tokens("culnig.token_list", token_mask.cpu())
+    return reference.token_list(token_mask)
 
 
 def cpu_capability() -> str:
@@ -136,7 +136,7 @@ def max_attribution(
     Raises TypeError / ValueError naming the argument on bad input.
     """
     if backend(act.device) == "reference":
-        return ops_reference.max_attribution(act, grad, token_mask, token_index, token_count)
+        return reference.max_attribution(act, grad, token_mask, token_index, token_count)
     return torch.ops.culnig.max_attribution(act, grad, token_mask, token_index, token_count)
 
 
@@ -162,7 +162,7 @@ def max_attribution_accumulate_(
     left untouched.
     """
     if backend(act.device) == "reference":
-        ops_reference.max_attribution_accumulate_(
+        reference.max_attribution_accumulate_(
             acc, act, grad, token_mask, weight, group, clamp_min, token_index, token_count
         )
     else:

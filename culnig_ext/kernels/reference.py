@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from culnig_ext.kernels import loader as _build
+from culnig_ext.kernels import loader
 
 _INPUT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 # Samples per chunk are chosen so one chunk's float32 product stays below this many elements.
@@ -21,7 +21,7 @@ _CHUNK_ELEMENTS = 1 << 24
 
 def _read_messages() -> dict[str, tuple[type[Exception], str]]:
     """key -> (exception class, text with {} placeholders), from csrc/messages.def (the one source)."""
-    root = _build.sources_dir()
+    root = loader.sources_dir()
     if root is None or not (root / "messages.def").is_file():
         raise ImportError("culnig_ext: csrc/messages.def (the ops' error messages) is missing from this installation")
     pattern = re.compile(r'^CULNIG_MESSAGE\((\w+), (\w+), "(.*)"\)$')

@@ -37,7 +37,7 @@ from culnig_ext.scoring import distributed as distributed_mod
 from culnig_ext.models import checkpointing
 from culnig_ext.models import moe
 from culnig_ext.kernels import ops
-from culnig_ext.kernels import reference as ops_reference
+from culnig_ext.kernels import reference
 from culnig_ext.data import streaming
 from culnig_ext.data.batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from culnig_ext.scoring.resume import CheckpointError, Checkpointer, rank_path, this_rank_path
@@ -167,7 +167,7 @@ class BatchState:
         token list. ``attention_mask [B, T]`` (any device: one copy to the host), ``group [B]`` int64 on the CPU."""
         host_mask = attention_mask.detach().to("cpu", torch.bool)
         index, count = ops.token_list(host_mask)
-        ops_reference.check_group_range("culnig.score", group.cpu(), n_groups)
+        reference.check_group_range("culnig.score", group.cpu(), n_groups)
         return cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
                    token_count=count)
 
