@@ -16,8 +16,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from culnig_ext._utils.progress import bar as progress_bar
 from culnig_ext.data.batching import left_pad, length_sorted_batches, pad_id, vocab_size
 from culnig_ext.intervention.evaluate import (
     EvalResult,
@@ -63,8 +63,8 @@ def evaluate_cloze_cached(
     device = model.get_input_embeddings().weight.device
     pad = pad_id(model)
     scores: list[list[float]] = [[math.nan] * len(it.choices) for it in items]
-    bar = tqdm(total=len(items), desc="evaluating (cloze, cached prompts)", unit="item", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(items), desc="evaluating (cloze, cached prompts)", unit="item",
+                       disable=not progress, dynamic_ncols=True)
     was_training = model.training
     try:
         model.eval()

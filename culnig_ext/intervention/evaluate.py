@@ -31,8 +31,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from culnig_ext._utils.progress import bar as progress_bar
 from culnig_ext._utils.atomic import atomic_write_text
 from culnig_ext.data.batching import left_pad, length_sorted_batches, pad_id, takes_logits_to_keep, vocab_size
 from culnig_ext.data.prompts import encode_choices
@@ -404,7 +404,8 @@ def evaluate_encoded(
     # per item: letter -> (scores [K], predicted token, pred); cloze -> scores [K]
     scores: list[list[float]] = [[math.nan] * len(it.choices) for it in items]
     tokens: list[int | None] = [None] * len(items)
-    bar = tqdm(total=len(seqs), desc=f"evaluating ({format})", unit="seq", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(seqs), desc=f"evaluating ({format})", unit="seq", disable=not progress,
+                       dynamic_ncols=True)
     was_training = model.training
     try:
         model.eval()

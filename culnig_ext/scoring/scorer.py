@@ -33,6 +33,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from culnig_ext._utils.progress import bar as progress_bar
 from culnig_ext.scoring import distributed as distributed_mod
 from culnig_ext.models import checkpointing
 from culnig_ext.models import moe
@@ -376,7 +377,7 @@ def _run(
         raise RuntimeError("culnig_ext.score needs gradients: call it outside torch.inference_mode()")
     device = input_device(model)
     keep_kw = takes_logits_to_keep(model)
-    bar = tqdm(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(items), desc=desc, unit="item", disable=not progress, dynamic_ncols=True)
     with frozen(model):
         check_differentiable(model, sites)
         hooks = _Hooks(model, sites, on_grad)
@@ -547,7 +548,8 @@ def _score_stream(model: nn.Module, stream: streaming.ItemStream, chosen: Sequen
                     world=world, every=checkpoint_every, seconds=checkpoint_seconds)
     on_grad = _accumulating(table.acc, clamp_min)
     device, keep_kw, pad = input_device(model), takes_logits_to_keep(model), pad_id(model)
-    bar = tqdm(total=stream.total, desc="scoring", unit="item", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=stream.total, desc="scoring", unit="item", disable=not progress,
+                       dynamic_ncols=True)
     done = _Progress(bar, start.skip)
     layers = checkpointing.checkpointed_layers(model) if checkpoint_activations else nullcontext()
     with frozen(model), layers:

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from culnig_ext._utils.progress import bar as progress_bar
 from culnig_ext.models import moe
 from culnig_ext.data.batching import length_sorted_batches, left_pad, pad_id, takes_logits_to_keep
 from culnig_ext.data.items import as_score_items, group_names
@@ -108,8 +108,8 @@ def activation_probability(
     handles = []
     device = model.get_input_embeddings().weight.device
     keep = {"logits_to_keep": 1} if takes_logits_to_keep(model) else {}
-    bar = tqdm(total=len(checked), desc="activation probability", unit="item", disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=len(checked), desc="activation probability", unit="item", disable=not progress,
+                       dynamic_ncols=True)
     with frozen(model), torch.no_grad():
         try:
             for sites_here in by_module.values():
