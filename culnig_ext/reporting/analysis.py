@@ -19,6 +19,7 @@ from scipy.stats import rankdata
 from torch import nn
 
 from culnig_ext.data.prompts import encode_choices
+from culnig_ext.intervention.cloze_cache import evaluate_cloze_cached
 from culnig_ext.intervention.evaluate import evaluate_encoded
 from culnig_ext.intervention.inhibit import inhibit
 from culnig_ext.models.sites import KINDS, parse_site_name
@@ -162,21 +163,32 @@ def kinship_matrix_encoded(
     restrict_to_choices: bool = False,
     control: str | None = None,
     progress: bool = False,
+    baseline: Any = None,
 ) -> KinshipRun:
-    """``kinship_matrix`` on already-encoded items (``encodings[i]`` is item i's ``ChoiceEncoding``)."""
+    """``kinship_matrix`` on already-encoded items (``encodings[i]`` is item i's ``ChoiceEncoding``). The cloze
+    format runs each prompt once (``intervention.cloze_cache``; the same option log-likelihoods up to float
+    rounding). ``baseline``: the ``EvalResult`` of these items without inhibition when it is already known (it is
+    then not evaluated again; its records must be these items, in order)."""
     if not specific_sets:
         raise ValueError("kinship_matrix: no neuron sets given")
-    options = dict(
-        format=format, batch_size=batch_size, restrict_to_choices=restrict_to_choices, control=control,
-        progress=progress,
-    )
-    baseline = evaluate_encoded(model, items, encodings, **options)
+
+    def run():
+        if format == "cloze":
+            return evaluate_cloze_cached(model, items, encodings, batch_size=batch_size, control=control,
+                                         progress=progress)
+        return evaluate_encoded(model, items, encodings, format=format, batch_size=batch_size,
+                                restrict_to_choices=restrict_to_choices, control=control, progress=progress)
+
+    if baseline is None:
+        baseline = run()
+    elif [r.id for r in baseline.records] != [getattr(it, "id", None) for it in items]:
+        raise ValueError("kinship_matrix: the baseline's records are not the given items (in order)")
     base = baseline.per_group
     inhibited = {}
     drops = {}
     for target, neurons in specific_sets.items():
         with inhibit(model, neurons):
-            res = evaluate_encoded(model, items, encodings, **options)
+            res = run()
         inhibited[str(target)] = res
         drops[str(target)] = {g: base[g] - res.per_group[g] for g in base}
     return KinshipRun(kinship(drops, groups=list(base)), baseline, inhibited)

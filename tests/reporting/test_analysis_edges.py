@@ -4,6 +4,7 @@ weight-ablated copies; expectations by hand."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -42,7 +43,11 @@ def test_kinship_matrix_passes_its_options_through(options):
     encs = [encode_choices(item, tokenizer, format=fmt, control=control) for item in items]
     base = evaluate_encoded(model, items, encs, format=fmt, restrict_to_choices=restrict, control=control,
                             batch_size=2, progress=False)
-    assert run.baseline.records == base.records
+    # the cloze format runs each prompt once (cloze_cache): the same records up to float rounding of the scores
+    assert [dataclasses.replace(r, option_scores=[]) for r in run.baseline.records] == \
+        [dataclasses.replace(r, option_scores=[]) for r in base.records]
+    for got, want_record in zip(run.baseline.records, base.records):
+        np.testing.assert_allclose(got.option_scores, want_record.option_scores, rtol=1e-12)
     assert (run.baseline.format, run.baseline.restrict_to_choices, run.baseline.control) == (fmt, restrict, control)
     ablated = evaluate_encoded(_ablated(model, sets["US"]), items, encs, format=fmt, restrict_to_choices=restrict,
                                control=control, batch_size=2, progress=False)
