@@ -107,13 +107,33 @@ def hf_bars(enabled: bool):
 
 
 def hide_hf_bars(args: argparse.Namespace):
-    """``--no-progress`` (or ``progress=False``) hides transformers' model-loading bars for the whole command (they
-    would bury a one-line error on stderr); returns the function that shows them again, or None."""
+    """``--no-progress`` (or ``progress=False``) hides the Hugging Face loading bars (transformers' and the hub's)
+    for the whole command (they would bury a one-line error on stderr); returns the function that shows them again,
+    or None. Imports no torch or transformers: the hub's switch, set before transformers is imported, is what
+    transformers reads when it is."""
     if not (getattr(args, "no_progress", False) or getattr(args, "progress", True) is False):
         return None
-    from transformers.utils import logging as hf_logging
+    import sys
 
-    if not hf_logging.is_progress_bar_enabled():
+    from huggingface_hub import utils as hub_utils
+
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as hf_logging
+
+        if not hf_logging.is_progress_bar_enabled():
+            return None
+        hf_logging.disable_progress_bar()
+        return hf_logging.enable_progress_bar
+    if hub_utils.are_progress_bars_disabled():
         return None
-    hf_logging.disable_progress_bar()
-    return hf_logging.enable_progress_bar
+    hub_utils.disable_progress_bars()
+
+    def restore() -> None:
+        if "transformers" in sys.modules:  # imported since: it read the switch then; set both back
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.enable_progress_bar()
+        else:
+            hub_utils.enable_progress_bars()
+
+    return restore

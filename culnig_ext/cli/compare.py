@@ -21,10 +21,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
-    from culnig_ext.studies.compare import CompareConfig, compare_markdown, run_compare
+    from culnig_ext.studies.config import CompareConfig
+    from culnig_ext.studies.option_checks import compare_options
     from culnig_ext.studies.options import build
 
     cfg = build(CompareConfig, args)
+    compare_options(cfg)  # before torch is imported
+    from culnig_ext.studies.compare import compare_markdown, run_compare
+
     with hf_bars(cfg.progress):
         result = run_compare(cfg)
     return {"message": compare_markdown(result) + f"\nwrote {Path(cfg.out) / 'compare.md'}", "compare": result}

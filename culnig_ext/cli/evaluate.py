@@ -35,6 +35,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> str:
+    from culnig_ext.studies.option_checks import evaluate_options
+
+    evaluate_options(args)  # before torch is imported
     from culnig_ext.models.loading import load_model
     from culnig_ext.reporting.report import ReportResults, write_report
     from culnig_ext.studies.preflight import check_evaluate

@@ -43,6 +43,9 @@ def _add_specific(q: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> str:
+    from culnig_ext.studies.option_checks import identify_options
+
+    identify_options(args)  # before torch is imported
     from culnig_ext._utils.names import slug
     from culnig_ext.selection import culnig as select
     from culnig_ext.studies.preflight import check_identify

@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, argv: list[str]) -> int:
     """Run the parsed command and print its result; interruptions and bad input become one line on stderr."""
     from culnig_ext._utils.interrupt import exit_status, interrupted_message, signals_as_exceptions
-    from culnig_ext.studies.preflight import error_line
+    from culnig_ext.studies.option_checks import error_line
 
     try:
         # SIGTERM raises like Ctrl-C does: the stack unwinds, finally blocks run (checkpoints, temp files).

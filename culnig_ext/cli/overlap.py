@@ -27,6 +27,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> str:
+    from culnig_ext.studies.option_checks import overlap_options
+
+    overlap_options(args)  # before torch is imported
     from culnig_ext.studies.overlap import cross_effects, overlap_stats, write_overlap
     from culnig_ext.studies.preflight import check_overlap
 

@@ -30,11 +30,15 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> str:
+    from culnig_ext.studies.option_checks import score_options
+
+    score_options(args)  # numbers and the output file, before torch is imported
+    shard = parse_shard(args.shard)
     from culnig_ext.scoring import distributed
     from culnig_ext.scoring.scorer import remove_checkpoint
     from culnig_ext.studies.preflight import check_score
 
-    shard, device_map = parse_shard(args.shard), parse_device_map(args.device_map)
+    device_map = parse_device_map(args.device_map)
     items = check_score(args)  # a .jsonl item file streams (validated in one pass now, read lazily when scoring)
     job = distributed.discover()  # under torchrun: this rank's process group (gloo on CPU, nccl on CUDA)
     try:

@@ -45,7 +45,8 @@ def _add_grid(p: argparse.ArgumentParser, sd) -> None:
 
 
 def run(args) -> str:
-    from culnig_ext.studies.sweep import SweepConfig, run_sweep
+    from culnig_ext.studies.config import SweepConfig
+    from culnig_ext.studies.option_checks import sweep_options
 
     try:
         scale = tuple(float(x) for x in parse_csv(args.scale, "--scale"))
@@ -61,6 +62,9 @@ def run(args) -> str:
         max_val_items=args.max_val_items, max_test_items=args.max_test_items, batch_size=args.batch_size,
         dtype=args.dtype, device=args.device, seed=args.seed, progress=not args.no_progress,
     )
+    sweep_options(cfg)  # before torch is imported
+    from culnig_ext.studies.sweep import run_sweep
+
     out = run_sweep(cfg)
     return (f"[culnig] sweep done in {out.timings['total']:.0f} s; chosen on validation data: {out.chosen.name}\n"
             f"  report     {out.report}")

@@ -75,20 +75,11 @@ def _cached_table(path: Path, items, compute, model) -> ScoreTable:
 def check_compare(cfg: CompareConfig) -> None:
     """Every number, the model and the output folder, before any data is read or anything loaded or written
     (``culnig_ext.studies.preflight``'s checks, naming the option)."""
-    from culnig_ext.studies import preflight
+    from culnig_ext.studies import option_checks, preflight
 
-    for name in ("t_specific", "r_specific", "top_rate", "filter_rate", "activation_bar_ratio"):
-        preflight.fraction("--" + name.replace("_", "-"), getattr(cfg, name))
-    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
-        if getattr(cfg, name) == 0:
-            raise ValueError(f"--{name.replace('_', '-')} must be above 0, got 0")
-    preflight.finite("--z-min", cfg.z_min, optional=True)
-    preflight.non_negative_int("--random", cfg.n_random)
-    for name in ("max_items", "max_test_items"):
-        if getattr(cfg, name) is not None:
-            preflight.positive_int("--" + name.replace("_", "-"), getattr(cfg, name))
+    option_checks.compare_options(cfg)
     preflight.model_options(cfg)
-    out = preflight.output_dir(cfg.out, files=("compare.md", "compare.json", "config.json"))
+    out = Path(cfg.out)
     for role in ("neur", "ctrl", "crc", "activation"):
         path = out / "scores" / f"{role}.safetensors"
         if path.exists():

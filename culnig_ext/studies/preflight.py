@@ -14,9 +14,7 @@ The ``check_*`` functions take the command's options as attributes of one object
 """
 from __future__ import annotations
 
-import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -28,38 +26,20 @@ from culnig_ext.data.schema import MCItem
 from culnig_ext.selection.neurons import NeuronSet, site_widths
 from culnig_ext.scoring.table import ScoreTable
 from culnig_ext._utils.textfile import describe_utf8_error
+from culnig_ext.studies import option_checks
+from culnig_ext.studies.option_checks import (
+    error_line,
+    finite,
+    fraction,
+    non_negative_int,
+    output_dir,
+    output_file,
+    positive_int,
+)
 
 # ---------------------------------------------------------------------------------------------------- numbers
-
-
-def positive_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 1, or ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
-    return value
-
-
-def non_negative_int(name: str, value: Any) -> int:
-    """``value`` as an int >= 0, or ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def fraction(name: str, value: Any) -> float:
-    """``value`` as a float in [0, 1], or ValueError naming the option (NaN and negative values refused)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
-    return float(value)
-
-
-def finite(name: str, value: Any, *, optional: bool = False) -> float | None:
-    """``value`` as a finite float (None passes when ``optional``), or ValueError naming the option."""
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
+# The checks that need no torch (numbers, output locations, the error line) live in ``option_checks``; they are
+# re-exported here for the callers that use them beside the checks below.
 
 
 def device(value: str | None) -> None:
@@ -75,46 +55,6 @@ def device(value: str | None) -> None:
             raise ValueError(f"--device {value}: CUDA is not available on this machine")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"--device {value}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-
-
-# ---------------------------------------------------------------------------------------------------- outputs
-
-
-def _writable_folder(folder: Path, target: Path, what: str) -> None:
-    """The nearest existing ancestor of ``folder`` (``folder`` itself if it exists) must be a writable folder."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ValueError(f"{what} {target}: cannot create it, {existing} is a file, not a folder")
-    try:  # os.access says yes to root on a read-only mount; a real probe does not
-        fd, probe = tempfile.mkstemp(prefix=".culnig-probe-", dir=existing)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ValueError(f"{what} {target}: cannot write in {existing} ({exc.strerror or exc})") from None
-
-
-def output_file(path: str | os.PathLike, what: str = "--out") -> Path:
-    """A file that can be written (atomically: a temp file in its folder, then a rename). Missing folders are
-    created at write time; refuses a path that is a folder, or whose folder cannot be created or written."""
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{what} {path}: is a folder; give a file name")
-    _writable_folder(path.parent, path, what)
-    return path
-
-
-def output_dir(path: str | os.PathLike, what: str = "--out", files: Sequence[str] = ()) -> Path:
-    """A folder that can be created or written into; ``files`` named inside it must not be folders."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"{what} {path}: is a file, not a folder")
-    for name in files:
-        if (path / name).is_dir():
-            raise ValueError(f"{what} {path}: {path / name} is a folder; it must be a file (or absent)")
-    _writable_folder(path, path, what)
-    return path
 
 
 # ----------------------------------------------------------------------------------------------------- inputs
@@ -255,7 +195,8 @@ def model_layout(name: str) -> dict[str, int] | None:
 
 
 def model_options(opts: Any) -> dict[str, int] | None:
-    positive_int("--batch-size", getattr(opts, "batch_size", 1))
+    """The batch size, the device and the model's layout (``model_layout``)."""
+    option_checks.model_options(opts)
     device(getattr(opts, "device", None))
     return model_layout(opts.model)
 
@@ -266,10 +207,7 @@ def check_score(opts: Any) -> Any:
     from culnig_ext.scoring.resume import resolve_checkpoint
     from culnig_ext.data.streaming import lazy_item_source
 
-    finite("--clamp-min", getattr(opts, "clamp_min", None), optional=True)
-    positive_int("--checkpoint-every", getattr(opts, "checkpoint_every", 1))
-    if getattr(opts, "max_items", None) is not None:
-        positive_int("--max-items", opts.max_items)
+    option_checks.score_options(opts)
     # a canonical .jsonl streams: validated here in one pass, read again lazily while scoring
     loaded = items(opts.data, split=opts.split, seed=opts.seed, loader=lazy_item_source)
     model_options(opts)
@@ -302,18 +240,8 @@ class IdentifyInputs:
 
 def check_identify(opts: Any) -> IdentifyInputs:
     """``culnig identify``: which selection, fractions, tables (parsed, same model and layout), group, output."""
-    which = getattr(opts, "which", None)
-    if which is None:
-        raise ValueError("say which: 'culnig identify general ...' or 'culnig identify specific ...'")
-    if which == "general":
-        for name in ("t_mlp", "t_attn", "r_mlp", "r_attn"):
-            fraction("--" + name.replace("_", "-"), getattr(opts, name))
-    else:
-        if opts.all_groups == bool(opts.group):
-            raise ValueError("give exactly one of --group NAME or --all-groups")
-        fraction("--t", opts.t)
-        fraction("--r", opts.r)
-        finite("--z-min", opts.z_min, optional=True)
+    option_checks.identify_options(opts)
+    which = opts.which
     paths = {role: getattr(opts, role, None) for role in ("neur", "ctrl", "crc", "contrast")}
     tables = {role: score_table(p, f"--{role}") for role, p in paths.items() if p}
     same_layout({str(paths[role]): table for role, table in tables.items()})
@@ -338,17 +266,10 @@ class EvaluateInputs:
 
 def check_evaluate(opts: Any) -> EvaluateInputs:
     """``culnig evaluate``: options, item sets, neuron set (parsed, fits the model's layout), model, output."""
-    non_negative_int("--random", opts.random)
-    if opts.random and not opts.inhibit:
-        raise ValueError("--random needs --inhibit (random sets are drawn like the inhibited set)")
-    non_negative_int("--paper-random", getattr(opts, "paper_random", 0))
-    if getattr(opts, "paper_random", 0) and not opts.inhibit:
-        raise ValueError("--paper-random needs --inhibit (random sets are drawn as large as the inhibited set)")
+    option_checks.evaluate_options(opts)
     tasks = [t.strip() for t in (getattr(opts, "lm_eval", None) or "").split(",") if t.strip()]
     if not opts.data and not tasks:
         raise ValueError("give --data (an item source) and/or --lm-eval TASKS")
-    if getattr(opts, "lm_eval_limit", None) is not None:
-        positive_int("--lm-eval-limit", opts.lm_eval_limit)
     if getattr(opts, "lm_eval_include", None) and not Path(opts.lm_eval_include).is_dir():
         raise FileNotFoundError(f"--lm-eval-include {opts.lm_eval_include}: folder not found")
     if tasks:
@@ -422,8 +343,7 @@ def check_overlap(opts: Any) -> OverlapInputs:
     """``culnig overlap``: neuron sets (parsed; at least 2), evaluation sources (one per set), model, output."""
     from culnig_ext.studies.overlap import OVERLAP_JSON, OVERLAP_MD, OVERLAP_PNG, set_name
 
-    if len(opts.sets) < 2:
-        raise ValueError(f"give at least 2 neuron sets to compare, got {len(opts.sets)}")
+    option_checks.overlap_options(opts)
     sets: dict[str, NeuronSet] = {}
     for path in opts.sets:
         sets[set_name(path, list(sets))] = neuron_set(path, "neuron set")
@@ -455,34 +375,13 @@ def check_run(cfg: Any) -> None:
     """``culnig run`` / ``run_pipeline``: every number, the model, the run folder and the score tables already in it
     (they are reused). The data sources are read by ``run_pipeline`` itself, before the model and before anything is
     written."""
-    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn", "t_specific", "r_specific"):
-        fraction("--" + name.replace("_", "-"), getattr(cfg, name))
-    finite("--z-min", cfg.z_min, optional=True)
-    non_negative_int("--random", cfg.n_random)
-    non_negative_int("--paper-random", getattr(cfg, "n_random_paper", 0))
+    option_checks.run_options(cfg)
     protocol(getattr(cfg, "protocol", "ours"))
     if getattr(cfg, "saq", None):
         if not Path(cfg.saq, "annotations").is_dir() or not Path(cfg.saq, "prompts").is_dir():
             raise ValueError(f"--saq {cfg.saq}: not a BLEnD folder (needs annotations/, questions/ and prompts/)")
-        if cfg.saq_max_per_country is not None:
-            positive_int("--saq-max-per-country", cfg.saq_max_per_country)
-        positive_int("--saq-max-new-tokens", cfg.saq_max_new_tokens)
-    if getattr(cfg, "protocol", "ours") == "paper" and cfg.format == "cloze":
-        raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
-    if cfg.max_test_items is not None:
-        positive_int("--max-test-items", cfg.max_test_items)
-    if getattr(cfg, "max_scoring_items", None) is not None:
-        positive_int("--max-scoring-items", cfg.max_scoring_items)
-    non_negative_int("--n-boot", getattr(cfg, "n_boot", 0))
-    if cfg.format not in ("auto", "letter", "cloze"):
-        raise ValueError(f"--format must be auto, letter or cloze, got {cfg.format!r}")
     model_options(cfg)
-    from culnig_ext.reporting.report import REPORT_FILE, RESULTS_FILE
-
-    out = output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, "summary.md", "config.json"))
-    scores = out / "scores"
-    if scores.exists() and not scores.is_dir():
-        raise ValueError(f"--out {out}: {scores} is a file; it must be the folder of score tables")
+    scores = Path(cfg.out) / "scores"
     for role in RUN_TABLES:
         path = scores / f"{role}.safetensors"
         if path.exists():
@@ -495,32 +394,8 @@ def check_run(cfg: Any) -> None:
 def check_sweep(cfg: Any) -> None:
     """``culnig sweep`` / ``run_sweep``: every number, the model and the output folder, before the data, the model
     or any write (the data sources are read by ``run_sweep`` before the model and before anything is written)."""
-    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn"):
-        fraction("--" + name.replace("_", "-"), getattr(cfg, name))
-    non_negative_int("--random", cfg.n_random)
-    for name in ("max_scoring_items", "max_val_items", "max_test_items"):
-        if getattr(cfg, name) is not None:
-            positive_int("--" + name.replace("_", "-"), getattr(cfg, name))
-    for value in cfg.scale:
-        finite("--scale", value)
-        if not value > 0:
-            raise ValueError(f"--scale: factors must be > 0, got {value}")
-    if cfg.format not in ("letter", "cloze"):
-        raise ValueError(f"--format must be letter or cloze, got {cfg.format!r}")
+    option_checks.sweep_options(cfg)
     model_options(cfg)
-    from culnig_ext.reporting.report import REPORT_FILE, RESULTS_FILE
-
-    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, "config.json", "split.json"))
-
-
-def error_line(command: str, exc: BaseException) -> str:
-    """``culnig <command>: error: <message>`` on one line (a message of several lines is joined with '; ')."""
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-    parts = [p.strip() for p in str(message).splitlines() if p.strip()] or [type(exc).__name__]
-    text = parts[0]
-    for part in parts[1:]:
-        text += (" " if text.endswith(":") else "; ") + part
-    return f"culnig {command}: error: {text}"
 
 
 __all__ = [

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from culnig_ext.models import loading as models
-from culnig_ext.studies import preflight
+from culnig_ext.studies import option_checks, preflight
 from culnig_ext.studies.pipeline import RunConfig, run_pipeline
 from culnig_ext.scoring.table import ScoreTable
 from tests.studies.test_pipeline import HEAD_DIM, HEADS, INTERMEDIATE, KV_HEADS, LAYERS, save_tiny_model
@@ -49,7 +49,7 @@ def test_unwritable_folder_is_refused_naming_it(tmp_path, monkeypatch):
     def refuse(*args, dir=None, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(dir))
 
-    monkeypatch.setattr(preflight.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(option_checks.tempfile, "mkstemp", refuse)
     target = tmp_path / "new" / "deeper" / "out.safetensors"
     with pytest.raises(ValueError) as info:
         preflight.output_file(target)
