@@ -1,17 +1,16 @@
 """Conditions of an evaluation (the original model, the model with a neuron set inhibited, random sets) and what
-every study does with them: choose the answer format, evaluate every condition on every set, make report rows."""
+every study does with them: choose the answer format (``format_probe``), evaluate every condition on every set, make report rows."""
 from __future__ import annotations
 
 import logging
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from scipy.stats import binomtest
-
 from culnig_ext._utils.atomic import partial_dir, publish_dir
 from culnig_ext._utils.names import slug
-from culnig_ext.data import TokenizerError, encode_choices
+from culnig_ext.data import encode_choices
 from culnig_ext.data.schema import MCItem
 from culnig_ext.intervention.cloze_cache import evaluate_cloze_cached
 from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
@@ -19,26 +18,17 @@ from culnig_ext.intervention.inhibit import inhibit
 from culnig_ext.intervention.short_answers import SAQResult
 from culnig_ext.stats.rows import accuracy_row
 from culnig_ext.selection.neurons import NeuronSet
+from culnig_ext.studies.format_probe import probe_format
 
 log = logging.getLogger("culnig")
 
 
 def choose_format(model, tokenizer, items: Sequence[MCItem], batch_size: int, progress: bool) -> tuple[str, str]:
-    """``letter`` if the model answers letter-format items above chance (one-sided binomial test at 0.05 against
-    the mean of 1/n_choices), else ``cloze`` (also when the tokenizer cannot encode the letter format, e.g. the
-    letters are not single tokens). Returns the format and a sentence saying why."""
-    try:
-        encodings = [encode_choices(it, tokenizer, format="letter") for it in items]
-    except TokenizerError as exc:
-        return "cloze", f"the tokenizer cannot encode the letter format ({exc}): using the cloze format"
-    res = evaluate_encoded(model, list(items), encodings, format="letter", batch_size=batch_size, progress=progress)
-    chance = sum(1 / len(it.choices) for it in items) / len(items)
-    hits = int(res.correct.sum())
-    p = binomtest(hits, len(items), chance, alternative="greater").pvalue
-    fmt = "letter" if p < 0.05 else "cloze"
-    why = (f"letter-format accuracy {hits}/{len(items)} = {hits / len(items):.1%} vs chance {chance:.1%} "
-           f"(binomial p = {p:.3g}): using the {fmt} format")
-    return fmt, why
+    """``letter`` if the model answers letter-format items above chance, else ``cloze`` (also when the tokenizer
+    cannot encode the letter format, e.g. the letters are not single tokens): the sequential test of
+    ``format_probe.probe_format`` on at most 64 of ``items``. Returns the format and a sentence saying why."""
+    probe = probe_format(model, tokenizer, items, batch_size=batch_size, progress=progress)
+    return probe.format, probe.reason
 
 
 @dataclass
@@ -75,10 +65,27 @@ def evaluate_conditions(
             results[set_name][cond.name] = res
             if staging is not None:
                 res.save(staging / f"{slug(set_name)}__{slug(cond.name)}.json")
-            log.info("eval %-28s %-12s accuracy %.3f", set_name, cond.name, res.accuracy)
+            log.debug("eval %-28s %-12s accuracy %.3f", set_name, cond.name, res.accuracy)
+        log.info("eval %s: %s", set_name, accuracy_line(results[set_name]))
     if staging is not None:
         publish_dir(staging, save_dir)
     return results
+
+
+def accuracy_line(by_cond: dict[str, EvalResult]) -> str:
+    """``original 0.500, general 0.375, random 0.438 ± 0.088 (2 sets)``: each condition's accuracy, the random sets
+    (``random*``, ``paper_random*``) as mean ± sample sd."""
+    parts, pooled = [], {}
+    for name, res in by_cond.items():
+        kind = "paper_random" if name.startswith("paper_random") else "random" if name.startswith("random") else None
+        if kind is None:
+            parts.append(f"{name} {res.accuracy:.3f}")
+        else:
+            pooled.setdefault(kind, []).append(res.accuracy)
+    for kind, values in pooled.items():
+        spread = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        parts.append(f"{kind} {statistics.fmean(values):.3f}{spread} ({len(values)} set{'s' * (len(values) > 1)})")
+    return ", ".join(parts)
 
 
 def accuracy_rows(set_name: str, by_cond: dict[str, EvalResult], inhibited: str, *, cultural: bool,

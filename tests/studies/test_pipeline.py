@@ -399,10 +399,11 @@ def items_with_gold(answer_idx: int, n: int = 12) -> list[MCItem]:
                    choices=("Hamburger", "Tacos", "Paella", "Pancakes"), answer_idx=answer_idx) for i in range(n)]
 
 
-def test_choose_format_by_letter_accuracy(model_dir):
+def answering_a(model_dir):
+    """The tiny model made to answer "A" to every letter prompt: with the attention and MLP outputs zeroed the last
+    hidden state is that of the prompt's last token (always the answer prefix), and lm_head's row of "A" points
+    along it."""
     model, tokenizer = load_model(str(model_dir))
-    # Make the model answer "A" to every letter prompt: with the attention and MLP outputs zeroed the last hidden
-    # state is that of the prompt's last token (always the answer prefix), and lm_head's row of "A" points along it.
     with torch.no_grad():
         for layer in model.model.layers:
             layer.self_attn.o_proj.weight.zero_()
@@ -410,13 +411,19 @@ def test_choose_format_by_letter_accuracy(model_dir):
         ids = torch.tensor([tokenizer(' {"answer_choice":"')["input_ids"]])
         hidden = model.model(ids).last_hidden_state[0, -1]
         model.lm_head.weight[tokenizer.convert_tokens_to_ids("A")] = 100.0 * hidden
-    # 12 of 12 right against chance 1/4: binomial p = 0.25^12 = 6e-8 -> letter.
+    return model, tokenizer
+
+
+def test_choose_format_by_letter_accuracy(model_dir):
+    model, tokenizer = answering_a(model_dir)
+    # Always right against chance 1/4: each item adds log(0.45/0.25) = 0.588 to the sequential test's
+    # log-likelihood ratio, which reaches log(0.95/0.05) = 2.944 at the 6th item -> letter, after 6 of the 12.
     fmt, why = choose_format(model, tokenizer, items_with_gold(0), batch_size=5, progress=False)
     assert fmt == "letter"
-    assert "12/12 = 100.0% vs chance 25.0%" in why and why.endswith("using the letter format")
-    # 0 of 12 right: p = 1 -> cloze.
+    assert "6/6 = 100.0% vs chance 25.0%" in why and why.endswith("using the letter format")
+    # Always wrong: each item adds log(0.55/0.75) = -0.310; -2.944 is reached at the 10th -> cloze.
     fmt, why = choose_format(model, tokenizer, items_with_gold(2), batch_size=5, progress=False)
-    assert fmt == "cloze" and "0/12 = 0.0%" in why
+    assert fmt == "cloze" and "0/10 = 0.0%" in why
 
 
 def test_choose_format_falls_back_to_cloze_without_letter_tokens(tmp_path):
