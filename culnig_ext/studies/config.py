@@ -7,8 +7,9 @@ modules that run the studies (``pipeline``, ``compare``, ``sweep``) re-export th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from culnig_ext.models.embedded import DEFAULT_MODEL, is_embedded
 from culnig_ext.studies.finetune.settings import finetune_option, settings_from
 from culnig_ext.studies.options import option
 
@@ -24,7 +25,8 @@ class RunConfig:
         crc, crc_test: CountryRC sources for scoring (neurons that fire on country names) and for evaluation
             (``auto``: the real templates beside the BLEnD folder, else the builtin ones).
         general: a non-cultural set evaluated beside the cultural ones (specificity); None to skip.
-        format: ``letter``, ``cloze`` or ``auto`` (letter when the model answers letters above chance, else cloze).
+        format: ``letter``, ``cloze`` or ``auto`` (letter when the model answers letters above chance, else cloze;
+            decided by a sequential test on at most ``format_probe_max`` scoring items, ``studies.format_probe``).
         control: the control prompt: ``empty`` (question removed, the paper's) or ``frame`` (keeps the question frame).
         normalize: ``count`` (paper: divide by item counts) or ``prob`` (divide by summed P, see ScoreTable).
         contrast_general: also subtract a general-ability table (half of ``general``; the other half is evaluated).
@@ -41,19 +43,33 @@ class RunConfig:
             by greedy generation, ``saq_max_per_country`` questions per country, ``saq_max_new_tokens`` tokens.
         n_random_paper: random sets drawn the paper's way (uniform over all gate and q/k/v neurons pooled), shown
             beside ours (``n_random``, same count per site); 0 = none.
+        full: the study's size. The defaults of these fields are the research-size study (``FULL_PRESET``: 400
+            scoring items, 300 test items per set, 10 random sets, kinship over every group); ``culnig run`` on an
+            embedded model without ``--full`` uses ``QUICK_PRESET`` instead (sized to finish in about 10 minutes
+            on 2 CPU cores). None: decided by the model (``run_preset``); a run records what it used.
+        kinship_groups: the kinship matrix over this many groups (a seeded choice among the groups with specific
+            neurons; rows and columns), on those groups' test items; None = every group.
     """
+
+    #: Keys a run records in its config.json beside the options (read back with ``--config``, they are skipped).
+    RECORDS: ClassVar[tuple[str, ...]] = ("format_probe",)
 
     # One definition: each field is also ``culnig run``'s flag (``--name-with-dashes``) and a key of ``--config``
     # files and of the config.json a run writes (culnig_ext.studies.options). A new option is a new field here.
     out: str = option("culnig_runs/default", "run folder; re-running into it resumes")
-    model: str = option("smollm2", "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
+    model: str = option(DEFAULT_MODEL, "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
     data: str = option("auto", "cultural item source (auto = BLEnD rebuilt from its raw annotations when a copy is "
                        "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
     crc: str = option("auto", "CountryRC scoring templates (auto = the real templates 0-24 when found)")
     crc_test: str = option("auto", "CountryRC evaluation templates (auto = the real templates 25-49 when found)")
     general: str | None = option("builtin:general", "non-cultural set evaluated for specificity ('' or none to skip)")
     format: str = option("auto", "letter: the next token is the option letter; cloze: the option's text scored by "
-                         "likelihood; auto: letter when answered above chance", choices=("letter", "cloze", "auto"))
+                         "likelihood; auto: letter when answered above chance (a sequential test on at most "
+                         "--format-probe-max scoring items)", choices=("letter", "cloze", "auto"))
+    format_probe_max: int = option(64, "--format auto: at most this many scoring items in its sequential test")
+    full: bool | None = option(None, "the research-size study (400 scoring / 300 test items, 10 random sets, kinship "
+                               "over every group); --no-full: the quick sizes, sized to finish in ~10 min on 2 CPU "
+                               "cores", none="full for a hub or local model, quick for an embedded one")
     control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
                           "question frame)", choices=("empty", "frame"))
     normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
@@ -68,6 +84,8 @@ class RunConfig:
     z_min: float = option(0.5, "minimum z-score of a culture-specific neuron (the paper's)")
     n_random: int = option(10, "random neuron sets to compare against", flag="--random")
     kinship: bool = option(True, "the kinship matrix")
+    kinship_groups: int | None = option(None, "groups in the kinship matrix (a seeded choice among those with "
+                                        "specific neurons; none = all)")
     instance_view: bool = option(True, "the per-item view of the general neurons (one more scoring pass)")
     max_test_items: int | None = option(300, "cap per evaluation set (seeded sample; none = all)")
     max_scoring_items: int | None = option(400, "cap on the cultural and CountryRC scoring items (seeded sample; "
@@ -127,7 +145,18 @@ class RunConfig:
 #: ``--protocol paper``: what differs from RunConfig's defaults (the paper's own choices, ynklab/CULNIG).
 PAPER_PRESET: dict[str, Any] = dict(
     protocol="paper", crc="paper:countryrc", crc_test="paper:countryrc", format="letter", dtype="bfloat16",
-    n_random_paper=10, max_per_question=5, max_scoring_items=None, max_test_items=None,
+    n_random_paper=10, max_per_question=5, max_scoring_items=None, max_test_items=None, full=True,
+)
+
+#: ``--full``: the research-size study, RunConfig's defaults as they are (400 scoring / 300 test items, 10 random
+#: sets, kinship over every group); what a hub or local model gets without ``--no-full``.
+FULL_PRESET: dict[str, Any] = dict(full=True)
+
+#: The quick study: what ``culnig run`` on an embedded model uses without ``--full``, sized so that the whole run
+#: (score, identify, evaluate with random sets, kinship on a subset, stability, report) finishes in about 10
+#: minutes on 2 CPU cores. Its power is in every report ("Study size and power").
+QUICK_PRESET: dict[str, Any] = dict(
+    full=False, max_scoring_items=96, max_test_items=96, n_random=3, kinship_groups=4, n_parts=6, n_boot=3,
 )
 
 
@@ -136,10 +165,26 @@ def paper_config(**overrides: Any) -> RunConfig:
     return RunConfig(**{**PAPER_PRESET, **overrides})
 
 
+#: The sizes the quick study changes, at their research-size values (RunConfig's defaults, read from the class).
+FULL_SIZES: dict[str, Any] = {name: getattr(RunConfig, name) for name in QUICK_PRESET if name != "full"}
+
+
+def quick_config(**overrides: Any) -> RunConfig:
+    """A ``RunConfig`` of the quick study (``QUICK_PRESET``); ``overrides`` win over the preset."""
+    return RunConfig(**{**QUICK_PRESET, **overrides})
+
+
 def run_preset(explicit: dict[str, Any]) -> dict[str, Any]:
     """The defaults a run's explicitly given options (config file and flags) select: ``PAPER_PRESET`` for
-    ``protocol: paper``, else none. Explicit options win over the preset (``culnig_ext.studies.options.build``)."""
-    return dict(PAPER_PRESET) if explicit.get("protocol") == "paper" else {}
+    ``protocol: paper``; else ``FULL_PRESET`` with ``full: true`` or for a model that is not embedded, and
+    ``QUICK_PRESET`` with ``full: false`` or for an embedded model (the default, ``smollm2``). Explicit options win
+    over the preset (``culnig_ext.studies.options.build``)."""
+    if explicit.get("protocol") == "paper":
+        return dict(PAPER_PRESET)
+    full = explicit.get("full")
+    if full is None:
+        full = not is_embedded(explicit.get("model", RunConfig.model))
+    return dict(FULL_PRESET if full else QUICK_PRESET)
 
 
 def attn_implementation(cfg: RunConfig) -> str | None:

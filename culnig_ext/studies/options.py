@@ -7,7 +7,8 @@ one flag per field (booleans as ``--x/--no-x``, ``int | None`` fields also take 
 file (``--config FILE``; the ``config.json`` of a run is one) and the flags given on the command line (the
 namespace lists them in ``given_options``; every field also has its default there, as plain argparse would give
 it). Every key and value is checked: an unknown key or a value of the wrong type is refused naming the file and the
-key.
+key; the keys a class lists in ``RECORDS`` (what a run records beside its options, e.g. the format probe's
+evidence) are skipped.
 """
 from __future__ import annotations
 
@@ -57,6 +58,11 @@ def option_fields(cls) -> list[tuple[dataclasses.Field, type, bool]]:
 def flag_of(f: dataclasses.Field) -> str:
     meta = f.metadata.get(_META) or {}
     return meta.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def flag_for(cls, name: str) -> str:
+    """The flag of ``cls``'s field ``name`` (``n_random`` -> ``--random``)."""
+    return next(flag_of(f) for f in dataclasses.fields(cls) if f.name == name)
 
 
 def _parse_value(kind: type, optional: bool, raw: str) -> Any:
@@ -152,6 +158,8 @@ def read_config_file(path: str | Path, cls) -> dict[str, Any]:
 def check_options(raw: Mapping[str, Any], cls, where: str) -> dict[str, Any]:
     """``raw`` checked against ``cls``'s fields: unknown keys and wrong types are refused naming ``where``."""
     fields = {f.name: (f, kind, optional) for f, kind, optional in _fields(cls)}
+    records = getattr(cls, "RECORDS", ())  # what a run records beside its options (config.json): not options
+    raw = {k: v for k, v in raw.items() if k not in records}
     unknown = [k for k in raw if k not in fields]
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; known: {', '.join(fields)}")

@@ -89,7 +89,8 @@ def non_default_run_config():
                      finetune_by="density", finetune_task="t.jsonl", finetune_task_test="u.jsonl", finetune_lora=True,
                      finetune_epochs=2, finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2,
                      finetune_max_steps=5, finetune_max_train_items=8, protocol="paper", n_random_paper=3, saq="s",
-                     saq_max_per_country=None, saq_max_new_tokens=9)
+                     saq_max_per_country=None, saq_max_new_tokens=9, format_probe_max=16, full=True,
+                     kinship_groups=3)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -126,7 +127,7 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--finetune-lora", "--finetune-epochs", "2", "--finetune-lr", "0.001", "--finetune-train-batch-size", "3",
             "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8",
             "--protocol", "paper", "--paper-random", "3", "--saq", "s", "--saq-max-per-country", "none",
-            "--saq-max-new-tokens", "9"]
+            "--saq-max-new-tokens", "9", "--format-probe-max", "16", "--full", "--kinship-groups", "3"]
     args = cli.build_parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
 
@@ -146,7 +147,7 @@ def test_paper_protocol_preset_under_explicit_options(tmp_path):
             paper.max_per_question) == ("paper", "paper:countryrc", "paper:countryrc", "letter", "bfloat16", 10, 5)
     assert (paper.max_scoring_items, paper.max_test_items) == (None, None)  # the paper scores and tests everything
     assert paper.n_random == RunConfig().n_random and paper.data == RunConfig().data  # not part of the preset
-    assert run_cfg() == RunConfig()
+    assert run_cfg("--protocol", "ours", "--full") == RunConfig(full=True)
     assert run_cfg("--dtype", "float32", "--protocol", "paper", "--paper-random", "0").dtype == "float32"
     assert run_cfg("--protocol", "paper", "--paper-random", "0").n_random_paper == 0
     path = tmp_path / "c.json"
@@ -154,3 +155,40 @@ def test_paper_protocol_preset_under_explicit_options(tmp_path):
     from_file = run_cfg("--config", str(path))
     assert (from_file.dtype, from_file.crc, from_file.n_random_paper) == ("float16", "paper:countryrc", 10)
     assert run_cfg("--config", str(path), "--protocol", "ours").crc == RunConfig().crc
+
+
+def test_the_full_preset_is_the_research_size_study(tmp_path):
+    """--full gives today's research-size defaults (400 scoring / 300 test items, 10 random sets, kinship over every
+    group, 10 parts and 5 resamples for stability), which a model that is not embedded gets without the flag; an
+    embedded model gets the quick sizes unless --full is given, and explicit sizes win over either preset."""
+    from culnig_ext.cli import main as cli
+    from culnig_ext.studies.config import QUICK_PRESET, RunConfig, run_preset
+
+    def run_cfg(*argv):
+        args = cli.build_parser().parse_args(["run", *argv])
+        return build(RunConfig, args, args.config, preset=run_preset)
+
+    research = dict(max_scoring_items=400, max_test_items=300, n_random=10, kinship=True, kinship_groups=None,
+                    n_parts=10, n_boot=5, max_per_question=1, instance_view=True)
+
+    def sizes(cfg):
+        return {k: getattr(cfg, k) for k in research}
+
+    full = run_cfg("--full")
+    assert sizes(full) == research and full.full is True and full.model == "smollm2"
+    assert full == RunConfig(full=True)  # the preset changes nothing but the flag: the defaults are the research size
+    hub = run_cfg("--model", "org/some-model")
+    assert sizes(hub) == research and hub.full is True
+    folder = run_cfg("--model", str(tmp_path))
+    assert sizes(folder) == research and folder.full is True
+
+    quick = run_cfg()
+    assert quick.full is False and quick == RunConfig(**QUICK_PRESET)
+    assert quick.max_scoring_items < 400 and quick.max_test_items < 300 and 0 < quick.n_random < 10
+    assert quick.kinship and quick.kinship_groups is not None
+    assert run_cfg("--no-full", "--model", "org/some-model").max_test_items == quick.max_test_items
+    assert run_cfg("--max-test-items", "50").max_test_items == 50  # explicit wins over the quick preset
+    assert run_cfg("--full", "--random", "2").n_random == 2  # and over the full one
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"full": True}))
+    assert sizes(run_cfg("--config", str(path))) == research
