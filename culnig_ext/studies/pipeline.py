@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -42,7 +43,7 @@ from culnig_ext.data.splits import sample_items
 from culnig_ext.intervention.evaluate import EvalResult
 from culnig_ext.models.sites import neuron_sites
 from culnig_ext.reporting.analysis import kinship_matrix_encoded, layer_counts, positive_share
-from culnig_ext.reporting.report import ReportResults, write_report
+from culnig_ext.reporting.report import ReportResults, read_results, write_report
 from culnig_ext.stats.rows import with_holm
 from culnig_ext.scoring.cache import score_cached
 from culnig_ext.scoring.scorer import item_scores
@@ -52,20 +53,34 @@ from culnig_ext.selection import stability
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.stats.verdict import Verdict
 from culnig_ext.stats.verdict import from_results as verdict_from_results
-from culnig_ext.studies.conditions import Condition, accuracy_rows, choose_format, evaluate_conditions, saq_rows
-from culnig_ext.studies.config import PAPER_PRESET, RunConfig, attn_implementation, paper_config, run_preset
+from culnig_ext.studies.conditions import Condition, accuracy_rows, evaluate_conditions, saq_rows
+from culnig_ext.studies.config import (
+    FULL_PRESET,
+    PAPER_PRESET,
+    QUICK_PRESET,
+    RunConfig,
+    attn_implementation,
+    paper_config,
+    quick_config,
+    run_preset,
+)
+from culnig_ext.studies.format_probe import FormatProbe, probe_format
+from culnig_ext.studies.plan import RunPlan, estimate_line, plan_run, size_section, warm_up
+from culnig_ext.studies.progress import RunProgress
 
 log = logging.getLogger("culnig")
 LogFn = Callable[[str], None]
 
-__all__ = ["RunConfig", "RunOutputs", "run_pipeline", "paper_config", "run_preset", "PAPER_PRESET", "RunData",
-           "RunScores", "Identified", "Evaluation", "load_data", "load_run_model", "pick_format", "score_tables",
-           "identify", "evaluate_run", "kinship_stage", "report_stage", "instance_view", "summary_table"]
+__all__ = ["RunConfig", "RunOutputs", "run_pipeline", "paper_config", "quick_config", "run_preset", "PAPER_PRESET",
+           "QUICK_PRESET", "FULL_PRESET", "RunData", "RunScores", "Identified", "Evaluation", "load_data",
+           "load_run_model", "pick_format", "score_tables", "identify", "evaluate_run", "kinship_stage",
+           "kinship_subset", "report_stage", "instance_view", "summary_table"]
 
 
 @dataclass
 class RunOutputs:
-    """Where a run's results went: its folder, the answer format used, the neuron sets and the report's path."""
+    """Where a run's results went: its folder, the answer format used, the neuron sets, the report's path, the
+    report's content (``ReportResults``: rows, verdict ...), the plan it followed and the config.json it wrote."""
 
     run_dir: Path
     format: str
@@ -73,6 +88,9 @@ class RunOutputs:
     specific: dict[str, NeuronSet]
     report: Path
     timings: dict[str, float] = field(default_factory=dict)
+    results: ReportResults | None = None
+    plan: RunPlan | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -169,13 +187,16 @@ def load_run_model(cfg: RunConfig, log_fn: LogFn = log.info):
                       attn_implementation=attn_implementation(cfg))
 
 
-def pick_format(cfg: RunConfig, model, tokenizer, data: RunData, log_fn: LogFn = log.info) -> tuple[str, str | None]:
-    """The answer format (``cfg.format``, or chosen on the scoring items for ``auto``) and the report's note."""
+def pick_format(cfg: RunConfig, model, tokenizer, data: RunData,
+                log_fn: LogFn = log.info) -> tuple[str, FormatProbe | None]:
+    """The answer format: ``cfg.format``, or for ``auto`` the sequential test's choice on at most
+    ``cfg.format_probe_max`` scoring items (``format_probe``), with what it saw (None when the format was given)."""
     if cfg.format != "auto":
         return cfg.format, None
-    fmt, why = choose_format(model, tokenizer, data.neur, cfg.batch_size, cfg.progress)
-    log_fn(why)
-    return fmt, f"Format chosen automatically: {why}."
+    probe = probe_format(model, tokenizer, data.neur, batch_size=cfg.batch_size, max_items=cfg.format_probe_max,
+                         seed=cfg.seed, progress=cfg.progress)
+    log_fn(probe.reason)
+    return probe.format, probe
 
 
 def score_tables(cfg: RunConfig, model, tokenizer, data: RunData, fmt: str, scores_dir: Path) -> RunScores:
@@ -300,16 +321,34 @@ def _short_answers(cfg: RunConfig, model, tokenizer, data: RunData, conditions: 
     return saq_rows(saq_results, "general", seed=cfg.seed)
 
 
-def kinship_stage(cfg: RunConfig, model, tokenizer, data: RunData, specific: dict[str, NeuronSet],
-                  fmt: str) -> dict[str, Any] | None:
-    """The kinship matrix (rows: inhibited group's specific set; columns: accuracy drop per group) as the
-    report stores it, or None when kinship is off or no group has specific neurons."""
+def kinship_subset(cfg: RunConfig, specific: dict[str, NeuronSet]) -> list[str]:
+    """The groups of the kinship matrix: those with specific neurons, all of them or a seeded choice of
+    ``cfg.kinship_groups`` (in their order in ``specific``)."""
+    groups = [g for g, s in specific.items() if len(s)]
+    if cfg.kinship_groups is None or len(groups) <= cfg.kinship_groups:
+        return groups
+    chosen = set(random.Random(cfg.seed).sample(groups, cfg.kinship_groups))
+    return [g for g in groups if g in chosen]
+
+
+def kinship_stage(cfg: RunConfig, model, tokenizer, data: RunData, specific: dict[str, NeuronSet], fmt: str,
+                  original: EvalResult | None = None) -> dict[str, Any] | None:
+    """The kinship matrix (rows: inhibited group's specific set; columns: accuracy drop per group) over the groups
+    of ``kinship_subset``, on their test items, as the report stores it; None when kinship is off or no group has
+    specific neurons. ``original``: the original model's results on ``data.test`` (reused, not evaluated again)."""
     if not cfg.kinship or not any(len(s) for s in specific.values()):
         return None
-    sets = {g: s for g, s in specific.items() if len(s)}
-    encodings = [encode_choices(it, tokenizer, format=fmt) for it in data.test]
-    run = kinship_matrix_encoded(model, data.test, encodings, sets, format=fmt, batch_size=cfg.batch_size,
-                                 progress=cfg.progress)
+    groups = kinship_subset(cfg, specific)
+    keep = [it.group in groups for it in data.test]
+    items = [it for it, k in zip(data.test, keep) if k]
+    if not items:
+        return None
+    baseline = None
+    if original is not None and [r.id for r in original.records] == [it.id for it in data.test]:
+        baseline = replace(original, records=[r for r, k in zip(original.records, keep) if k])
+    encodings = [encode_choices(it, tokenizer, format=fmt) for it in items]
+    run = kinship_matrix_encoded(model, items, encodings, {g: specific[g] for g in groups}, format=fmt,
+                                 batch_size=cfg.batch_size, progress=cfg.progress, baseline=baseline)
     return {"targets": list(run.result.targets), "groups": list(run.result.groups),
             "matrix": run.result.matrix.tolist()}
 
@@ -326,6 +365,10 @@ def method_notes(cfg: RunConfig) -> list[str]:
 
         notes.append(paper_random_note(cfg.n_random_paper, cfg.seed) + " Drawn with torch's generator, so the sets "
                      "differ from the paper's Python-random draws; the distribution they come from is the same.")
+    if cfg.kinship and cfg.kinship_groups is not None:
+        notes.append(f"Kinship: over at most {cfg.kinship_groups} groups (a seeded choice, seed {cfg.seed}, among "
+                     "the groups with culture-specific neurons), on their test items; the original model's results "
+                     "reused.")
     if cfg.protocol == "paper":
         notes.append("Protocol: the paper's (ynklab/CULNIG): CountryRC over its 8 countries x 4 instruction variants "
                      "(scored on the first half of the templates, evaluated on all of them, as its eval script does), "
@@ -335,9 +378,19 @@ def method_notes(cfg: RunConfig) -> list[str]:
 
 
 def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identified, evaluation: Evaluation,
-                 kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path) -> Path:
-    """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path."""
+                 kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path,
+                 plan: RunPlan | None = None, probe: FormatProbe | None = None) -> tuple[Path, ReportResults]:
+    """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path and
+    its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence."""
     num_layers = len({s.layer for s in neuron_sites(model)})
+    sections = [{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}]
+    if plan is not None:
+        sections.insert(0, {"title": "Study size and power", "markdown": size_section(plan, evaluation.rows)})
+    evidence = {}
+    if probe is not None:
+        evidence = {"format_probe": f"{probe.hits}/{probe.items} letter-format items right vs chance "
+                                    f"{probe.chance:.1%}; stopped {probe.stopped} (log-likelihood ratio "
+                                    f"{probe.llr:.2f}, bounds {probe.lower:.2f} / {probe.upper:.2f})"}
     results = ReportResults(
         title=f"CULNIG run: {model.config._name_or_path}",
         model=str(model.config._name_or_path),
@@ -348,11 +401,13 @@ def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identifi
         layers={"num_layers": num_layers, "counts": layer_counts(found.general, num_layers)},
         notes=notes,
         verdict=evaluation.verdict.to_dict() if evaluation.verdict is not None else None,
-        sections=[{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}],
-        metadata={"protocol": cfg.protocol, "format": fmt, "data": data.sources.data,
+        sections=sections,
+        metadata={"protocol": cfg.protocol, "study size": plan.size if plan is not None else "as configured",
+                  "format": fmt, **evidence, "data": data.sources.data,
                   "seconds": f"{timings['total']:.0f}", **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
-    return write_report(run_dir, results)
+    path = write_report(run_dir, results)
+    return path, read_results(run_dir)
 
 
 def instance_view(general: NeuronSet, shares: torch.Tensor, n_items: int, top: int = 15) -> str:
@@ -390,50 +445,95 @@ def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers
     return "\n".join(lines) + "\n"
 
 
+def write_config(cfg: RunConfig, run_dir: Path, fmt: str | None = None, probe: FormatProbe | None = None
+                 ) -> dict[str, Any]:
+    """``run_dir/config.json``: the options, with the format the run used (once known) and the format test's
+    evidence (``RunConfig.RECORDS``; ``--config`` skips it); returns what it wrote."""
+    config = asdict(cfg)
+    if fmt is not None:
+        config["format"] = fmt
+    if probe is not None:
+        config["format_probe"] = probe.to_dict()
+    atomic_write_text(run_dir / "config.json", json.dumps(config, indent=2) + "\n")
+    return config
+
+
 def run_pipeline(cfg: RunConfig, *, log_fn: LogFn = log.info) -> RunOutputs:
-    """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went."""
+    """Run the whole pipeline into ``cfg.out`` (see the module docstring); returns where everything went.
+
+    With ``cfg.progress`` it also says what it will do (the plan, then an estimate of the time from a short
+    warm-up) and draws the overall progress line on a terminal (``studies.progress``)."""
     from culnig_ext.studies.preflight import check_run
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = Path(cfg.out)
     check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
+    say: LogFn = log_fn if cfg.progress else (lambda _line: None)
 
     data = load_data(cfg, log_fn)
+    plan = plan_run(cfg, data)
+    for line in plan.lines():
+        say(line)
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+    config = write_config(cfg, run_dir)
 
     model, tokenizer = load_run_model(cfg, log_fn)
     timings["load"] = time.perf_counter() - t0
     notes: list[str] = [f"Data: {data.sources.note}."] if data.sources.note else []
-    fmt, why = pick_format(cfg, model, tokenizer, data, log_fn)
-    notes += [why] if why else []
-
-    t = time.perf_counter()
-    scores = score_tables(cfg, model, tokenizer, data, fmt, run_dir / "scores")
-    timings["score"] = time.perf_counter() - t
-
-    found = identify(cfg, model, tokenizer, data, scores, fmt, run_dir, timings, log_fn)
-
-    t = time.perf_counter()
-    evaluation = evaluate_run(cfg, model, tokenizer, data, found.general, fmt, run_dir, notes, timings, log_fn)
-    timings["evaluate"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    kin = kinship_stage(cfg, model, tokenizer, data, found.specific, fmt)
-    if kin is not None:
-        timings["kinship"] = time.perf_counter() - t
-
-    notes += method_notes(cfg)
-    timings["total"] = time.perf_counter() - t0
-    report = report_stage(cfg, model, data, fmt, found, evaluation, kin, notes, timings, run_dir)
-    if cfg.finetune:
-        from culnig_ext.studies.finetune.study import run_finetune_step
+    with RunProgress(plan, enabled=cfg.progress) as progress:
+        probe = None
+        if cfg.format == "auto":
+            t = time.perf_counter()
+            with progress.stage("format"):
+                fmt, probe = pick_format(cfg, model, tokenizer, data, log_fn)
+            timings["format"] = time.perf_counter() - t
+            notes.append(f"Format chosen automatically: {probe.reason}.")
+            config = write_config(cfg, run_dir, fmt, probe)
+        else:
+            fmt = cfg.format
+        if cfg.progress:
+            t = time.perf_counter()
+            progress.rates = warm_up(model, tokenizer, data.neur, data.test, fmt)
+            timings["warm_up"] = time.perf_counter() - t
+            say(estimate_line(plan, progress.rates, after=plan.index("score")))
 
         t = time.perf_counter()
-        before = {name: by_cond["original"] for name, by_cond in evaluation.results.items()}
-        run_finetune_step(model, tokenizer, found.general, cfg, data.study_tasks, evaluation.eval_sets, fmt, before,
-                          log_fn=log_fn)
-        timings["finetune"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t0
-    return RunOutputs(run_dir, fmt, found.general, found.specific, report, timings)
+        with progress.stage("score"):
+            scores = score_tables(cfg, model, tokenizer, data, fmt, run_dir / "scores")
+        timings["score"] = time.perf_counter() - t
+
+        with progress.stage("identify"):
+            found = identify(cfg, model, tokenizer, data, scores, fmt, run_dir, timings, log_fn)
+
+        t = time.perf_counter()
+        with progress.stage("evaluate"):
+            evaluation = evaluate_run(cfg, model, tokenizer, data, found.general, fmt, run_dir, notes, timings,
+                                      log_fn)
+        timings["evaluate"] = time.perf_counter() - t
+
+        kin = None
+        if cfg.kinship:
+            t = time.perf_counter()
+            with progress.stage("kinship"):
+                original = evaluation.results.get("Cultural test (BLEnD-style)", {}).get("original")
+                kin = kinship_stage(cfg, model, tokenizer, data, found.specific, fmt, original)
+            if kin is not None:
+                timings["kinship"] = time.perf_counter() - t
+
+        notes += method_notes(cfg)
+        with progress.stage("report"):
+            timings["total"] = time.perf_counter() - t0
+            report, results = report_stage(cfg, model, data, fmt, found, evaluation, kin, notes, timings, run_dir,
+                                           plan, probe)
+        if cfg.finetune:
+            from culnig_ext.studies.finetune.study import run_finetune_step
+
+            t = time.perf_counter()
+            with progress.stage("finetune"):
+                before = {name: by_cond["original"] for name, by_cond in evaluation.results.items()}
+                run_finetune_step(model, tokenizer, found.general, cfg, data.study_tasks, evaluation.eval_sets, fmt,
+                                  before, log_fn=log_fn)
+            timings["finetune"] = time.perf_counter() - t
+            timings["total"] = time.perf_counter() - t0
+    return RunOutputs(run_dir, fmt, found.general, found.specific, report, timings, results, plan, config)
