@@ -15,7 +15,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
     from culnig_ext.studies.config import QUICK_PRESET, RunConfig
     from culnig_ext.studies.options import add_arguments, flag_for
 
-    quick = ", ".join(f"{flag_for(RunConfig, k)} {'none' if v is None else v}" for k, v in QUICK_PRESET.items() if k != "full")
+    quick = ", ".join(f"{flag_for(RunConfig, k)} {'none' if v is None else v}" for k, v in QUICK_PRESET.items()
+                      if k != "full")
     p = sub.add_parser(NAME, help="the whole pipeline: score, identify, inhibit/evaluate, report (on an embedded "
                                   "model the quick study, ~10 min on 2 CPU cores; --full: the research size)",
                        epilog=f"The defaults shown are the research-size study (--full). On an embedded model without "

@@ -267,7 +267,7 @@ def verdict_markdown(verdict: Mapping[str, Any]) -> str:
     level = round(100 * float(verdict.get("confidence_level", 0.95)))
     lines = [f"Relative excess drop of a set = (random − ours) / original accuracy: the share of the original "
              f"accuracy lost to our neurons beyond random neurons of the same size; {level}% bootstrap intervals over "
-             "items. Rules: see the README (Reading a report).", "",
+             "items. Rules: docs/reading_a_report.md (Specificity verdict).", "",
              "| quantity | value [interval] |", "|---|---:|"]
     for name, x in verdict.get("per_set", {}).items():
         lines.append(f"| relative excess drop: {name} | {iv(x)} |")

@@ -61,8 +61,8 @@ def next_commands(run_dir: str | Path, *, full: bool | None, validate: bool = Fa
     run_dir = Path(run_dir)
     out = []
     if full is False:
-        out.append((f"culnig run --full --out {run_dir}-full", "the research-size study (400 scoring / 300 test "
-                                                                "items, 10 random sets, kinship over every group)"))
+        out.append((f"culnig run --full --out {run_dir}-full", "the research-size study (its sizes: the report's "
+                                                                "Study size and power)"))
     if validate:
         out.append(("culnig validate --help", "plant known neurons and check that the method finds them"))
     out.append((f"culnig report {run_dir}", "rebuild the report from results.json"))

@@ -67,9 +67,10 @@ class RunConfig:
                          "likelihood; auto: letter when answered above chance (a sequential test on at most "
                          "--format-probe-max scoring items)", choices=("letter", "cloze", "auto"))
     format_probe_max: int = option(64, "--format auto: at most this many scoring items in its sequential test")
-    full: bool | None = option(None, "the research-size study (400 scoring / 300 test items, 10 random sets, kinship "
-                               "over every group); --no-full: the quick sizes, sized to finish in ~10 min on 2 CPU "
-                               "cores", none="full for a hub or local model, quick for an embedded one")
+    full: bool | None = option(None, "the research-size study (the defaults shown for --max-scoring-items, "
+                               "--max-test-items, --random, --kinship-groups); --no-full: the quick study, sized to "
+                               "finish in about 10 minutes on 2 CPU cores",
+                               none="full for a hub or local model, quick for an embedded one")
     control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
                           "question frame)", choices=("empty", "frame"))
     normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
@@ -96,6 +97,9 @@ class RunConfig:
     batch_size: int = option(16, "items per forward/backward pass")
     dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))
     device: str | None = option(None, "device for the whole model, e.g. cuda:0 (default: cpu)")
+    threads: int | None = option(None, "CPU threads for torch's operations", none="torch's default, or 1 when "
+                                 "the machine is busy (load average at or above its CPU count, where two threads "
+                                 "contend and run several times slower); OMP_NUM_THREADS, when set, is kept")
     seed: int = option(0, "seed of samples and random sets")
     progress: bool = option(True, "progress bars")
     device_map: str | None = option(None, "spread the model over devices: 'auto' or a JSON object (accelerate map)")
@@ -156,8 +160,11 @@ FULL_PRESET: dict[str, Any] = dict(full=True)
 #: (score, identify, evaluate with random sets, kinship on a subset, stability, report) finishes in about 10
 #: minutes on 2 CPU cores. Its power is in every report ("Study size and power").
 QUICK_PRESET: dict[str, Any] = dict(
-    full=False, max_scoring_items=96, max_test_items=96, n_random=3, kinship_groups=4, n_parts=6, n_boot=3,
+    full=False, max_scoring_items=128, max_test_items=128, n_random=3, kinship_groups=4,
 )
+
+#: The fields that make a study's size (the report's "Study size and power" compares them with ``FULL_SIZES``).
+SIZE_FIELDS = ("max_scoring_items", "max_test_items", "n_random", "kinship_groups", "n_parts", "n_boot")
 
 
 def paper_config(**overrides: Any) -> RunConfig:
@@ -166,7 +173,7 @@ def paper_config(**overrides: Any) -> RunConfig:
 
 
 #: The sizes the quick study changes, at their research-size values (RunConfig's defaults, read from the class).
-FULL_SIZES: dict[str, Any] = {name: getattr(RunConfig, name) for name in QUICK_PRESET if name != "full"}
+FULL_SIZES: dict[str, Any] = {name: getattr(RunConfig, name) for name in SIZE_FIELDS}
 
 
 def quick_config(**overrides: Any) -> RunConfig:

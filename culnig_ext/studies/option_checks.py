@@ -172,7 +172,7 @@ def run_options(cfg: Any) -> None:
         positive_int("--saq-max-new-tokens", cfg.saq_max_new_tokens)
     if getattr(cfg, "protocol", "ours") == "paper" and cfg.format == "cloze":
         raise ValueError("--protocol paper answers with the paper's letter/number labels: --format cloze does not apply")
-    for name in ("max_test_items", "max_scoring_items", "kinship_groups", "format_probe_max"):
+    for name in ("max_test_items", "max_scoring_items", "kinship_groups", "format_probe_max", "threads"):
         optional_positive_int(flag(name), getattr(cfg, name, None))
     non_negative_int("--n-boot", getattr(cfg, "n_boot", 0))
     positive_int("--n-parts", getattr(cfg, "n_parts", 1))

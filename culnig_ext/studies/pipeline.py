@@ -3,11 +3,13 @@
 ``run_pipeline`` is a short sequence of stages, each a function with typed inputs and outputs: ``load_data``,
 ``load_run_model``, ``pick_format``, ``score_tables``, ``identify``, ``evaluate_run``, ``kinship_stage`` and
 ``report_stage``; ``sweep``, ``compare`` and the fine-tuning study compose the same lower pieces
-(``scoring.cache.score_cached``, ``studies.conditions``).
+(``scoring.cache.score_cached``, ``studies.conditions``). Around them: the plan and its time estimate
+(``studies.plan``), the overall progress line (``studies.progress``) and the format test (``studies.format_probe``).
 
 ``culnig run`` is a thin wrapper over ``run_pipeline``. Layout of a run folder::
 
-    RUN/config.json                 the resolved configuration
+    RUN/config.json                 the resolved configuration (with the format chosen by --format auto and the
+                                    test's evidence, ``format_probe``)
     RUN/scores/{neur,ctrl}_parts.safetensors   cultural/control scores by group and random part (stability.py)
     RUN/scores/{crc,general}.safetensors   score tables (reused on re-run when model and items match)
     RUN/scores/{neur,ctrl}.safetensors   the part tables added up by group
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -65,7 +68,7 @@ from culnig_ext.studies.config import (
     run_preset,
 )
 from culnig_ext.studies.format_probe import FormatProbe, probe_format
-from culnig_ext.studies.plan import RunPlan, estimate_line, plan_run, size_section, warm_up
+from culnig_ext.studies.plan import RunPlan, cpu_threads, estimate_line, plan_run, size_section, warm_up
 from culnig_ext.studies.progress import RunProgress
 
 log = logging.getLogger("culnig")
@@ -465,11 +468,25 @@ def run_pipeline(cfg: RunConfig, *, log_fn: LogFn = log.info) -> RunOutputs:
     warm-up) and draws the overall progress line on a terminal (``studies.progress``)."""
     from culnig_ext.studies.preflight import check_run
 
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     run_dir = Path(cfg.out)
     check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
     say: LogFn = log_fn if cfg.progress else (lambda _line: None)
+    threads, why_threads = cpu_threads(cfg.threads, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                                       cores=os.cpu_count(), env=os.environ)
+    before_threads = torch.get_num_threads()
+    if threads is not None:  # said on stderr only: the report stays the same on a busy and an idle machine
+        torch.set_num_threads(threads)
+        log_fn(why_threads)
+    try:
+        return _run(cfg, run_dir, t0, say, log_fn)
+    finally:
+        torch.set_num_threads(before_threads)
+
+
+def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) -> RunOutputs:
+    """``run_pipeline``'s stages, once the options are checked and the threads set."""
+    timings: dict[str, float] = {}
 
     data = load_data(cfg, log_fn)
     plan = plan_run(cfg, data)

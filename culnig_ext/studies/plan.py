@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from culnig_ext.data import encode, encode_choices
 from culnig_ext.data.schema import MCItem
@@ -63,6 +63,7 @@ class RunPlan:
     eval_sets: dict[str, int]
     sizes: dict[str, Any] = field(default_factory=dict)
     changed: list[str] = field(default_factory=list)  # the preset's sizes that options changed, as flags
+    test_cap: int | None = None  # the run's cap on items per evaluation set (``max_test_items``)
 
     def index(self, key: str) -> int:
         """The stage's position (0-based)."""
@@ -138,16 +139,34 @@ def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
                                                                             eval_sets.items()},
              "random sets": cfg.n_random, "kinship groups": cfg.kinship_groups or "all",
              "stability parts": cfg.n_parts, "bootstrap resamples": cfg.n_boot}
-    return RunPlan(stages, size_label(cfg), conditions, eval_sets, sizes, changed_sizes(cfg))
+    return RunPlan(stages, size_label(cfg), conditions, eval_sets, sizes, changed_sizes(cfg), cfg.max_test_items)
 
 
 def changed_sizes(cfg: RunConfig) -> list[str]:
     """The sizes of the run's preset (``--full`` or the quick one) that options changed, as ``--flag value``."""
     if cfg.full is None:
         return []
-    preset = FULL_SIZES if cfg.full else {k: v for k, v in QUICK_PRESET.items() if k != "full"}
+    preset = {**FULL_SIZES, **({} if cfg.full else {k: v for k, v in QUICK_PRESET.items() if k != "full"})}
     return [f"{flag_for(RunConfig, k)} {'none' if getattr(cfg, k) is None else getattr(cfg, k)}"
             for k, v in preset.items() if getattr(cfg, k) != v]
+
+
+def cpu_threads(requested: int | None, *, load: float | None, cores: int | None,
+                env: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """The intra-op CPU threads a run sets and why (``(None, None)``: leave torch's default).
+
+    ``requested`` wins; else ``OMP_NUM_THREADS`` in ``env`` is kept; else one thread when the 1-minute ``load``
+    average is at or above ``cores``: on a busy machine torch's threads wait for each other at every operation's
+    barrier while the other jobs hold the cores, and the quick study ran 6x slower with two threads than with one
+    (docs/performance.md)."""
+    if requested is not None:
+        return requested, f"{requested} CPU thread(s) (--threads)"
+    if env.get("OMP_NUM_THREADS"):
+        return None, None
+    if load is not None and cores and load >= cores:
+        return 1, (f"the machine is busy (load average {load:.1f} on {cores} CPUs): 1 CPU thread, which is faster "
+                   "then (--threads N to choose)")
+    return None, None
 
 
 def warm_up(model, tokenizer, scoring: Sequence[MCItem], test: Sequence[MCItem], fmt: str, *,
@@ -194,10 +213,21 @@ def size_section(plan: RunPlan, rows: Sequence[AccuracyRow]) -> str:
     for key, value in plan.sizes.items():
         lines.append(f"| {key} | {value} | {full.get(key, '')} |")
     with_mde = [r for r in rows if r.mde is not None]
-    if with_mde:
-        lines += ["", "Power: the smallest drop below random neurons that the one-sided paired bootstrap detects "
-                      "with 80% power at this size (MDE, accuracy points; it shrinks about as 1/sqrt(items)).", "",
-                  "| evaluation set | items | MDE (80% power) |", "|---|---:|---:|"]
+    if not with_mde:
+        return "\n".join(lines)
+    lines += ["", "Power: the smallest drop below random neurons that the one-sided paired bootstrap detects with 80% "
+                  "power at this size (MDE, accuracy points)."]
+    research = FULL_SIZES["max_test_items"]
+    if plan.size == "quick" and plan.test_cap is not None:
+        lines[-1] += (f" The MDE shrinks about as 1/sqrt(items); the last column scales it to the research size's "
+                      f"items (a set the cap did not cut, with fewer than {plan.test_cap} items, keeps its size), an "
+                      "approximation, not a measurement.")
+        lines += ["", "| evaluation set | items | MDE (80% power) | ≈ MDE at the research size |", "|---|---:|---:|---:|"]
         for r in with_mde:
-            lines.append(f"| {r.eval_set} | {r.n_items} | {100 * r.mde:.2f} |")
+            n = research if r.n_items >= plan.test_cap else r.n_items
+            lines.append(f"| {r.eval_set} | {r.n_items} | {100 * r.mde:.2f} | {100 * r.mde * (r.n_items / n) ** 0.5:.2f} "
+                         f"({n} items) |")
+    else:
+        lines += ["", "| evaluation set | items | MDE (80% power) |", "|---|---:|---:|"]
+        lines += [f"| {r.eval_set} | {r.n_items} | {100 * r.mde:.2f} |" for r in with_mde]
     return "\n".join(lines)

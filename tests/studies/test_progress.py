@@ -105,3 +105,34 @@ def test_changed_sizes_name_the_flags():
     assert changed_sizes(RunConfig(full=True)) == []
     assert changed_sizes(RunConfig(full=True, n_random=2, kinship_groups=3)) == ["--random 2", "--kinship-groups 3"]
     assert changed_sizes(RunConfig()) == []  # no preset resolved (the API): nothing to compare with
+
+
+def test_the_size_section_gives_each_sets_power_and_its_research_size_scaling():
+    from culnig_ext.stats.rows import AccuracyRow
+    from culnig_ext.studies.plan import size_section
+
+    rows = [AccuracyRow("Cultural test", 0.4, 0.35, [0.4], 0.2, 96, mde=0.12),
+            AccuracyRow("General knowledge", 0.5, 0.5, [0.5], 0.5, 64, cultural=False, mde=0.15),
+            AccuracyRow("No random sets", 0.5, 0.5, [], None, 96)]
+    plan = RunPlan([], "quick", [], {}, {"scoring items": 96, "random sets": 3}, ["--random 3"], test_cap=96)
+    text = size_section(plan, rows)
+    assert "This was the **quick** study" in text and "Sizes changed by options: `--random 3`." in text
+    assert "| scoring items | 96 | 400 |" in text and "| random sets | 3 | 10 |" in text
+    # capped at 96: scaled to the research size's 300 items, 12 x sqrt(96/300) = 6.79; the 64-item set was not
+    # cut by the cap, so it keeps its size and its MDE
+    assert "| Cultural test | 96 | 12.00 | 6.79 (300 items) |" in text
+    assert "| General knowledge | 64 | 15.00 | 15.00 (64 items) |" in text
+    assert "No random sets" not in text
+    full = size_section(RunPlan([], "full", [], {}, {}, test_cap=300), rows)
+    assert "| Cultural test | 96 | 12.00 |" in full and "research size |" not in full.split("Power")[1]
+
+
+def test_a_busy_machine_gets_one_thread_unless_told_otherwise():
+    from culnig_ext.studies.plan import cpu_threads
+
+    assert cpu_threads(None, load=5.2, cores=2, env={})[0] == 1  # load at or above the cores: one thread
+    assert "load average 5.2 on 2 CPUs" in cpu_threads(None, load=5.2, cores=2, env={})[1]
+    assert cpu_threads(None, load=1.9, cores=2, env={}) == (None, None)  # not busy: torch's default
+    assert cpu_threads(None, load=9.0, cores=2, env={"OMP_NUM_THREADS": "2"}) == (None, None)  # the user's choice
+    assert cpu_threads(3, load=9.0, cores=2, env={"OMP_NUM_THREADS": "2"})[0] == 3  # --threads wins
+    assert cpu_threads(None, load=None, cores=None, env={}) == (None, None)  # no load average (Windows)
