@@ -472,12 +472,7 @@ def run_pipeline(cfg: RunConfig, *, log_fn: LogFn = log.info) -> RunOutputs:
     run_dir = Path(cfg.out)
     check_run(cfg)  # options, model, run folder, reused tables: before the data, the model, or any write
     say: LogFn = log_fn if cfg.progress else (lambda _line: None)
-    threads, why_threads = cpu_threads(cfg.threads, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-                                       cores=os.cpu_count(), env=os.environ)
     before_threads = torch.get_num_threads()
-    if threads is not None:  # said on stderr only: the report stays the same on a busy and an idle machine
-        torch.set_num_threads(threads)
-        log_fn(why_threads)
     try:
         return _run(cfg, run_dir, t0, say, log_fn)
     finally:
@@ -489,6 +484,11 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
     timings: dict[str, float] = {}
 
     data = load_data(cfg, log_fn)
+    threads, why_threads = cpu_threads(cfg.threads, load=os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+                                       cores=os.cpu_count(), env=os.environ)
+    if threads is not None:  # said on stderr only: the report stays the same on a busy and an idle machine
+        torch.set_num_threads(threads)
+        log_fn(why_threads)
     plan = plan_run(cfg, data)
     for line in plan.lines():
         say(line)

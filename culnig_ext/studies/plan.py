@@ -164,8 +164,8 @@ def cpu_threads(requested: int | None, *, load: float | None, cores: int | None,
     if env.get("OMP_NUM_THREADS"):
         return None, None
     if load is not None and cores and load >= cores:
-        return 1, (f"the machine is busy (load average {load:.1f} on {cores} CPUs): 1 CPU thread, which is faster "
-                   "then (--threads N to choose)")
+        return 1, (f"the machine is busy (load average {load:.1f} on {cores} CPUs): 1 CPU thread, faster than "
+                   "several on a busy machine (--threads N to choose)")
     return None, None
 
 
