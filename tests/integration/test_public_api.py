@@ -1,5 +1,5 @@
-"""The public API: every import line and every ``culnig_ext.X`` name the README shows works, and the old flat
-module paths still import (with one FutureWarning) as the module at the new path."""
+"""The public API: every import line and every ``culnig_ext.X`` name the README and the documentation (docs/*.md)
+show works, and the old flat module paths still import (with one FutureWarning) as the module at the new path."""
 from __future__ import annotations
 
 import importlib
@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-README = (REPO / "README.md").read_text()
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]  # what users are shown
+README = "\n".join(page.read_text() for page in PAGES)
 
 
 def code_lines(text: str) -> list[str]:
@@ -29,7 +30,7 @@ def code_lines(text: str) -> list[str]:
 
 CODE = "\n".join(code_lines(README))
 
-# Read from the README itself, so the test follows what users are shown.
+# Read from the README and the docs themselves, so the test follows what users are shown.
 IMPORT_LINES = sorted(set(re.findall(r"^\s*(from culnig_ext[\w.]* import [\w, ]+|import culnig_ext[\w.]*)\s*(?:#.*)?$",
                                      CODE, flags=re.M)))
 # culnig_ext._C is the ahead-of-time module, present only when an AOT build was asked for (the README says so).
@@ -47,6 +48,8 @@ OLD_MODULES = [
 
 def test_the_readme_shows_imports():
     assert len(IMPORT_LINES) >= 5 and any("load_model" in line for line in IMPORT_LINES)
+    readme = "\n".join(code_lines((REPO / "README.md").read_text()))
+    assert "from culnig_ext.models import load_model" in readme  # the README's own example is among them
 
 
 @pytest.mark.parametrize("line", IMPORT_LINES)
