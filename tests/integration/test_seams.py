@@ -34,7 +34,7 @@ from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items
 from culnig_ext.intervention.evaluate import EvalResult, evaluate_encoded
 from culnig_ext.selection.neurons import NeuronSet
-from culnig_ext.studies.pipeline import RunConfig
+from culnig_ext.studies.pipeline import QUICK_PRESET, RunConfig
 from culnig_ext.scoring.table import ScoreTable
 from tests.fixtures import random_items, tiny_model
 
@@ -286,7 +286,8 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--finetune-budget", "0.2", "--finetune-by", "density", "--finetune-lora", "--finetune-epochs", "2",
             "--finetune-lr", "0.001", "--finetune-train-batch-size", "3", "--finetune-grad-accum", "2",
             "--finetune-max-steps", "5", "--protocol", "paper", "--paper-random", "2", "--saq", "blend_dir",
-            "--saq-max-per-country", "3", "--saq-max-new-tokens", "11"]
+            "--saq-max-per-country", "3", "--saq-max-new-tokens", "11", "--format-probe-max", "12",
+            "--kinship-groups", "3", "--threads", "2", "--no-full"]
     with pytest.raises(Done):
         cli.main(argv)
     want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
@@ -301,7 +302,7 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
                      finetune_budget=0.2, finetune_by="density", finetune_lora=True, finetune_epochs=2,
                      finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2, finetune_max_steps=5,
                      protocol="paper", n_random_paper=2, saq="blend_dir", saq_max_per_country=3,
-                     saq_max_new_tokens=11)
+                     saq_max_new_tokens=11, format_probe_max=12, kinship_groups=3, threads=2, full=False)
     got = asdict(seen[0])
     for f in fields(RunConfig):
         if f.name in asdict(want):
@@ -314,11 +315,16 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
     assert (study.ends, study.budget, study.by, study.lora, study.epochs, study.lr, study.batch_size,
             study.grad_accum, study.max_steps, study.seed) == (("top",), 0.2, "density", True, 2, 0.001, 3, 2, 5, 6)
 
-    # No options: the RunConfig defaults (the paper's values), progress on.
+    # No options on the embedded default model: the quick study, else the RunConfig defaults (the paper's
+    # values), progress on; --full: the RunConfig defaults themselves.
     seen.clear()
     with pytest.raises(Done):
         cli.main(["run"])
-    assert asdict(seen[0]) == defaults
+    assert asdict(seen[0]) == {**defaults, **QUICK_PRESET}
+    seen.clear()
+    with pytest.raises(Done):
+        cli.main(["run", "--full"])
+    assert asdict(seen[0]) == {**defaults, "full": True}
     seen.clear()
     with pytest.raises(Done):
         cli.main(["run", "--general", ""])
