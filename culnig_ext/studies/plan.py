@@ -174,18 +174,21 @@ def warm_up(model, tokenizer, scoring: Sequence[MCItem], test: Sequence[MCItem],
     """Seconds per item of scoring and of evaluation, timed on ``n`` of the run's own items (after one untimed
     pass of two items, which takes the first call's one-off costs)."""
     scoring, test = list(scoring[:n]), list(test[:n])
-    encoded = encode(scoring, tokenizer, format=fmt)
-    score(model, encoded[:2], batch_size=2, progress=False)
-    t = time.perf_counter()
-    score(model, encoded, batch_size=len(encoded), progress=False)
-    per_score = (time.perf_counter() - t) / len(encoded)
-    encodings = [encode_choices(it, tokenizer, format=fmt) for it in test]
-    t = time.perf_counter()
-    if fmt == "cloze":
-        evaluate_cloze_cached(model, test, encodings, batch_size=len(test), progress=False)
-    else:
-        evaluate_encoded(model, test, encodings, format=fmt, batch_size=len(test), progress=False)
-    per_eval = (time.perf_counter() - t) / max(1, len(test))
+    per_score = per_eval = 0.0  # no items of a kind: nothing of it to estimate
+    if scoring:
+        encoded = encode(scoring, tokenizer, format=fmt)
+        score(model, encoded[:2], batch_size=2, progress=False)
+        t = time.perf_counter()
+        score(model, encoded, batch_size=len(encoded), progress=False)
+        per_score = (time.perf_counter() - t) / len(encoded)
+    if test:
+        encodings = [encode_choices(it, tokenizer, format=fmt) for it in test]
+        t = time.perf_counter()
+        if fmt == "cloze":
+            evaluate_cloze_cached(model, test, encodings, batch_size=len(test), progress=False)
+        else:
+            evaluate_encoded(model, test, encodings, format=fmt, batch_size=len(test), progress=False)
+        per_eval = (time.perf_counter() - t) / len(test)
     return Rates(per_score, per_eval)
 
 
