@@ -51,7 +51,7 @@ class ValidateConfig:
     top_rate: float = option(0.01, "LAPE: share of neurons kept by lowest entropy")
     filter_rate: float = option(0.95, "LAPE: a neuron needs some group above this quantile of probabilities")
     activation_bar_ratio: float = option(0.95, "LAPE: a group gets a kept neuron above this quantile")
-    n_boot: int = option(200, "bootstrap resamples of the scoring items (intervals of every recovery figure)")
+    n_boot: int = option(100, "bootstrap resamples of the scoring items (intervals of every recovery figure)")
     sample_sizes: str = option("25,50,100,200,400", "scoring-item counts of the sample-efficiency curve (those "
                                "above the number of scoring items are dropped; all items are always added)")
     sample_draws: int = option(5, "random subsets per sample size")

@@ -103,3 +103,22 @@ def test_rank_correlation():
     # ranks x = (1, 2, 3), y = (1, 3, 2): rho = 1 - 6 * (0 + 1 + 1) / (3 * 8) = 0.5
     assert rank_correlation([1, 2, 3], [1, 3, 2]) == pytest.approx(0.5)
     assert math.isnan(rank_correlation([1, 1, 1], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_agrees_with_scikit_learn(seed):
+    """The one-sort formulas against scikit-learn's own functions, on scores with many ties and without."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = 500
+    truth = np.zeros(n, dtype=bool)
+    truth[rng.choice(n, 20 + seed, replace=False)] = True
+    tied = rng.integers(0, 7, size=n).astype(float) + truth * rng.integers(0, 3, size=n)
+    smooth = rng.normal(size=n) + truth * 0.8
+    for scores in (tied, smooth):
+        assert auroc(scores, truth) == pytest.approx(roc_auc_score(truth, scores), abs=1e-12)
+        assert average_precision(scores, truth) == pytest.approx(average_precision_score(truth, scores), abs=1e-12)
+        m = ranking_metrics(scores, truth)
+        assert m["auroc"] == auroc(scores, truth) and m["average_precision"] == average_precision(scores, truth)
+        assert m["precision_at_k"] == precision_at_k(scores, truth)
