@@ -18,11 +18,20 @@ folder::
     DIR/data/reading_test.jsonl   the same on the held-out templates
     DIR/data/training.jsonl       the training texts (prompt, answer)
 
-How the training stays inside G_c: the gradient of a batch of country c's texts is masked to G_c's rows and
-columns before the optimizer step (``NeuronParams.mask``), so c's facts can only be written into c's neurons (kin
-neurons are trained by both countries). AdamW without weight decay never moves an entry whose gradient has always
-been 0, and ``check_unchanged`` proves it afterwards instead of trusting it: an entry outside the planted rows and
-columns that differs in a single bit raises.
+How a country's facts end up in its own neurons: before each optimizer step the gradient of a batch of country
+c's texts is masked (``NeuronParams.mask``) to
+
+* the down_proj columns of G_c: what a neuron writes (its "value") is trained by its own country's texts only, so
+  only c's neurons can write c's answers (kin neurons are trained by both countries);
+* the gate_proj/up_proj rows of every planted neuron: when a neuron fires (its "key") is trained by every
+  country's texts, so that each country's neurons also learn to stay silent on the other countries' questions.
+  With keys trained only on their own country, every G_c would fire on every country and write its answers
+  everywhere: held-out accuracy stays at chance (measured on SmolLM2: 26% -> 29% after two epochs, against 46%
+  with the keys trained on all countries).
+
+AdamW without weight decay never moves an entry whose gradient has always been 0, and ``check_unchanged`` proves it
+afterwards instead of trusting it: an entry outside the planted rows and columns that differs in a single bit
+raises.
 """
 from __future__ import annotations
 
@@ -338,17 +347,20 @@ class TrainResult:
 def train_neurons(model: nn.Module, examples: Sequence[Encoded], planting: Planting, *, lr: float, epochs: int,
                   batch_size: int, stop_loss: float, seed: int, max_grad_norm: float | None = 1.0,
                   progress: bool = True) -> TrainResult:
-    """Train only the planted neurons: each step is a batch of one country's texts, its gradient masked to that
-    country's neurons (rows of gate/up, column of down); AdamW (no weight decay). Stops after ``epochs`` or once an
-    epoch's mean loss is below ``stop_loss``. Every parameter's ``requires_grad`` and the train/eval mode are
-    restored."""
+    """Train only the planted neurons: each step is a batch of one country's texts, its gradient masked to the
+    down_proj columns of that country's neurons and the gate/up rows of all planted neurons (module docstring);
+    AdamW (no weight decay). Stops after ``epochs`` or once an epoch's mean loss is below ``stop_loss``. Every
+    parameter's ``requires_grad`` and the train/eval mode are restored."""
     from tqdm.auto import tqdm
 
     if not examples:
         raise ValueError("no training texts")
     union = neuron_params(model, planting.all_neurons())
     per_country = {c: neuron_params(model, ns) for c, ns in planting.neurons.items()}
-    masks = {c: {name: params_c.mask(name) for name in params_c.entries} for c, params_c in per_country.items()}
+    # keys (rows of gate/up, dim 0): every planted neuron; values (columns of down, dim 1): the country's own
+    masks = {c: {name: (union.mask(name) if dim == 0 else params_c.mask(name))
+                 for name, (_, dim, _) in union.entries.items() if dim == 0 or name in params_c.entries}
+             for c, params_c in per_country.items()}
     params = {name: p for name, (p, _, _) in union.entries.items()}
     by_country: dict[str, list[Encoded]] = {}
     for ex in examples:

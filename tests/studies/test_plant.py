@@ -157,16 +157,19 @@ def test_training_changes_exactly_the_planted_entries_with_shared_neurons(arch):
     assert all(p.requires_grad and p.grad is None for p in model.parameters())
 
 
-def test_each_country_trains_only_its_own_neurons():
-    """One step of country A moves only A's neurons (A's gradient is masked to G_A, B's neurons untouched)."""
+def test_a_country_writes_only_through_its_own_neurons():
+    """Steps of country A only: the down_proj columns (what neurons write) of A's neurons move, B's do not; the
+    gate/up rows (when neurons fire) of both A's and B's neurons move, nothing else."""
     model = tiny_model("llama", dtype=torch.float32)
     planting = Planting({"A": [(GATE.format(0), 1), (GATE.format(1), 2)], "B": [(GATE.format(0), 5)]}, [], [0, 1])
-    before = model.model.layers[0].mlp.gate_proj.weight.detach().clone()
-    train_neurons(model, random_examples(["A"], 4), planting, lr=0.1, epochs=1, batch_size=4, stop_loss=0.0, seed=0,
+    mlp0 = model.model.layers[0].mlp
+    gate0, down0 = mlp0.gate_proj.weight.detach().clone(), mlp0.down_proj.weight.detach().clone()
+    train_neurons(model, random_examples(["A"], 8), planting, lr=0.1, epochs=2, batch_size=4, stop_loss=0.0, seed=0,
                   progress=False)
-    after = model.model.layers[0].mlp.gate_proj.weight.detach()
-    changed_rows = (after != before).any(1).nonzero().squeeze(1).tolist()
-    assert changed_rows == [1]
+    gate_rows = (mlp0.gate_proj.weight.detach() != gate0).any(1).nonzero().squeeze(1).tolist()
+    down_cols = (mlp0.down_proj.weight.detach() != down0).any(0).nonzero().squeeze(1).tolist()
+    assert gate_rows == [1, 5]
+    assert down_cols == [1]
 
 
 def test_check_unchanged_catches_one_flipped_bit():
