@@ -20,10 +20,10 @@ class PlantConfig:
     layers: str = option("upper", "layers the planted neurons are spread over: all, upper (the upper half) or A-B")
     kin_pairs: int = option(2, "disjoint pairs of kin countries that share neurons")
     kin_share: float = option(0.25, "share of a country's neurons its kin shares")
-    lr: float = option(0.02, "AdamW learning rate of the planted rows/columns")
-    epochs: int = option(8, "most passes over the training texts")
-    stop_loss: float = option(0.05, "stop once an epoch's mean answer NLL is below this")
-    train_batch_size: int = option(32, "training texts per step (each step holds one country's texts)")
+    lr: float = option(0.005, "AdamW learning rate of the planted rows/columns")
+    epochs: int = option(6, "most passes over the training texts")
+    stop_loss: float = option(0.1, "stop once an epoch's mean answer NLL is below this")
+    train_batch_size: int = option(8, "training texts per step (each step holds one country's texts)")
     target_accuracy: float = option(0.9, "held-out accuracy the planting aims at (a warning below it)")
     scoring_draws: int = option(2, "option draws per (fact, scoring phrasing) in the scoring MCQs")
     reading_per_country: int | None = option(4, "CountryRC-style templates per country, scoring and test each "
@@ -61,6 +61,8 @@ class ValidateConfig:
     general: str | None = option("builtin:general", "non-cultural set evaluated under inhibition (none to skip)")
     max_general_items: int | None = option(32, "cap on the non-cultural items (seeded sample; none = all)")
     kinship: bool = option(True, "the kinship matrix (one evaluation of the test items per country)")
+    max_kinship_items: int | None = option(48, "cap on the held-out items of the kinship matrix (seeded sample "
+                                           "balanced over countries; none = all)")
     negative_control: bool = option(True, "run the same recovery on the unplanted base model")
     batch_size: int = option(32, "items per forward/backward pass")
     dtype: str = option("float32", "weights' dtype", choices=("float32", "bfloat16", "float16"))

@@ -442,6 +442,28 @@ def accuracy_summary(result: EvalResult) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ the study
+def save_model(model: nn.Module, tokenizer: Any, folder: Path) -> None:
+    """``save_pretrained`` (safetensors) of the model and its tokenizer into ``folder``. A model loaded from a GGUF
+    file holds de-quantised weights but still names its GGUF quantizer, which ``save_pretrained`` refuses: the
+    quantizer and the config's ``quantization_config`` are left out of the saved copy (and put back after), so
+    the folder loads as a plain float model."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    qconfig = model.config.__dict__.get("quantization_config")
+    try:
+        if quantizer is not None:
+            model.hf_quantizer = None
+        if qconfig is not None:
+            del model.config.__dict__["quantization_config"]
+        model.save_pretrained(folder, safe_serialization=True)
+    finally:
+        if quantizer is not None:
+            model.hf_quantizer = quantizer
+        if qconfig is not None:
+            model.config.__dict__["quantization_config"] = qconfig
+    tokenizer.save_pretrained(folder)
+
+
+
 @dataclass
 class PlantResult:
     """What ``plant`` wrote and measured."""
@@ -534,8 +556,7 @@ def plant(cfg: PlantConfig) -> PlantResult:
 
     t = time.perf_counter()
     staging = partial_dir(out)
-    model.save_pretrained(staging / "model", safe_serialization=True)
-    tokenizer.save_pretrained(staging / "model")
+    save_model(model, tokenizer, staging / "model")
     for key, name in DATA_FILES.items():
         write_jsonl(items[key], staging / "data" / name)
     atomic_write_text(staging / "data" / "training.jsonl",
@@ -549,4 +570,4 @@ def plant(cfg: PlantConfig) -> PlantResult:
 
 __all__ = ["DATA_FILES", "FORMAT", "LAYER_RULE", "NeuronParams", "PLANTED_FORMAT", "PlantConfig", "PlantResult",
            "Planting", "Snapshot", "TrainResult", "check_unchanged", "choose_neurons", "encode_examples", "entry_bits",
-           "evaluate_items", "neuron_params", "parse_layers", "plant", "snapshot", "train_neurons", "world_items"]
+           "evaluate_items", "neuron_params", "parse_layers", "plant", "save_model", "snapshot", "train_neurons", "world_items"]

@@ -266,56 +266,64 @@ def _crc_drop(crc: ScoreTable, uni: Universe, r: float, row: int | None = None, 
     return torch.cat([removed[offsets[sites.index(s)]:offsets[sites.index(s) + 1]] for s in uni.sites]).numpy()
 
 
-def _lape_parts(table: ScoreTable, uni: Universe, filter_rate: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """LAPE's quantities over the universe: probabilities ``[G, M]``, their normalisation over countries and
-    which neurons its filter drops (no country above the ``filter_rate`` quantile of all probabilities)."""
-    probs = torch.cat([lape.probabilities(table, s) for s in uni.sites], dim=1)
+@dataclass
+class Prepared:
+    """What every method's scores are made of, computed once per set of tables: per country and universe neuron
+    ``neur[g] / N`` and ``ctrl[g] / N_ctrl`` (N: the tables' item counts, as ``select.specific``'s "total"), and
+    LAPE's activation probabilities ``[G, M]``, their normalisation over countries and the neurons its filter
+    drops (no country above the ``filter_rate`` quantile of all probabilities)."""
+
+    countries: list[str]
+    neur: np.ndarray
+    ctrl: np.ndarray
+    lape_normed: np.ndarray
+    lape_dropped: np.ndarray
+
+
+def prepare(tables: Mapping[str, ScoreTable], uni: Universe, cfg: ValidateConfig) -> Prepared:
+    neur, ctrl = tables["neur"], tables["ctrl"]
+    per_group = torch.cat([neur[s] for s in uni.sites], dim=1) / float(neur.counts.sum())
+    ctrl_group = torch.cat([ctrl[s] for s in uni.sites], dim=1) / float(ctrl.counts.sum())
+    probs = torch.cat([lape.probabilities(tables["lape"], s) for s in uni.sites], dim=1)
     normed = torch.nan_to_num(probs / probs.sum(0, keepdim=True), nan=0.0)
     flat = probs.flatten()
-    k = min(max(1, round(flat.numel() * filter_rate)), flat.numel())
+    k = min(max(1, round(flat.numel() * cfg.filter_rate)), flat.numel())
     bar = float(flat.kthvalue(k).values)
     dropped = (probs > bar).sum(0) == 0
-    return probs.numpy(), normed.numpy(), dropped.numpy()
+    return Prepared(list(neur.groups), per_group.numpy(), ctrl_group.numpy(), normed.numpy(), dropped.numpy())
 
 
-def general_scores(tables: Mapping[str, ScoreTable], uni: Universe, method: str, cfg: ValidateConfig,
-                   rng: np.random.Generator, drops: Mapping[str, np.ndarray]) -> np.ndarray:
+def general_scores(prep: Prepared, method: str, rng: np.random.Generator, drops: Mapping[str, np.ndarray]
+                   ) -> np.ndarray:
     """Each universe neuron's score for the union of the planted sets (module docstring); ``drops["general"]``:
     the CountryRC filter's positions."""
     if method == "random":
-        return rng.random(uni.n)
+        return rng.random(prep.neur.shape[1])
     if method == "lape":
-        _, normed, dropped = _lape_parts(tables["lape"], uni, cfg.filter_rate)
+        normed = prep.lape_normed
         logs = np.where(normed > 0, np.log(np.where(normed > 0, normed, 1.0)), 0.0)
-        return _demote((normed * logs).sum(0), dropped)  # minus the entropy
-    neur, ctrl = tables["neur"], tables["ctrl"]
-    s = uni.cat({site: neur[site].sum(0) / float(neur.counts.sum()) for site in uni.sites})
+        return _demote((normed * logs).sum(0), prep.lape_dropped)  # minus the entropy
+    s = prep.neur.sum(0)
     if method in ("culnig", "no_crc"):
-        s = s - uni.cat({site: ctrl[site].sum(0) / float(ctrl.counts.sum()) for site in uni.sites})
+        s = s - prep.ctrl.sum(0)
     if method in ("culnig", "no_control"):
         s = _demote(s, drops["general"])
     return s
 
 
-def specific_scores(tables: Mapping[str, ScoreTable], uni: Universe, method: str, country: str, cfg: ValidateConfig,
-                    rng: np.random.Generator, drops: Mapping[str, np.ndarray]) -> np.ndarray:
+def specific_scores(prep: Prepared, method: str, country: str, cfg: ValidateConfig, rng: np.random.Generator,
+                    drops: Mapping[str, np.ndarray]) -> np.ndarray:
     """Each universe neuron's score for ``country``'s planted set; ``drops[country]``: the CountryRC filter's
     positions for it (pooled over all neurons, as ``select.specific`` ranks)."""
     if method == "random":
-        return rng.random(uni.n)
-    neur, ctrl = tables["neur"], tables["ctrl"]
-    row = neur.group_index(country)
+        return rng.random(prep.neur.shape[1])
+    row = prep.countries.index(country)
     if method == "lape":
-        _, normed, dropped = _lape_parts(tables["lape"], uni, cfg.filter_rate)
-        return _demote(normed[row], dropped)
-    total = float(neur.counts.sum())
-    per_group = torch.cat([neur[s] for s in uni.sites], dim=1) / total  # [G, M]
-    if method in ("culnig", "no_crc"):
-        per_group = per_group - torch.cat([ctrl[s] for s in uni.sites], dim=1) / float(ctrl.counts.sum())
-    s = per_group[row].numpy()
+        return _demote(prep.lape_normed[row], prep.lape_dropped)
+    g = prep.neur - prep.ctrl if method in ("culnig", "no_crc") else prep.neur
+    s = g[row]
     if method == "raw":
         return s
-    g = per_group.numpy()
     mean, sd = g.mean(0), g.std(0)
     tol = 4 * g.shape[0] * np.finfo(np.float64).eps * np.abs(g).max(0)
     z = np.where(sd <= tol, 0.0, (s - mean) / np.where(sd <= tol, 1.0, sd))
@@ -372,11 +380,12 @@ def point_metrics(tables: Mapping[str, ScoreTable], planted: Planted, uni: Unive
     truth_all = uni.truth(planted.union())
     out: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
+    prep = prepare(tables, uni, cfg)
     for method in METHODS:
-        g = general_scores(tables, uni, method, cfg, rng, drops)
+        g = general_scores(prep, method, rng, drops)
         per_country = {}
         for c in planted.countries:
-            s = specific_scores(tables, uni, method, c, cfg, rng, drops)
+            s = specific_scores(prep, method, c, cfg, rng, drops)
             per_country[c] = recovery.ranking_metrics(s, uni.truth(planted.neurons[c]))
         out[method] = {"general": recovery.ranking_metrics(g, truth_all), "specific": per_country,
                        "specific_mean": {k: float(np.mean([m[k] for m in per_country.values()]))
@@ -411,10 +420,10 @@ def bootstrap(scores: Scores, planted: Planted, uni: Universe, cfg: ValidateConf
         m: {v: {f: [] for f in FIGURES} for v in ("general", "specific_mean")} for m in METHODS}
     for _ in range(n_boot):
         w = stratified_weights(scores.row_country, rng)
-        tables = scores.tables(w, mlp_only=True)
+        prep = prepare(scores.tables(w, mlp_only=True), uni, cfg)
         for method in METHODS:
-            g = recovery.ranking_metrics(general_scores(tables, uni, method, cfg, rng, drops), truth_all)
-            per = [recovery.ranking_metrics(specific_scores(tables, uni, method, c, cfg, rng, drops), truths[c])
+            g = recovery.ranking_metrics(general_scores(prep, method, rng, drops), truth_all)
+            per = [recovery.ranking_metrics(specific_scores(prep, method, c, cfg, rng, drops), truths[c])
                    for c in planted.countries]
             for f in FIGURES:
                 draws[method]["general"][f].append(g[f])
@@ -454,9 +463,9 @@ def sample_efficiency(scores: Scores, planted: Planted, uni: Universe, cfg: Vali
         draws = 1 if size == n_items else cfg.sample_draws
         per: dict[str, list[dict[str, float]]] = {m: [] for m in SCORED}
         for _ in range(draws):
-            tables = scores.tables(balanced_subset(scores.row_country, size, rng), mlp_only=True)
+            prep = prepare(scores.tables(balanced_subset(scores.row_country, size, rng), mlp_only=True), uni, cfg)
             for m in SCORED:
-                per[m].append(recovery.ranking_metrics(general_scores(tables, uni, m, cfg, rng, drops), truth_all))
+                per[m].append(recovery.ranking_metrics(general_scores(prep, m, rng, drops), truth_all))
         out["sizes"].append(int(size))
         for m in SCORED:
             r = [p["recall_at_k"] for p in per[m]]
@@ -547,10 +556,16 @@ def inhibition(model, tokenizer, planted: Planted, sets: Mapping[str, Mapping[st
         if spec:
             from culnig_ext.data.prompts import encode_choices
 
-            encodings = [encode_choices(it, tokenizer, format=fmt) for it in test]
-            kin = kinship_matrix_encoded(model, test, encodings, spec, format=fmt, batch_size=cfg.batch_size,
+            kin_items = planted.items["test"]
+            if cfg.max_kinship_items is not None and cfg.max_kinship_items < len(kin_items):
+                keep = balanced_subset([it.group for it in kin_items], cfg.max_kinship_items,
+                                       np.random.default_rng(cfg.seed))
+                kin_items = [it for it, k in zip(kin_items, keep) if k]
+            encodings = [encode_choices(it, tokenizer, format=fmt) for it in kin_items]
+            kin = kinship_matrix_encoded(model, kin_items, encodings, spec, format=fmt, batch_size=cfg.batch_size,
                                          progress=cfg.progress).result
             out["kinship"] = kin.to_dict()
+            out["kinship_items"] = len(kin_items)
     return out
 
 
@@ -668,8 +683,9 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
     figures["layers"] = {"num_layers": num_layers,
                          "planted": layer_counts(planted.union(), num_layers)["mlp"],
                          "recovered": {m: layer_counts(sets[m]["general"], num_layers)["mlp"] for m in METHODS}}
-    curves = {m: general_scores(scores.tables(mlp_only=True), uni, m, cfg, np.random.default_rng(cfg.seed),
-                                crc_drops(scores.crc, uni, cfg, planted.countries)) for m in METHODS}
+    prep = prepare(scores.tables(mlp_only=True), uni, cfg)
+    drops = crc_drops(scores.crc, uni, cfg, planted.countries)
+    curves = {m: general_scores(prep, m, np.random.default_rng(cfg.seed), drops) for m in METHODS}
     truth_all = uni.truth(planted.union())
 
     negative = None
@@ -707,6 +723,6 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
 
 __all__ = ["METHODS", "METHOD_LABELS", "Planted", "Scores", "Universe", "ValidateConfig", "ValidationResult",
            "bootstrap", "collapse", "compare_with_base", "crc_drops", "general_scores", "inhibition",
-           "kinship_figures", "parse_sizes", "point_metrics", "read_planted", "recover", "sample_efficiency",
+           "kinship_figures", "parse_sizes", "point_metrics", "prepare", "Prepared", "read_planted", "recover", "sample_efficiency",
            "balanced_subset", "score_planted", "selected_sets", "set_figures", "specific_scores", "stratified_weights",
            "universe_of", "validate"]

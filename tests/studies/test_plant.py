@@ -247,3 +247,26 @@ def test_plant_refuses_bad_options(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="not a folder"):
         plant(PlantConfig(out=str(tmp_path / "file")))
+
+
+def test_save_model_leaves_a_gguf_quantizer_out(tmp_path):
+    """A model loaded from GGUF names its quantizer, which save_pretrained refuses; save_model writes a plain
+    float copy that loads back with the same weights, and puts the quantizer back."""
+    from transformers.quantizers.quantizer_gguf import GgufHfQuantizer
+    from transformers.utils.quantization_config import GgufConfig
+
+    from culnig_ext.studies.plant import save_model
+    from tests.plant_fixtures import bpe_tokenizer
+
+    model = tiny_model("llama", dtype=torch.float32)
+    quantizer = GgufHfQuantizer(GgufConfig())
+    model.hf_quantizer = quantizer
+    model.config.quantization_config = GgufConfig()
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "refused")
+    save_model(model, bpe_tokenizer(), tmp_path / "saved")
+    assert model.hf_quantizer is quantizer and "quantization_config" in model.config.__dict__
+    assert "quantization_config" not in json.loads((tmp_path / "saved" / "config.json").read_text())
+    loaded, _ = load_model(str(tmp_path / "saved"))
+    saved = dict(loaded.named_parameters())
+    assert all(torch.equal(p, saved[n]) for n, p in model.named_parameters())

@@ -19,6 +19,7 @@ from culnig_ext.studies.validate import (
     crc_drops,
     general_scores,
     parse_sizes,
+    prepare,
     read_planted,
     specific_scores,
     stratified_weights,
@@ -63,6 +64,14 @@ def culnig_tables():
     return {"neur": neur, "ctrl": ctrl, "crc": crc}
 
 
+def lape_table():
+    """An activation-probability table of the MLP sites (counts of active tokens out of 10 per country)."""
+    g = torch.Generator().manual_seed(4)
+    sums = {s: torch.randint(0, 11, (3, w), generator=g).to(torch.float64) for s, w in WIDTHS.items() if ".mlp." in s}
+    return ScoreTable(COUNTRIES, [2, 2, 2], sums, torch.full((3,), 10.0, dtype=torch.float64),
+                      {"method": "activation_probability"})
+
+
 CFG = ValidateConfig(t_mlp=0.2, r_mlp=0.1, t_specific=0.15, r_specific=0.05, z_min=0.5)
 
 
@@ -78,7 +87,8 @@ def test_general_scores_rank_like_select_general(method, ctrl, crc):
     t = culnig_tables()
     uni = universe_of(t["neur"])
     drops = crc_drops(t["crc"], uni, CFG, COUNTRIES)
-    score = general_scores(t, uni, method, CFG, np.random.default_rng(0), drops)
+    t["lape"] = lape_table()
+    score = general_scores(prepare(t, uni, CFG), method, np.random.default_rng(0), drops)
     chosen = select.general(t["neur"], t["ctrl"] if ctrl else None, t["crc"] if crc else None, CFG.t_mlp, 0.0,
                             CFG.r_mlp, 0.0)
     want = mlp_part(chosen)
@@ -97,7 +107,8 @@ def test_specific_scores_rank_like_select_specific(method, ctrl, crc, z, country
     t = culnig_tables()
     uni = universe_of(t["neur"])
     drops = crc_drops(t["crc"], uni, CFG, COUNTRIES)
-    score = specific_scores(t, uni, method, country, CFG, np.random.default_rng(0), drops)
+    t["lape"] = lape_table()
+    score = specific_scores(prepare(t, uni, CFG), method, country, CFG, np.random.default_rng(0), drops)
     chosen = select.specific(t["neur"], t["ctrl"] if ctrl else None, t["crc"] if crc else None, country,
                              CFG.t_specific, CFG.r_specific, z)
     want = mlp_part(chosen)
@@ -140,3 +151,20 @@ def test_read_planted_refuses_bad_folders(tmp_path):
     (tmp_path / "planted.json").write_text(json.dumps({"format": "culnig-planted/1"}))
     with pytest.raises(SchemaError, match="planted.json: field 'neurons': missing"):
         read_planted(tmp_path)
+
+
+def test_lape_scores_rank_like_lape_select():
+    """LAPE's sets hold only neurons among its lowest-entropy top_rate share: the top of minus the entropy."""
+    from culnig_ext.selection import lape
+
+    t = culnig_tables()
+    t["lape"] = lape_table()
+    uni = universe_of(t["neur"])
+    cfg = ValidateConfig(top_rate=0.1, filter_rate=0.5, activation_bar_ratio=0.5)
+    prep = prepare(t, uni, cfg)
+    score = general_scores(prep, "lape", np.random.default_rng(0), crc_drops(t["crc"], uni, cfg, COUNTRIES))
+    sets = lape.select(t["lape"], top_rate=0.1, filter_rate=0.5, activation_bar_ratio=0.5)
+    union = set().union(*({(n.site, n.index) for n in ns} for ns in sets.values()))
+    assert union
+    n_keep = round(60 * 0.1)
+    assert union <= {uni.pair(p) for p in np.argsort(-score, kind="stable")[:n_keep]}
