@@ -96,13 +96,18 @@ def planted_layers_png(layers: Mapping[str, Any]) -> bytes:
 def _ranking_table(fig: Mapping[str, Any], labels: Mapping[str, str], view: str) -> list[str]:
     ranking, intervals = fig["ranking"], fig.get("intervals", {})
     key = "general" if view == "general" else "specific_mean"
-    lines = ["| method | precision = recall at the planted size | average precision | AUROC |", "|---|---:|---:|---:|"]
+    band = view == "general" and any(by.get("general_in_band") for by in ranking.values())
+    lines = ["| method | precision = recall at the planted size | average precision | AUROC |"
+             + (" AUROC in the planted layers |" if band else ""), "|---|---:|---:|---:|" + ("---:|" if band else "")]
     for m, by in ranking.items():
         values = by[key]
         ci = intervals.get(m, {}).get(key, {})
-        lines.append(f"| {labels.get(m, m)} | {_ci(values['precision_at_k'], ci.get('precision_at_k'))} | "
-                     f"{_ci(values['average_precision'], ci.get('average_precision'))} | "
-                     f"{_ci(values['auroc'], ci.get('auroc'))} |")
+        row = (f"| {labels.get(m, m)} | {_ci(values['precision_at_k'], ci.get('precision_at_k'))} | "
+               f"{_ci(values['average_precision'], ci.get('average_precision'))} | "
+               f"{_ci(values['auroc'], ci.get('auroc'))} |")
+        if band:
+            row += f" {_f((by.get('general_in_band') or {}).get('auroc'))} |"
+        lines.append(row)
     return lines
 
 
@@ -128,7 +133,9 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
                      "entries differ, all inside the planted neurons.")
     lines += ["", "Intervals: 95% percentile bootstrap over the scoring items (resampled within each country, "
               f"{fig['settings']['n_boot']} resamples). Universe: the MLP gate neurons (where the neurons were "
-              "planted, and what LAPE ranks); a method's filtered-out neurons rank last.", "",
+              "planted, and what LAPE ranks); a method's filtered-out neurons rank last. \"In the planted layers\": "
+              "the same ranking among the neurons of the layers that hold planted ones (what is left once the "
+              "layer band itself is no clue).", "",
               "## All countries together: the union of the planted sets", ""]
     lines += _ranking_table(fig, labels, "general")
     sets = fig.get("sets", {})

@@ -55,7 +55,7 @@ class ValidateConfig:
     sample_sizes: str = option("25,50,100,200,400", "scoring-item counts of the sample-efficiency curve (those "
                                "above the number of scoring items are dropped; all items are always added)")
     sample_draws: int = option(5, "random subsets per sample size")
-    n_random: int = option(3, "random neuron sets (same size and sites as the recovered set) for inhibition",
+    n_random: int = option(2, "random neuron sets (same size and sites as the recovered set) for inhibition",
                            flag="--random")
     max_test_items: int | None = option(None, "cap per evaluation set (seeded sample; none = all)")
     general: str | None = option("builtin:general", "non-cultural set evaluated under inhibition (none to skip)")

@@ -18,12 +18,20 @@ Steps, each a function:
    the planted set and random sets of the recovered set's size inhibited (``studies.conditions``), and the
    report's verdict (``stats.verdict``); the kinship matrix of CULNIG's country sets (``reporting.analysis``) and
    its rank correlation with the planted kinship.
-4. Honesty: the same recovery on the unplanted base model (negative control; its AUROCs should be near 0.5), and a
-   bit-for-bit comparison of the planted model with the base model (only planted entries differ).
+4. Honesty: the same recovery on the unplanted base model (negative control; its AUROCs should be near 0.5, or
+   show how much the layers the neurons were planted in rank high or low by themselves; every ranking figure is also
+   given among the planted layers' neurons only, ``general_in_band``), and a bit-for-bit comparison of the planted
+   model with the base model (only planted entries differ).
+
+Outputs: ``OUT/validation.json`` (every figure), ``OUT/validation.md`` and its plots, ``OUT/sets/<method>__<country
+or general>.json`` (every selected set), ``OUT/tables/{neur,ctrl,crc,lape}.safetensors`` (the score tables by
+country the point figures come from), ``OUT/eval/`` (per-item records of the inhibition conditions),
+``OUT/timings.json``.
 
 Methods (``METHODS``): ``culnig`` as in the paper (control subtracted, CountryRC neurons removed, z-score filter
-for countries), ``no_control``, ``no_crc``, ``raw`` (plain P-weighted gradient x activation, neither), ``lape``
-and ``random``. Continuous scores: CULNIG variants rank by their contrast score, with the neurons their filters
+for countries), ``prob`` (the same with every table divided by its summed P instead of its item count: the
+pipeline's ``normalize="prob"``), ``no_control``, ``no_crc``, ``raw`` (plain P-weighted gradient x activation,
+neither), ``lape`` and ``random``. Continuous scores: CULNIG variants rank by their contrast score, with the neurons their filters
 remove (top CountryRC, z below ``z_min``) ranked last; LAPE ranks by minus the entropy of the neuron's activation
 probabilities over countries (per country: the country's share of them), neurons LAPE's filter drops ranked last;
 random draws uniform scores.
@@ -65,16 +73,17 @@ from culnig_ext.studies.plant import DATA_FILES, PLANTED_FORMAT, entry_bits, neu
 
 log = logging.getLogger("culnig")
 
-METHODS = ("culnig", "no_control", "no_crc", "raw", "lape", "random")
+METHODS = ("culnig", "prob", "no_control", "no_crc", "raw", "lape", "random")
 METHOD_LABELS = {
     "culnig": "CULNIG (paper: control, CountryRC filter)",
+    "prob": "CULNIG, scores divided by summed P",
     "no_control": "CULNIG without the control",
     "no_crc": "CULNIG without the CountryRC filter",
     "raw": "raw gradient x activation",
     "lape": "LAPE (activation probability)",
     "random": "random",
 }
-SCORED = ("culnig", "no_control", "no_crc", "raw", "lape")  # methods whose scores come from the model
+SCORED = ("culnig", "prob", "no_control", "no_crc", "raw", "lape")  # methods whose scores come from the model
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -98,6 +107,11 @@ class Planted:
 
     def union(self) -> list[tuple[str, int]]:
         return list(dict.fromkeys(n for ns in self.neurons.values() for n in ns))
+
+    @property
+    def layers(self) -> set[int]:
+        """The layers holding planted neurons."""
+        return {parse_site_name(s)[0] for s, _ in self.union()}
 
 
 def read_planted(path: str | Path) -> Planted:
@@ -276,21 +290,33 @@ class Prepared:
     countries: list[str]
     neur: np.ndarray
     ctrl: np.ndarray
+    neur_p: np.ndarray  # [G, M] neur[g] / P_neur[g]
+    ctrl_p: np.ndarray
+    neur_pt: np.ndarray  # [M] sum_g neur[g] / sum_g P_neur[g]
+    ctrl_pt: np.ndarray
     lape_normed: np.ndarray
     lape_dropped: np.ndarray
 
 
 def prepare(tables: Mapping[str, ScoreTable], uni: Universe, cfg: ValidateConfig) -> Prepared:
     neur, ctrl = tables["neur"], tables["ctrl"]
-    per_group = torch.cat([neur[s] for s in uni.sites], dim=1) / float(neur.counts.sum())
-    ctrl_group = torch.cat([ctrl[s] for s in uni.sites], dim=1) / float(ctrl.counts.sum())
+    raw_neur = torch.cat([neur[s] for s in uni.sites], dim=1)
+    raw_ctrl = torch.cat([ctrl[s] for s in uni.sites], dim=1)
+    per_group = raw_neur / float(neur.counts.sum())
+    ctrl_group = raw_ctrl / float(ctrl.counts.sum())
+    for name, t in (("neur", neur), ("ctrl", ctrl)):
+        if not bool((t.prob_sums > 0).all()):
+            raise ValueError(f"the {name} table has a country with summed P 0: cannot divide by it")
+    neur_p, ctrl_p = raw_neur / neur.prob_sums[:, None], raw_ctrl / ctrl.prob_sums[:, None]
+    neur_pt, ctrl_pt = raw_neur.sum(0) / float(neur.prob_sums.sum()), raw_ctrl.sum(0) / float(ctrl.prob_sums.sum())
     probs = torch.cat([lape.probabilities(tables["lape"], s) for s in uni.sites], dim=1)
     normed = torch.nan_to_num(probs / probs.sum(0, keepdim=True), nan=0.0)
     flat = probs.flatten()
     k = min(max(1, round(flat.numel() * cfg.filter_rate)), flat.numel())
     bar = float(flat.kthvalue(k).values)
     dropped = (probs > bar).sum(0) == 0
-    return Prepared(list(neur.groups), per_group.numpy(), ctrl_group.numpy(), normed.numpy(), dropped.numpy())
+    return Prepared(list(neur.groups), per_group.numpy(), ctrl_group.numpy(), neur_p.numpy(), ctrl_p.numpy(),
+                    neur_pt.numpy(), ctrl_pt.numpy(), normed.numpy(), dropped.numpy())
 
 
 def general_scores(prep: Prepared, method: str, rng: np.random.Generator, drops: Mapping[str, np.ndarray]
@@ -303,6 +329,8 @@ def general_scores(prep: Prepared, method: str, rng: np.random.Generator, drops:
         normed = prep.lape_normed
         logs = np.where(normed > 0, np.log(np.where(normed > 0, normed, 1.0)), 0.0)
         return _demote((normed * logs).sum(0), prep.lape_dropped)  # minus the entropy
+    if method == "prob":
+        return _demote(prep.neur_pt - prep.ctrl_pt, drops["general"])
     s = prep.neur.sum(0)
     if method in ("culnig", "no_crc"):
         s = s - prep.ctrl.sum(0)
@@ -320,7 +348,10 @@ def specific_scores(prep: Prepared, method: str, country: str, cfg: ValidateConf
     row = prep.countries.index(country)
     if method == "lape":
         return _demote(prep.lape_normed[row], prep.lape_dropped)
-    g = prep.neur - prep.ctrl if method in ("culnig", "no_crc") else prep.neur
+    if method == "prob":
+        g = prep.neur_p - prep.ctrl_p
+    else:
+        g = prep.neur - prep.ctrl if method in ("culnig", "no_crc") else prep.neur
     s = g[row]
     if method == "raw":
         return s
@@ -328,7 +359,7 @@ def specific_scores(prep: Prepared, method: str, country: str, cfg: ValidateConf
     tol = 4 * g.shape[0] * np.finfo(np.float64).eps * np.abs(g).max(0)
     z = np.where(sd <= tol, 0.0, (s - mean) / np.where(sd <= tol, 1.0, sd))
     drop = z < cfg.z_min
-    if method in ("culnig", "no_control"):
+    if method in ("culnig", "prob", "no_control"):
         drop = drop | drops[country]
     return _demote(s, drop)
 
@@ -355,6 +386,12 @@ def selected_sets(tables: Mapping[str, ScoreTable], planted: Planted, widths: Ma
         for country in planted.countries:
             sets[country] = select.specific(neur, c, r, country, cfg.t_specific, cfg.r_specific, z)
         out[method] = sets
+    out["prob"] = {"general": select.general(neur, ctrl, crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp, cfg.r_attn,
+                                             normalize="prob")}
+    for country in planted.countries:
+        out["prob"][country] = select.specific(neur, ctrl, crc, country, cfg.t_specific, cfg.r_specific, cfg.z_min,
+                                               normalize="prob")
+    out = {m: out[m] for m in ("culnig", "prob", "no_control", "no_crc", "raw")}
     by_country = lape.select(tables["lape"], top_rate=cfg.top_rate, filter_rate=cfg.filter_rate,
                              activation_bar_ratio=cfg.activation_bar_ratio)
     union = NeuronSet([], method="lape")
@@ -381,13 +418,17 @@ def point_metrics(tables: Mapping[str, ScoreTable], planted: Planted, uni: Unive
     out: dict[str, Any] = {}
     rng = np.random.default_rng(seed)
     prep = prepare(tables, uni, cfg)
+    # the same ranking among the neurons of the planted layers only: how much of the figure the layer band explains
+    band = np.repeat([parse_site_name(s)[0] in planted.layers for s in uni.sites], uni.widths)
     for method in METHODS:
         g = general_scores(prep, method, rng, drops)
+        in_band = recovery.ranking_metrics(g[band], truth_all[band]) if (~band).any() else None
         per_country = {}
         for c in planted.countries:
             s = specific_scores(prep, method, c, cfg, rng, drops)
             per_country[c] = recovery.ranking_metrics(s, uni.truth(planted.neurons[c]))
-        out[method] = {"general": recovery.ranking_metrics(g, truth_all), "specific": per_country,
+        out[method] = {"general": recovery.ranking_metrics(g, truth_all), "general_in_band": in_band,
+                       "specific": per_country,
                        "specific_mean": {k: float(np.mean([m[k] for m in per_country.values()]))
                                          for k in ("precision_at_k", "average_precision", "auroc")}}
     return out
@@ -671,6 +712,7 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
     timings["score"] = time.perf_counter() - t
     t = time.perf_counter()
     figures, sets, uni = recover(scores, planted, cfg, widths, with_sets=True, sizes=sizes)
+    tables_by_country = scores.tables()
     timings["recover"] = time.perf_counter() - t
     assert sets is not None
 
@@ -714,6 +756,8 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
                           "check": planted.truth.get("check")}
     figures["methods"] = {m: METHOD_LABELS[m] for m in METHODS}
     figures["set_files"] = _save_sets(sets, staging / "sets")
+    for role, t in tables_by_country.items():
+        t.save(staging / "tables" / f"{role}.safetensors")
     write_validation(staging, figures, curves={m: (c, truth_all) for m, c in curves.items()})
     timings["total"] = time.perf_counter() - t0
     atomic_write_text(staging / "timings.json", json.dumps(timings, indent=1) + "\n")

@@ -12,7 +12,7 @@ from culnig_ext.cli import main as cli
 from culnig_ext.selection.neurons import NeuronSet
 from tests.plant_fixtures import save_tiny_model
 
-METHODS = ["culnig", "no_control", "no_crc", "raw", "lape", "random"]
+METHODS = ["culnig", "prob", "no_control", "no_crc", "raw", "lape", "random"]
 PLANT = ["--countries", "4", "--facts-per-country", "3", "--neurons-per-country", "4", "--layers", "all",
          "--kin-pairs", "1", "--kin-share", "0.5", "--reading-per-country", "2", "--lr", "0.05", "--epochs", "4",
          "--train-batch-size", "8", "--batch-size", "16", "--no-progress"]
@@ -44,7 +44,8 @@ def test_outputs(runs):
     planted, out = runs / "planted", runs / "v1"
     assert (planted / "model" / "model.safetensors").is_file() and (planted / "planted.json").is_file()
     for name in ("validation.md", "validation.json", "timings.json", "roc.png", "pr.png", "sample_efficiency.png",
-                 "layers.png", "kinship.png"):
+                 "layers.png", "kinship.png", "tables/neur.safetensors", "tables/ctrl.safetensors",
+                 "tables/crc.safetensors", "tables/lape.safetensors"):
         assert (out / name).is_file(), name
     fig = json.loads((out / "validation.json").read_text())
     assert list(fig["ranking"]) == METHODS and list(fig["negative_control"]["ranking"]) == METHODS
@@ -92,3 +93,31 @@ def test_same_numbers_twice(runs):
 def test_validate_refuses_a_folder_that_is_not_planted(tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path), "--out", str(tmp_path / "v")]) == 1
     assert "planted.json is missing" in capsys.readouterr().err
+
+
+def test_culnig_figures_recomputed_from_the_saved_tables(runs):
+    """CULNIG's all-countries AUROC from OUT/tables and planted.json, with plain torch and scikit-learn: contrast
+    neur/N - ctrl/N over the MLP gate sites, the top floor(n * r_mlp) by CountryRC ranked last."""
+    import math
+
+    from sklearn.metrics import roc_auc_score
+
+    from culnig_ext.scoring.table import ScoreTable
+
+    gt = json.loads((runs / "planted" / "planted.json").read_text())
+    fig = json.loads((runs / "v1" / "validation.json").read_text())
+    tables = {r: ScoreTable.load(runs / "v1" / "tables" / f"{r}.safetensors") for r in ("neur", "ctrl", "crc")}
+    sites = sorted((s for s in tables["neur"].sites if ".mlp." in s), key=lambda s: int(s.split(".")[1]))
+    n_items = float(tables["neur"].counts.sum())
+    score = torch.cat([tables["neur"][s].sum(0) / n_items - tables["ctrl"][s].sum(0) / float(tables["ctrl"].counts.sum())
+                       for s in sites])
+    crc = torch.cat([tables["crc"][s].sum(0) for s in sites])
+    removed = torch.topk(crc, math.floor(crc.numel() * fig["settings"]["r_mlp"])).indices
+    score[removed] = score.min() - 1
+    truth = torch.zeros(score.numel(), dtype=torch.bool)
+    offsets = {s: i * tables["neur"][s].shape[1] for i, s in enumerate(sites)}
+    for pairs in gt["neurons"].values():
+        for site, index in pairs:
+            truth[offsets[site] + index] = True
+    assert fig["ranking"]["culnig"]["general"]["auroc"] == pytest.approx(roc_auc_score(truth.numpy(), score.numpy()),
+                                                                       abs=1e-12)

@@ -79,9 +79,10 @@ def mlp_part(ns):
     return {(n.site, n.index) for n in ns if ".mlp." in n.site}
 
 
-@pytest.mark.parametrize("method, ctrl, crc", [("culnig", True, True), ("no_control", False, True),
-                                               ("no_crc", True, False), ("raw", False, False)])
-def test_general_scores_rank_like_select_general(method, ctrl, crc):
+@pytest.mark.parametrize("method, ctrl, crc, normalize", [("culnig", True, True, "count"), ("prob", True, True, "prob"),
+                                                          ("no_control", False, True, "count"),
+                                                          ("no_crc", True, False, "count"), ("raw", False, False, "count")])
+def test_general_scores_rank_like_select_general(method, ctrl, crc, normalize):
     """The top of the continuous score is the selected set: general()'s MLP part has k neurons, and they are the top
     k of the score (CountryRC-removed neurons ranked last)."""
     t = culnig_tables()
@@ -90,7 +91,7 @@ def test_general_scores_rank_like_select_general(method, ctrl, crc):
     t["lape"] = lape_table()
     score = general_scores(prepare(t, uni, CFG), method, np.random.default_rng(0), drops)
     chosen = select.general(t["neur"], t["ctrl"] if ctrl else None, t["crc"] if crc else None, CFG.t_mlp, 0.0,
-                            CFG.r_mlp, 0.0)
+                            CFG.r_mlp, 0.0, normalize=normalize)
     want = mlp_part(chosen)
     top = {uni.pair(p) for p in np.argsort(-score, kind="stable")[:len(want)]}
     assert top == want
@@ -100,17 +101,18 @@ def test_general_scores_rank_like_select_general(method, ctrl, crc):
         assert len(want) == 12
 
 
-@pytest.mark.parametrize("method, ctrl, crc, z", [("culnig", True, True, 0.5), ("no_control", False, True, 0.5),
-                                                  ("no_crc", True, False, 0.5), ("raw", False, False, None)])
+@pytest.mark.parametrize("method, ctrl, crc, z, normalize", [
+    ("culnig", True, True, 0.5, "total"), ("prob", True, True, 0.5, "prob"), ("no_control", False, True, 0.5, "total"),
+    ("no_crc", True, False, 0.5, "total"), ("raw", False, False, None, "total")])
 @pytest.mark.parametrize("country", COUNTRIES)
-def test_specific_scores_rank_like_select_specific(method, ctrl, crc, z, country):
+def test_specific_scores_rank_like_select_specific(method, ctrl, crc, z, normalize, country):
     t = culnig_tables()
     uni = universe_of(t["neur"])
     drops = crc_drops(t["crc"], uni, CFG, COUNTRIES)
     t["lape"] = lape_table()
     score = specific_scores(prepare(t, uni, CFG), method, country, CFG, np.random.default_rng(0), drops)
     chosen = select.specific(t["neur"], t["ctrl"] if ctrl else None, t["crc"] if crc else None, country,
-                             CFG.t_specific, CFG.r_specific, z)
+                             CFG.t_specific, CFG.r_specific, z, normalize=normalize)
     want = mlp_part(chosen)
     top = {uni.pair(p) for p in np.argsort(-score, kind="stable")[:len(want)]}
     assert top == want
