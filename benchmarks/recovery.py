@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 
+from culnig_ext._utils.atomic import atomic_write_text
+
 BASELINE = Path(__file__).resolve().parent / "recovery_baseline.json"
 FIGURES = ("precision_at_k", "average_precision", "auroc")
 
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.validation:
             ap.error("--record needs a validation.json")
         head = headline(json.loads(Path(args.validation).read_text(encoding="utf-8")))
-        BASELINE.write_text(json.dumps(head, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(BASELINE, json.dumps(head, indent=1) + "\n")
         print(f"recorded {args.validation} into {BASELINE}")
         return 0
     base = json.loads(BASELINE.read_text(encoding="utf-8"))

@@ -20,10 +20,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    from culnig_ext.studies.ground_truth_config import PlantConfig
+    from culnig_ext.studies.option_checks import plant_options
     from culnig_ext.studies.options import build
-    from culnig_ext.studies.plant import PlantConfig, plant
 
     cfg = build(PlantConfig, args)
+    plant_options(cfg)  # every number and the output folder, before torch is imported
+    from culnig_ext.studies.plant import plant
+
     with hf_bars(cfg.progress):
         result = plant(cfg)
     gt = result.ground_truth

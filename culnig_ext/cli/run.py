@@ -4,7 +4,6 @@ study unless ``--full`` is given (``run_preset``)."""
 from __future__ import annotations
 
 import argparse
-from importlib.util import find_spec
 
 from culnig_ext.cli.common import hf_bars
 
@@ -47,7 +46,7 @@ def run(args) -> dict:
              "config": f"{out.run_dir / 'config.json'} (culnig run --config FILE repeats the run)"}
     if cfg.finetune:
         paths["finetune"] = f"{out.run_dir / 'finetune'}/finetune.md"
-    commands = next_commands(out.run_dir, full=cfg.full, validate=find_spec("culnig_ext.cli.validate") is not None)
+    commands = next_commands(out.run_dir, full=cfg.full)
     message = run_summary(out.results, seconds=out.timings["total"], specific=specific, run_dir=out.run_dir,
                           paths=paths, next_commands=commands,
                           how=f"{out.plan.size} study, {out.format} format, protocol {cfg.protocol}")

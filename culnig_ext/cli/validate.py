@@ -21,10 +21,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 
 def run(args) -> dict:
+    from culnig_ext.studies.ground_truth_config import ValidateConfig
+    from culnig_ext.studies.option_checks import validate_options
     from culnig_ext.studies.options import build
-    from culnig_ext.studies.validate import ValidateConfig, validate
 
     cfg = build(ValidateConfig, args)
+    validate_options(cfg)  # every number and the output folder, before torch is imported
+    from culnig_ext.studies.validate import validate
+
     with hf_bars(cfg.progress):
         result = validate(args.planted_dir, cfg)
     ranking = result.figures["ranking"]

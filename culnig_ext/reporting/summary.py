@@ -55,18 +55,19 @@ def row_sentence(row: AccuracyRow) -> str:
     return "; ".join(parts)
 
 
-def next_commands(run_dir: str | Path, *, full: bool | None, validate: bool = False) -> list[tuple[str, str]]:
+def next_commands(run_dir: str | Path, *, full: bool | None) -> list[tuple[str, str]]:
     """What to try after a run into ``run_dir``: ``(command, what it does)`` pairs; ``full``: whether the run was
-    the research-size study; ``validate``: whether this installation has ``culnig validate``."""
+    the research-size study."""
     run_dir = Path(run_dir)
     out = []
     if full is False:
         out.append((f"culnig run --full --out {run_dir}-full", "the research-size study (its sizes: the report's "
                                                                 "Study size and power)"))
-    if validate:
-        out.append(("culnig validate --help", "plant known neurons and check that the method finds them"))
     out.append((f"culnig report {run_dir}", "rebuild the report from results.json"))
     out.append((f"culnig run --config {run_dir / 'config.json'}", "repeat this run (its score tables are reused)"))
+    planted = run_dir.parent / "planted"
+    out.append((f"culnig plant --out {planted} && culnig validate {planted} --out {run_dir.parent / 'validation'}",
+                "does the method find the right neurons? plant known ones, measure their recovery"))
     return out
 
 

@@ -131,6 +131,13 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
     if "base_comparison" in fig:
         lines.append(f"Re-checked against the base model loaded afresh: {fig['base_comparison']['entries_changed']} "
                      "entries differ, all inside the planted neurons.")
+    weights = fig.get("tables")
+    if weights:
+        lines.append(f"Mean P(y|x) of the scoring items {weights['mean_p_neur']:.3g}, of their options-only controls "
+                     f"{weights['mean_p_ctrl']:.3g}, of the reading items {weights['mean_p_crc']:.3g}; per item, the "
+                     f"control's summed score is {weights['ctrl_share']:.3g} of the scoring items' and the reading "
+                     f"items' {weights['crc_share']:.3g} (scores are weighted by P, so a control the model gives "
+                     "almost no probability subtracts almost nothing).")
     lines += ["", "Intervals: 95% percentile bootstrap over the scoring items (resampled within each country, "
               f"{fig['settings']['n_boot']} resamples). Universe: the MLP gate neurons (where the neurons were "
               "planted, and what LAPE ranks); a method's filtered-out neurons rank last. \"In the planted layers\": "
@@ -138,6 +145,11 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
               "layer band itself is no clue).", "",
               "## All countries together: the union of the planted sets", ""]
     lines += _ranking_table(fig, labels, "general")
+    crc = fig.get("crc_filter")
+    if crc:
+        lines += ["", f"The CountryRC filter (the top {fig['settings']['r_mlp']:g} of the MLP gate neurons by their "
+                  f"score on the reading items) removes {crc['removed']} neurons, {crc['planted_removed']} of the "
+                  f"{crc['planted']} planted ones among them."]
     sets = fig.get("sets", {})
     if sets:
         lines += ["", "Selected sets (CULNIG: the general set's MLP part; LAPE: the union of its country sets; "

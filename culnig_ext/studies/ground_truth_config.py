@@ -25,7 +25,8 @@ class PlantConfig:
     stop_loss: float = option(0.1, "stop once an epoch's mean answer NLL is below this")
     train_batch_size: int = option(8, "training texts per step (each step holds one country's texts)")
     target_accuracy: float = option(0.9, "held-out accuracy the planting aims at (a warning below it)")
-    scoring_draws: int = option(2, "option draws per (fact, scoring phrasing) in the scoring MCQs")
+    scoring_draws: int = option(1, "option draws per (fact, scoring phrasing) in the scoring MCQs (the cloze format "
+                                "scores the answer alone, so more draws repeat the same prompt and score)")
     reading_per_country: int | None = option(4, "CountryRC-style templates per country, scoring and test each "
                                              "(none = all 15)")
     min_name_tokens: int = option(2, "tokens a fictional name must at least have")
@@ -51,11 +52,11 @@ class ValidateConfig:
     top_rate: float = option(0.01, "LAPE: share of neurons kept by lowest entropy")
     filter_rate: float = option(0.95, "LAPE: a neuron needs some group above this quantile of probabilities")
     activation_bar_ratio: float = option(0.95, "LAPE: a group gets a kept neuron above this quantile")
-    n_boot: int = option(100, "bootstrap resamples of the scoring items (intervals of every recovery figure)")
+    n_boot: int = option(200, "bootstrap resamples of the scoring items (intervals of every recovery figure)")
     sample_sizes: str = option("25,50,100,200,400", "scoring-item counts of the sample-efficiency curve (those "
                                "above the number of scoring items are dropped; all items are always added)")
     sample_draws: int = option(5, "random subsets per sample size")
-    n_random: int = option(2, "random neuron sets (same size and sites as the recovered set) for inhibition",
+    n_random: int = option(5, "random neuron sets (same size and sites as the recovered set) for inhibition",
                            flag="--random")
     max_test_items: int | None = option(None, "cap per evaluation set (seeded sample; none = all)")
     general: str | None = option("builtin:general", "non-cultural set evaluated under inhibition (none to skip)")

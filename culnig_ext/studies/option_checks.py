@@ -218,6 +218,53 @@ def compare_options(cfg: Any) -> None:
     output_dir(cfg.out, files=("compare.md", "compare.json", "config.json"))
 
 
+#: What ``culnig plant`` writes into its folder, and ``culnig validate`` into its own.
+PLANT_FILES = ("planted.json",)
+VALIDATE_FILES = ("validation.md", "validation.json", "timings.json")
+
+
+def plant_options(cfg: Any) -> None:
+    """``culnig plant`` / ``studies.plant.plant``: every number and the output folder."""
+    for name in ("countries", "facts_per_country", "neurons_per_country", "epochs", "train_batch_size",
+                 "scoring_draws", "min_name_tokens"):
+        positive_int(flag(name), getattr(cfg, name))
+    if cfg.countries < 2:
+        raise ValueError(f"--countries must be at least 2 (a country's distractors are the others' answers), "
+                         f"got {cfg.countries}")
+    non_negative_int("--kin-pairs", cfg.kin_pairs)
+    if 2 * cfg.kin_pairs > cfg.countries:
+        raise ValueError(f"--kin-pairs {cfg.kin_pairs}: disjoint pairs need {2 * cfg.kin_pairs} countries, "
+                         f"--countries is {cfg.countries}")
+    for name in ("kin_share", "target_accuracy"):
+        fraction(flag(name), getattr(cfg, name))
+    finite("--lr", cfg.lr)
+    if not cfg.lr > 0:
+        raise ValueError(f"--lr must be above 0, got {cfg.lr}")
+    finite("--stop-loss", cfg.stop_loss)
+    optional_positive_int("--reading-per-country", cfg.reading_per_country)
+    model_options(cfg)
+    output_dir(cfg.out, files=PLANT_FILES)
+
+
+def validate_options(cfg: Any) -> None:
+    """``culnig validate`` / ``studies.validate.validate``: every number and the output folder (the planted folder
+    is read by ``studies.validate.read_planted``, before the model)."""
+    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn", "t_specific", "r_specific", "top_rate", "filter_rate",
+                 "activation_bar_ratio"):
+        fraction(flag(name), getattr(cfg, name))
+    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        if getattr(cfg, name) == 0:
+            raise ValueError(f"{flag(name)} must be above 0, got 0")
+    finite("--z-min", cfg.z_min, optional=True)
+    non_negative_int("--n-boot", cfg.n_boot)
+    positive_int("--sample-draws", cfg.sample_draws)
+    non_negative_int("--random", cfg.n_random)
+    for name in ("max_test_items", "max_general_items", "max_kinship_items"):
+        optional_positive_int(flag(name), getattr(cfg, name))
+    model_options(cfg)
+    output_dir(cfg.out, files=VALIDATE_FILES)
+
+
 def error_line(command: str, exc: BaseException) -> str:
     """``culnig <command>: error: <message>`` on one line (a message of several lines is joined with '; ')."""
     message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
@@ -231,5 +278,6 @@ def error_line(command: str, exc: BaseException) -> str:
 __all__ = [
     "RUN_FILES", "compare_options", "error_line", "evaluate_options", "finite", "flag", "fraction",
     "identify_options", "model_options", "non_negative_int", "optional_positive_int", "output_dir", "output_file",
-    "overlap_options", "positive_int", "run_options", "score_options", "sweep_options",
+    "overlap_options", "PLANT_FILES", "plant_options", "positive_int", "run_options", "score_options", "sweep_options",
+    "VALIDATE_FILES", "validate_options",
 ]

@@ -58,6 +58,8 @@ from culnig_ext.intervention.evaluate import EvalResult
 from culnig_ext.models.sites import MLP, decoder_layers, neuron_sites, parse_site_name
 from culnig_ext.studies.finetune.train import fingerprint
 from culnig_ext.studies.ground_truth_config import PlantConfig
+from culnig_ext.studies import preflight
+from culnig_ext.studies.option_checks import plant_options
 
 log = logging.getLogger("culnig")
 
@@ -491,9 +493,9 @@ def plant(cfg: PlantConfig) -> PlantResult:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    plant_options(cfg)
+    preflight.model_options(cfg)  # the model's path/config and the device, before the world is made
     out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
     world = synthetic.make_world(cfg.countries, cfg.facts_per_country, cfg.seed)
     items = world_items(world, cfg)
     examples = synthetic.training_examples(world)

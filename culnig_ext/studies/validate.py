@@ -70,6 +70,8 @@ from culnig_ext.stats.verdict import from_results as verdict_from_results
 from culnig_ext.studies.conditions import Condition, accuracy_rows, evaluate_conditions
 from culnig_ext.studies.ground_truth_config import ValidateConfig
 from culnig_ext.studies.plant import DATA_FILES, PLANTED_FORMAT, entry_bits, neuron_params
+from culnig_ext.studies import preflight
+from culnig_ext.studies.option_checks import validate_options
 
 log = logging.getLogger("culnig")
 
@@ -544,6 +546,9 @@ def recover(scores: Scores, planted: Planted, cfg: ValidateConfig, widths: Mappi
     uni = universe_of(tables["neur"])
     drops = crc_drops(tables["crc"], uni, cfg, planted.countries)
     figures: dict[str, Any] = {"ranking": point_metrics(tables, planted, uni, cfg, drops, cfg.seed)}
+    truth = uni.truth(planted.union())
+    figures["crc_filter"] = {"removed": int(drops["general"].sum()),
+                             "planted_removed": int((drops["general"] & truth).sum()), "planted": int(truth.sum())}
     if cfg.n_boot:
         figures["intervals"] = bootstrap(scores, planted, uni, cfg, drops, cfg.n_boot, cfg.seed + 1)
     sets = None
@@ -637,6 +642,21 @@ def kinship_figures(planted: Planted, sets: Mapping[str, NeuronSet], matrix: dic
 
 
 # -------------------------------------------------------------------------------------------------- honesty
+def table_weights(scores: Scores, uni: Universe) -> dict[str, float]:
+    """How much each table weighs: the mean P(y|x) of its items and, over the universe, the control's and the
+    reading items' summed scores as shares of the cultural items' (per item, as the contrast divides them). A
+    control whose items the model gives almost no probability contributes almost nothing to ``neur - ctrl``."""
+    def total(table: ScoreTable) -> float:
+        return float(sum(float(table[s].sum()) for s in uni.sites)) / max(1, int(table.counts.sum()))
+
+    neur = total(scores.neur)
+    return {"mean_p_neur": float(scores.neur.prob_sums.sum() / scores.neur.counts.sum()),
+            "mean_p_ctrl": float(scores.ctrl.prob_sums.sum() / scores.ctrl.counts.sum()),
+            "mean_p_crc": float(scores.crc.prob_sums.sum() / scores.crc.counts.sum()),
+            "ctrl_share": total(scores.ctrl) / neur if neur else float("nan"),
+            "crc_share": total(scores.crc) / neur if neur else float("nan")}
+
+
 def compare_with_base(planted_model, base_model, planted: Planted) -> dict[str, Any]:
     """Bit-for-bit comparison of the planted model with the base model: every differing entry must be a planted
     neuron's (its gate/up row or down column). Returns the counts; ``RuntimeError`` otherwise."""
@@ -697,6 +717,8 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
 
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
+    validate_options(cfg)
+    preflight.device(cfg.device)
     planted = read_planted(planted_dir)
     fmt = str(planted.truth["prompt_format"])
     out = Path(cfg.out)
@@ -712,6 +734,7 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
     timings["score"] = time.perf_counter() - t
     t = time.perf_counter()
     figures, sets, uni = recover(scores, planted, cfg, widths, with_sets=True, sizes=sizes)
+    figures["tables"] = table_weights(scores, uni)
     tables_by_country = scores.tables()
     timings["recover"] = time.perf_counter() - t
     assert sets is not None
@@ -767,6 +790,6 @@ def validate(planted_dir: str | Path, cfg: ValidateConfig) -> ValidationResult:
 
 __all__ = ["METHODS", "METHOD_LABELS", "Planted", "Scores", "Universe", "ValidateConfig", "ValidationResult",
            "bootstrap", "collapse", "compare_with_base", "crc_drops", "general_scores", "inhibition",
-           "kinship_figures", "parse_sizes", "point_metrics", "prepare", "Prepared", "read_planted", "recover", "sample_efficiency",
+           "kinship_figures", "parse_sizes", "table_weights", "point_metrics", "prepare", "Prepared", "read_planted", "recover", "sample_efficiency",
            "balanced_subset", "score_planted", "selected_sets", "set_figures", "specific_scores", "stratified_weights",
            "universe_of", "validate"]

@@ -45,6 +45,18 @@ def model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("bad_input_model"))
 
 
+@pytest.fixture(scope="module")
+def planted_dir(tmp_path_factory) -> Path:
+    """A real ``culnig plant`` folder (tiny model, one epoch): ``culnig validate``'s good input."""
+    from culnig_ext.studies.ground_truth_config import PlantConfig
+    from culnig_ext.studies.plant import plant
+    from tests import plant_fixtures
+
+    root = tmp_path_factory.mktemp("bad_input_planted")
+    base = plant_fixtures.save_tiny_model(root / "base")
+    return plant(PlantConfig(out=str(root / "planted"), model=str(base), epochs=1, **plant_fixtures.TINY)).out
+
+
 # ------------------------------------------------------------------------------------------ the good inputs
 ITEMS = [
     {"id": "a1", "group": "A", "question": "Which food is eaten here?", "choices": ["Rice", "Bread"], "answer_idx": 0},
@@ -86,7 +98,7 @@ def neuron_set_json(entries: list[dict] | None = None) -> str:
 class Inputs:
     """The good inputs of every command, written into ``root``; slot name -> argv value."""
 
-    def __init__(self, root: Path, model_dir: Path) -> None:
+    def __init__(self, root: Path, model_dir: Path, planted_dir: Path) -> None:
         self.root = root
         (root / "in").mkdir()
         self.items = root / "in" / "items.jsonl"
@@ -102,6 +114,7 @@ class Inputs:
             "model": str(model_dir), "items": str(self.items), "table": str(self.table), "ctrl": str(self.ctrl),
             "neurons": str(self.neurons), "run_dir": str(self.run_dir), "out_file": str(root / "out" / "o.json"),
             "out_dir": str(root / "out" / "dir"), "batch": "2", "fraction": "0.1", "count": "1",
+            "planted": str(planted_dir),
         }
 
 
@@ -111,6 +124,11 @@ class Command:
 
     argv: str
     good: tuple[tuple[str, str], ...] = ()
+    loads_model: bool | None = None  # None: it does when it has a {model} slot
+
+    @property
+    def needs_model(self) -> bool:
+        return "model" in slots_of(self) if self.loads_model is None else self.loads_model
 
 
 # One line per subcommand. The slots a command has decide which bad-input classes it is run against.
@@ -134,6 +152,10 @@ COMMANDS = {
                         "--batch-size {batch} --out {out_dir}"),
     "compare": Command("compare --model {model} --data {items} --format cloze --top-rate {fraction} --random {count} "
                        "--batch-size {batch} --out {out_dir}", good=(("items", "builtin:cultural"),)),
+    "plant": Command("plant --model {model} --countries 4 --facts-per-country 2 --neurons-per-country 2 "
+                     "--kin-pairs 1 --batch-size {batch} --out {out_dir}"),
+    "validate": Command("validate {planted} --random {count} --t-mlp {fraction} --batch-size {batch} --out {out_dir}",
+                        loads_model=True),
 }
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
@@ -178,6 +200,23 @@ def corrupt_reused_table(i: Inputs) -> str:
     out = i.root / "out" / "dir"
     write(out / "scores" / "neur.safetensors", BINARY)
     return str(out)
+
+
+def planted_copy(i: Inputs, *, model: bool = True, text=None, edit=None) -> str:
+    """A copy of the good planted folder (its model's config only) with ``planted.json`` edited."""
+    src = Path(i.slots["planted"])
+    dst = i.root / "in" / "bad_planted"
+    body = (src / "planted.json").read_text(encoding="utf-8")
+    if edit is not None:
+        obj = json.loads(body)
+        edit(obj)
+        body = json.dumps(obj, indent=1)
+    write(dst / "planted.json", text(body) if text is not None else body)
+    if model:
+        write(dst / "model" / "config.json", (src / "model" / "config.json").read_bytes())
+    for f in (src / "data").iterdir():
+        write(dst / "data" / f.name, f.read_bytes())
+    return str(dst)
 
 
 def report_md_is_folder(i: Inputs) -> str:
@@ -270,6 +309,17 @@ BAD = [
     Bad("accuracy_out_of_range", "run_dir", lambda i: results(i, bad_results(original=1.5)),
         (RESULTS_JSON + ": rows[1].original: expected an accuracy in [0, 1], got 1.5",)),
     Bad("unwritable_output", "run_dir", report_md_is_folder, ("{value}/report.md is a folder",)),
+    # planted folders (validate) ------------------------------------------------------------------------
+    Bad("missing", "planted", lambda i: str(i.root / "in" / "no_planted"),
+        ("{value} is not a planted folder: {value}/planted.json is missing",)),
+    Bad("without_model", "planted", lambda i: planted_copy(i, model=False), ("{value}/model holds no model",)),
+    Bad("truncated", "planted", lambda i: planted_copy(i, text=lambda s: s[: len(s) // 2]),
+        ("{value}/planted.json, line", "invalid JSON")),
+    Bad("wrong_format", "planted", lambda i: planted_copy(i, text=lambda s: s.replace('"culnig-planted', '"other')),
+        ("{value}/planted.json: field 'format'",)),
+    Bad("neuron_of_no_country", "planted",
+        lambda i: planted_copy(i, edit=lambda o: o["neurons"].update(Nowhere=[["layers.0.mlp.gate_proj", 1]])),
+        ("{value}/planted.json: field 'neurons.Nowhere': not a country of the world",)),
     # models -----------------------------------------------------------------------------------------------
     Bad("missing_folder", "model", lambda i: str(i.root / "in" / "no" / "such" / "model"), ("model folder not found: {value}",)),
     Bad("folder_without_config", "model", lambda i: str(i.run_dir), ("{value} is a folder without config.json",)),
@@ -325,8 +375,8 @@ def tree(root: Path) -> dict[str, tuple]:
 
 
 @pytest.mark.parametrize("name, bad", ROWS, ids=[f"{n}-{b.slot}-{b.name}" for n, b in ROWS])
-def test_bad_input_fails_fast_and_clean(name, bad, tmp_path, model_dir, capsys):
-    inputs = Inputs(tmp_path, model_dir)
+def test_bad_input_fails_fast_and_clean(name, bad, tmp_path, model_dir, planted_dir, capsys):
+    inputs = Inputs(tmp_path, model_dir, planted_dir)
     value = bad.make(inputs)
     argv = argv_of(COMMANDS[name], inputs, **{bad.slot: value})
     before = tree(tmp_path)
@@ -346,12 +396,12 @@ def test_bad_input_fails_fast_and_clean(name, bad, tmp_path, model_dir, capsys):
 
 
 @pytest.mark.parametrize("name", list(COMMANDS))
-def test_good_inputs_pass_the_checks(name, tmp_path, model_dir, capsys):
+def test_good_inputs_pass_the_checks(name, tmp_path, model_dir, planted_dir, capsys):
     """The control of the matrix: with every input good, a command gets past its checks (to the model loader,
     or to its end for the commands that load no model), so each row above fails for its own bad input."""
-    inputs = Inputs(tmp_path, model_dir)
+    inputs = Inputs(tmp_path, model_dir, planted_dir)
     argv = argv_of(COMMANDS[name], inputs)
-    if "model" in slots_of(COMMANDS[name]):
+    if COMMANDS[name].needs_model:
         with pytest.raises(ModelLoaded):
             cli.main(argv)
     else:

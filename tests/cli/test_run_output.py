@@ -68,6 +68,9 @@ def test_the_run_says_what_it_will_do_and_ends_with_the_answer(model_dir, tmp_pa
     assert lines[nxt + 1].startswith(f"  culnig report {out}") and f"culnig run --config {out / 'config.json'}" in \
         captured.out
     assert "--full" not in captured.out  # it was the full study already
+    planted = out.parent / "planted"
+    assert lines[-1].startswith(f"  culnig plant --out {planted} && culnig validate {planted} --out "
+                                f"{out.parent / 'validation'}  # ")
 
     kin = results["kinship"]
     specific = [p.stem for p in (out / "neurons" / "specific").iterdir()]

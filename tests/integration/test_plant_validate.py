@@ -56,7 +56,7 @@ def test_outputs(runs):
             low, high = fig["intervals"][method][view]["auroc"]
             assert 0.0 <= low <= high <= 1.0
     assert fig["base_comparison"]["entries_changed_outside"] == 0
-    assert fig["sample_efficiency"]["sizes"] == [4, 8, 16, 48]
+    assert fig["sample_efficiency"]["sizes"] == [4, 8, 16, 24]  # 4 countries x 3 facts x 2 phrasings
     assert {row["set"] for row in fig["inhibition"]["sets"]} == {
         "Fictional facts (held-out phrasings)", "Reading comprehension (fictional names)", "General knowledge"}
     md = (out / "validation.md").read_text()
@@ -121,3 +121,33 @@ def test_culnig_figures_recomputed_from_the_saved_tables(runs):
             truth[offsets[site] + index] = True
     assert fig["ranking"]["culnig"]["general"]["auroc"] == pytest.approx(roc_auc_score(truth.numpy(), score.numpy()),
                                                                        abs=1e-12)
+
+
+def test_table_weights_recomputed_from_the_saved_tables(runs):
+    """The control's share of the scoring items' summed MLP score, per item, from OUT/tables."""
+    from culnig_ext.scoring.table import ScoreTable
+
+    fig = json.loads((runs / "v1" / "validation.json").read_text())
+    tables = {r: ScoreTable.load(runs / "v1" / "tables" / f"{r}.safetensors") for r in ("neur", "ctrl")}
+    per_item = {r: sum(float(t[s].sum()) for s in t.sites if ".mlp." in s) / float(t.counts.sum())
+                for r, t in tables.items()}
+    assert fig["tables"]["ctrl_share"] == pytest.approx(per_item["ctrl"] / per_item["neur"], rel=1e-9)
+    assert fig["tables"]["mean_p_ctrl"] == pytest.approx(float(tables["ctrl"].prob_sums.sum()) / 24, rel=1e-9)
+
+
+def test_the_benchmark_reads_the_headline_figures(runs):
+    """benchmarks/recovery.py: the headline figures are validation.json's, and a run set beside itself ties."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("recovery_bench", Path(__file__).parents[2] / "benchmarks" / "recovery.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    fig = json.loads((runs / "v1" / "validation.json").read_text())
+    head = bench.headline(fig)
+    assert list(head["methods"]) == METHODS
+    assert head["methods"]["culnig"]["general_auroc"] == fig["ranking"]["culnig"]["general"]["auroc"]
+    assert head["methods"]["raw"]["specific_set_recall"] == fig["sets"]["raw"]["specific_recall_mean"]
+    assert head["negative_control_auroc"]["culnig"] == fig["negative_control"]["ranking"]["culnig"]["general"]["auroc"]
+    text = bench.table(head, head)
+    assert "beats" not in text and "below" not in text and text.count("ties") == len(METHODS) * len(head["methods"]["culnig"])

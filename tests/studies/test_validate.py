@@ -23,7 +23,9 @@ from culnig_ext.studies.validate import (
     read_planted,
     specific_scores,
     stratified_weights,
+    table_weights,
     universe_of,
+    Scores,
 )
 
 COUNTRIES = ["A", "B", "C"]
@@ -170,3 +172,25 @@ def test_lape_scores_rank_like_lape_select():
     assert union
     n_keep = round(60 * 0.1)
     assert union <= {uni.pair(p) for p in np.argsort(-score, kind="stable")[:n_keep]}
+
+
+def test_table_weights_by_hand():
+    """Mean P per table and the control's / reading items' summed MLP scores per item as shares of the scoring
+    items', written out from two tiny tables."""
+    mlp = {"layers.0.mlp.gate_proj": 2, "layers.0.self_attn.q_proj": 1}
+    neur = ScoreTable(["i0", "i1"], [1, 1], {"layers.0.mlp.gate_proj": torch.tensor([[1.0, 3.0], [2.0, 2.0]]),
+                                              "layers.0.self_attn.q_proj": torch.tensor([[100.0], [100.0]])},
+                      torch.tensor([0.9, 0.7]), {"model": "m"})
+    ctrl = ScoreTable(["i0", "i1"], [1, 1], {"layers.0.mlp.gate_proj": torch.tensor([[0.5, 0.0], [0.0, 0.5]]),
+                                              "layers.0.self_attn.q_proj": torch.tensor([[7.0], [7.0]])},
+                      torch.tensor([0.1, 0.3]), {"model": "m"})
+    crc = ScoreTable(["A"], [4], {"layers.0.mlp.gate_proj": torch.tensor([[4.0, 0.0]]),
+                                  "layers.0.self_attn.q_proj": torch.tensor([[9.0]])},
+                     torch.tensor([2.0]), {"model": "m"})
+    assert set(mlp) == set(neur.sites)
+    scores = Scores(neur, ctrl, crc, neur, ["A", "A"], ["A"])
+    w = table_weights(scores, universe_of(neur))
+    assert w["mean_p_neur"] == pytest.approx(0.8) and w["mean_p_ctrl"] == pytest.approx(0.2)
+    assert w["mean_p_crc"] == pytest.approx(0.5)
+    # per item over the MLP sites: neur (1+3+2+2)/2 = 4, ctrl (0.5+0.5)/2 = 0.5, crc 4/4 = 1
+    assert w["ctrl_share"] == pytest.approx(0.5 / 4) and w["crc_share"] == pytest.approx(1 / 4)
