@@ -111,15 +111,15 @@ def _ranking_table(fig: Mapping[str, Any], labels: Mapping[str, str], view: str)
     return lines
 
 
-def validation_markdown(fig: Mapping[str, Any]) -> str:
-    """The report's Markdown, every number read from ``fig`` (what ``validation.json`` holds)."""
-    labels = fig["methods"]
+def _header_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The title, the planted folder, planting's accuracy and bit-identity, the tables' weights, the intervals."""
     p = fig["planted"]
     before, after = p.get("accuracy_before") or {}, p.get("accuracy_after") or {}
     check = p.get("check") or {}
     lines = ["# Does it find the right neurons? Recovery of planted culture neurons", "",
              f"Planted folder `{p['dir']}` (base model `{p['base_model']}`): {len(p['countries'])} fictional "
-             f"countries, {sorted(set(p['neurons_per_country'].values()))} planted MLP gate neurons each, "
+             f"countries, {', '.join(str(n) for n in sorted(set(p['neurons_per_country'].values())))} planted MLP gate "
+             f"neurons each, "
              f"{p['union']} distinct planted neurons among the {p['universe']} MLP gate neurons; "
              f"{p['n_scoring_items']} scoring items.", "",
              f"Held-out accuracy of the planted facts: {_pct(before.get('accuracy'))} before planting, "
@@ -144,6 +144,12 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
               "the same ranking among the neurons of the layers that hold planted ones (what is left once the "
               "layer band itself is no clue).", "",
               "## All countries together: the union of the planted sets", ""]
+    return lines
+
+
+def _general_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The all-countries ranking, the CountryRC filter's removals and the selected sets."""
+    lines: list[str] = []
     lines += _ranking_table(fig, labels, "general")
     crc = fig.get("crc_filter")
     if crc:
@@ -159,6 +165,14 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
             g = s["general"]
             lines.append(f"| {labels.get(m, m)} | {g['selected']} | {g['hits']} | {_f(g['precision'])} | "
                          f"{_f(g['recall'])} |")
+    return lines
+
+
+def _specific_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Each country's ranking, the country sets and CULNIG's confusion matrix."""
+    lines: list[str] = []
+    sets = fig.get("sets", {})
+    p = fig["planted"]
     lines += ["", "## Culture-specific: each country's planted set G_c", "", "Ranking of each country's neurons "
               "by the method's country score (means over countries):", ""]
     lines += _ranking_table(fig, labels, "specific")
@@ -177,6 +191,12 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
                   "|---|" + "---:|" * len(countries)]
         for c, row in zip(countries, conf):
             lines.append(f"| {c} | " + " | ".join(_f(v, 2) for v in row) + " |")
+    return lines
+
+
+def _kinship_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The planted kin pairs against the recovered sets' overlap and the kinship matrix."""
+    lines: list[str] = []
     kin = fig.get("kinship", {})
     if kin:
         lines += ["", "## Kinship", "", f"Planted kin pairs: " + (", ".join(
@@ -188,6 +208,12 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
                          f"{_f(kin['rho_inhibition'])}; mean drop on the own country {_pct(kin.get('mean_drop_self'))}, "
                          f"on a kin country {_pct(kin.get('mean_drop_kin'))}, on an unrelated one "
                          f"{_pct(kin.get('mean_drop_unrelated'))}.")
+    return lines
+
+
+def _inhibition_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Accuracies with the recovered, planted and random sets inhibited, and the verdicts."""
+    lines: list[str] = []
     inh = fig.get("inhibition")
     if inh:
         lines += ["", "## Inhibition", "", f"Accuracy with {inh['sizes']['recovered']} recovered (CULNIG general) "
@@ -203,6 +229,12 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
         for who, v in inh["verdict"].items():
             if v is not None:
                 lines.append(f"\nVerdict with the {who} set inhibited: **{v['label']}**: {v['reason']}")
+    return lines
+
+
+def _efficiency_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """Recall at the planted size against the number of scoring items."""
+    lines: list[str] = []
     eff = fig.get("sample_efficiency")
     if eff:
         head = [labels.get(m, m) for m in eff["methods"]]
@@ -211,6 +243,13 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
                   "| scoring items | " + " | ".join(head) + " |", "|---:|" + "---:|" * len(head)]
         for k, size in enumerate(eff["sizes"]):
             lines.append(f"| {size} | " + " | ".join(_f(s["recall_at_k"][k]) for s in eff["methods"].values()) + " |")
+    return lines
+
+
+def _closing_lines(fig: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    """The negative control and the figures."""
+    lines: list[str] = []
+    inh = fig.get("inhibition")
     neg = fig.get("negative_control")
     if neg:
         lines += ["", "## Negative control: the unplanted base model, same items", "",
@@ -222,6 +261,16 @@ def validation_markdown(fig: Mapping[str, Any]) -> str:
     if inh and "kinship" in inh:
         lines += ["", "![kinship](kinship.png)"]
     lines += ["", "Every figure is in `validation.json`; the selected sets are under `sets/`."]
+    return lines
+
+
+def validation_markdown(fig: Mapping[str, Any]) -> str:
+    """The report's Markdown, every number read from ``fig`` (what ``validation.json`` holds)."""
+    labels = fig["methods"]
+    lines: list[str] = []
+    for section in (_header_lines, _general_lines, _specific_lines, _kinship_lines, _inhibition_lines,
+                    _efficiency_lines, _closing_lines):
+        lines += section(fig, labels)
     return "\n".join(lines) + "\n"
 
 

@@ -61,6 +61,10 @@ def test_outputs(runs):
         "Fictional facts (held-out phrasings)", "Reading comprehension (fictional names)", "General knowledge"}
     md = (out / "validation.md").read_text()
     assert "## Negative control" in md and "## Inhibition" in md and "## Sample efficiency" in md
+    assert "4 fictional countries, 4 planted MLP gate neurons each" in md
+    crc = fig["crc_filter"]
+    assert (f"removes {crc['removed']} neurons, {crc['planted_removed']} of the {crc['planted']} planted ones"
+            in md) and crc["planted"] == fig["planted"]["union"]
 
 
 def test_set_figures_recomputed_from_the_files(runs):

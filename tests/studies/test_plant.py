@@ -242,11 +242,16 @@ def test_saved_model_differs_from_the_base_only_in_planted_entries(planted_dir):
 
 
 def test_plant_refuses_bad_options(tmp_path):
-    with pytest.raises(ValueError, match="n_countries"):
+    with pytest.raises(ValueError, match=r"--countries must be at least 2 .*got 1"):
         plant(PlantConfig(out=str(tmp_path / "x"), countries=1))
+    with pytest.raises(ValueError, match=r"--train-batch-size must be a whole number >= 1, got 0"):
+        plant(PlantConfig(out=str(tmp_path / "x"), train_batch_size=0))
+    with pytest.raises(ValueError, match=r"--kin-pairs 5: disjoint pairs need 10 countries, --countries is 8"):
+        plant(PlantConfig(out=str(tmp_path / "x"), kin_pairs=5))
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(ValueError, match="is a file, not a folder"):
         plant(PlantConfig(out=str(tmp_path / "file")))
+    assert not (tmp_path / "x").exists()
 
 
 def test_save_model_leaves_a_gguf_quantizer_out(tmp_path):
