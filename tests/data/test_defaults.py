@@ -5,7 +5,7 @@ from pathlib import Path
 
 from culnig_ext.data import defaults
 
-SHARED_BLEND = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "blend"
+from tests.shared_data import BLEND as SHARED_BLEND, needs_shared_data
 
 
 def test_auto_finds_the_blend_folder_named_by_the_environment(tmp_path, monkeypatch):
@@ -35,6 +35,7 @@ def test_auto_falls_back_to_the_builtin_set_and_says_so(monkeypatch, tmp_path):
     assert "offline fallback" in got.note
 
 
+@needs_shared_data
 def test_auto_finds_the_shared_reference_copy(monkeypatch):
     monkeypatch.delenv("CULNIG_BLEND_DIR", raising=False)
     assert SHARED_BLEND.is_dir(), "the repository's tests read ../shared/data/blend"

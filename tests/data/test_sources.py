@@ -11,7 +11,7 @@ from culnig_ext.data.jsonl import write_jsonl
 from culnig_ext.data.schema import MCItem, SchemaError
 from culnig_ext.data.sources import load_items
 
-SHARED = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+from tests.shared_data import SHARED_DATA as SHARED, needs_shared_data
 
 
 def test_builtin_cultural_with_split_and_countries():
@@ -43,6 +43,7 @@ def test_builtin_general_and_countryrc():
         load_items("builtin:nope")
 
 
+@needs_shared_data
 def test_countryrc_file_with_range():
     path = SHARED / "countryrc" / "data.json"
     scoring = load_items(f"countryrc:{path}@0-24", countries=["Spain"])
@@ -53,6 +54,7 @@ def test_countryrc_file_with_range():
         load_items(f"countryrc:{path}@0-2", template_ids=[1])
 
 
+@needs_shared_data
 def test_blend_annotation_folder_with_stats():
     stats: dict = {}
     items = load_items(str(SHARED / "blend"), countries=["Ethiopia"], split="neur", stats=stats)
@@ -64,6 +66,7 @@ def test_blend_annotation_folder_with_stats():
     assert max(per_q.values()) == 5
 
 
+@needs_shared_data
 def test_canonical_jsonl_and_blend_mcq_file(tmp_path):
     items = [MCItem(id=f"i{k}", group=g, question="q", choices=("a", "b"), answer_idx=0) for k, g in enumerate(["US", "UK"])]
     path = write_jsonl(items, tmp_path / "items.jsonl")

@@ -17,9 +17,10 @@ from culnig_ext.intervention.short_answers import evaluate_saq, generate
 from culnig_ext.studies.conditions import saq_rows
 from tests.data.test_protocols import byte_tokenizer
 
-BLEND = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "blend"
+from tests.shared_data import BLEND, needs_shared_data
 
 
+@needs_shared_data
 def test_load_saq_spain_and_us():
     items = load_saq(BLEND, countries=["Spain", "US"], split="test", max_per_country=3)
     spain = [i for i in items if i.group == "Spain"]
@@ -44,6 +45,7 @@ def test_load_saq_spain_and_us():
     assert load_saq(BLEND, countries=["Spain", "US"], split="test", max_per_country=3) == items
 
 
+@needs_shared_data
 def test_load_saq_translated_placeholder(tmp_path):
     """BLEnD's Algeria prompts translate the placeholder in two rows ({س}, {ف}): the real file loads, every Arabic
     prompt holds its question; a template with no placeholder at all is refused naming the file and row."""
@@ -121,6 +123,7 @@ def test_generate_matches_stepwise_argmax_with_padding():
     assert generate(model, tok, prompts, max_new_tokens=6, batch_size=3, progress=False) == got
 
 
+@needs_shared_data
 def test_evaluate_saq_conditions_and_rows():
     from culnig_ext.data.saq import SAQItem
 

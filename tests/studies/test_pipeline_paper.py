@@ -18,7 +18,7 @@ from culnig_ext.data import FRAME_QUESTION, load_items
 from culnig_ext.studies.config import PAPER_PRESET, RunConfig, attn_implementation, paper_config
 from culnig_ext.scoring.table import ScoreTable
 
-BLEND = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "blend"
+from tests.shared_data import BLEND, needs_shared_data
 FRACTIONS = ["--t-mlp", "0.1", "--t-attn", "0.05", "--r-mlp", "0.05", "--r-attn", "0.03", "--t-specific", "0.05",
              "--r-specific", "0.02"]
 
@@ -76,6 +76,7 @@ def test_paper_preset():
     assert set(PAPER_PRESET) <= {f for f in RunConfig.__dataclass_fields__}
 
 
+@needs_shared_data
 def test_run_protocol_paper_cli(model_dir, tmp_path):
     out = tmp_path / "run"
     buf = io.StringIO()
