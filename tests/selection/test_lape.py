@@ -122,3 +122,21 @@ def test_lape_refuses_what_it_cannot_select_from():
     one = ScoreTable(["A"], [1], {"layers.0.mlp.gate_proj": torch.ones(1, 3)}, [3.0], {"method": "activation_probability"})
     with pytest.raises(ValueError, match="at least two groups"):
         lape.select(one)
+
+
+def test_a_gate_output_of_exactly_zero_is_not_active():
+    # LAPE counts a neuron active when its gate output is > 0: a gate row of zeros gives exactly 0 on every token,
+    # so those neurons are never active (a `>= 0` would count them active on every token).
+    model = tiny_model("llama")
+    zeroed = [0, 5, 47]
+    with torch.no_grad():
+        model.model.layers[0].mlp.gate_proj.weight[zeroed] = 0.0
+    items = random_items(6, seed=3)
+    gates = {f"layers.{i}.mlp.gate_proj": layer.mlp.gate_proj for i, layer in enumerate(model.model.layers)}
+    groups, active, tokens, _ = hand_counts(model, items, gates)
+    table = lape.activation_probability(model, items, batch_size=4, progress=False)
+    site = "layers.0.mlp.gate_proj"
+    assert table[site][:, zeroed].tolist() == [[0.0] * 3] * 3
+    # the other neurons still counted as by hand (a nonzero gate row is never exactly 0 on these items)
+    torch.testing.assert_close(table[site], active[site], rtol=0, atol=0)
+    assert float(tokens.sum()) > 0 and float(table[site].sum()) > 0
