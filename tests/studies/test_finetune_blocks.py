@@ -160,3 +160,42 @@ def test_bad_input():
     with pytest.raises(TypeError, match="expected a ModuleBlock"):
         target_modules(["layers.0.mlp"])
     assert isinstance(ranking[0], ModuleBlock)
+
+
+def density_set() -> NeuronSet:
+    """A set whose count and density orders differ: attention blocks are 64 neurons wide, MLP blocks 48."""
+    pairs = [("layers.0.self_attn.q_proj", i) for i in range(8)]  # 8 / 64 = 0.125
+    pairs += [("layers.1.mlp.gate_proj", i) for i in range(7)]  # 7 / 48 = 0.1458
+    pairs += [("layers.2.mlp.gate_proj", 30)]  # 1 / 48 = 0.0208
+    pairs += [("layers.3.self_attn.k_proj", 2)]  # 1 / 64 = 0.0156
+    return NeuronSet.from_pairs(pairs, method="general")
+
+
+DENSITY_ORDER = ["layers.1.mlp", "layers.0.self_attn", "layers.2.mlp", "layers.3.self_attn",
+                 "layers.0.mlp", "layers.1.self_attn", "layers.2.self_attn", "layers.3.mlp"]
+
+
+def test_rank_modules_by_density_differs_from_by_count():
+    model = llama4()
+    by_count = rank_modules(model, density_set())
+    assert [(b.name, b.count) for b in by_count] == [
+        ("layers.0.self_attn", 8), ("layers.1.mlp", 7), ("layers.2.mlp", 1), ("layers.3.self_attn", 1),
+        ("layers.0.mlp", 0), ("layers.1.self_attn", 0), ("layers.2.self_attn", 0), ("layers.3.mlp", 0)]
+    by_density = rank_modules(model, density_set(), by="density")
+    assert [b.name for b in by_density] == DENSITY_ORDER
+    assert [b.density for b in by_density][:4] == [7 / 48, 8 / 64, 1 / 48, 1 / 64]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_pick_modules_by_density_uses_density(seed):
+    # The ranking handed in is sorted by count: pick_modules must re-rank by the `by` it is given.
+    ranking = rank_modules(llama4(), density_set())
+    budget = 0.2  # 6195.2 parameters: one MLP block (4608) or two attention blocks (6144), not an MLP + attention
+    top = pick_modules(ranking, budget, "top", seed, total_params=DECODER, by="density")
+    assert list(top.order[:4]) == DENSITY_ORDER[:4]
+    assert top.names == ["layers.1.mlp"] and top.by == "density"
+    # the same ranking by count: 0.self_attn (3072) first, then 3.self_attn (3072) is the next that fits
+    assert pick_modules(ranking, budget, "top", seed, total_params=DECODER).names == ["layers.0.self_attn",
+                                                                                    "layers.3.self_attn"]
+    bottom = pick_modules(ranking, budget, "bottom", seed, total_params=DECODER, by="density")
+    assert list(bottom.order[4:]) == ["layers.3.self_attn", "layers.2.mlp", "layers.0.self_attn", "layers.1.mlp"]
