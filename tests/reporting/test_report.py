@@ -188,3 +188,20 @@ def test_accuracy_row_acc_norm_from_cloze_results():
     assert (row.original, row.inhibited, row.random, row.metric) == (0.5, 0.25, [1.0], "accuracy")
     with pytest.raises(ValueError, match="original has no acc_norm"):
         accuracy_row("X", _eval([True]), _eval([True]), [], metric="acc_norm")
+
+
+def test_significant_column_reads_the_holm_p_not_the_raw_p(tmp_path):
+    # Raw p 0.001, 0.03, 0.04, 0.5 are all but the last < 0.05; Holm by hand (m = 4): sorted p times 4, 3, 2, 1 =
+    # 0.004, 0.09, 0.08, 0.5, made monotone -> 0.004, 0.09, 0.09, 0.5: only the first row is significant.
+    given = _results()
+    del given["kinship"], given["layers"]
+    given["rows"] = [
+        {"eval_set": name, "cultural": True, "n_items": 100, "original": 0.8, "inhibited": 0.6, "random": [0.75],
+         "p_value": p, "metric": "accuracy"}
+        for name, p in (("S1", 0.001), ("S2", 0.03), ("S3", 0.04), ("S4", 0.5))
+    ]
+    md = write_report(tmp_path, given).read_text()
+    rows = _table_rows(md, "| Evaluation set")
+    assert [r[8] for r in rows] == ["0.0010", "0.0300", "0.0400", "0.5000"]
+    assert [r[9] for r in rows] == ["0.0040", "0.0900", "0.0900", "0.5000"]
+    assert [r[10] for r in rows] == ["yes", "no", "no", "no"]
