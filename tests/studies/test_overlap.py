@@ -16,9 +16,9 @@ from culnig_ext.cli import main as cli
 from culnig_ext.data import load_items, write_jsonl
 from culnig_ext.models.loading import load_model
 from culnig_ext.selection.neurons import NeuronSet
-from culnig_ext.studies.overlap import overlap_stats
+from culnig_ext.studies.overlap import cross_effects, overlap_stats
 from culnig_ext.scoring.table import ScoreTable
-from tests.studies.test_pipeline import save_tiny_model
+from tests.studies.test_pipeline import INTERMEDIATE, LAYERS, save_tiny_model
 
 
 def ns(pairs):
@@ -121,3 +121,26 @@ def test_identify_on_paper_normad_half(tmp_path):
     table = ScoreTable.load(tmp_path / "n.safetensors")
     # per (country, label) 2 rows -> 1 in the neuron half: 6 rows x 4 variants, 3 rows x 4 per country
     assert dict(zip(table.groups, table.counts.tolist())) == {"India": 12, "China": 12}
+
+
+def test_cross_effects_inhibit_each_set(tmp_path):
+    """Sets whose inhibition changes the accuracies (checked on the hand-zeroed reference), so a cross-effects run
+    that forgot to inhibit would report the original accuracies in every row and fail here."""
+    model, tok = load_model(str(save_tiny_model(tmp_path / "m")))
+    every_gate = ns([(f"layers.{layer}.mlp.gate_proj", i) for layer in range(LAYERS) for i in range(INTERMEDIATE)])
+    first_gates = ns([(G0, i) for i in range(INTERMEDIATE)])
+    sets = {"every_gate": every_gate, "first_gates": first_gates}
+    evals = {"c": load_items("builtin:cultural")[:12], "g": load_items("builtin:general")[:12]}
+    empty = NeuronSet.from_pairs([], method="none")
+    original = [reference_accuracy(model, tok, items, empty) for items in evals.values()]
+    inhibited = [[reference_accuracy(model, tok, items, s) for items in evals.values()] for s in sets.values()]
+    # the premise: inhibiting every MLP gate changes the accuracy of both evaluation sets (12 items: steps of 1/12)
+    assert all(abs(a - o) > 0.05 for a, o in zip(inhibited[0], original)), (original, inhibited)
+    eff = cross_effects(model, tok, sets, evals, fmt="cloze", progress=False)
+    assert eff["sets"] == ["every_gate", "first_gates"] and eff["eval_sets"] == ["c", "g"]
+    assert eff["original"] == pytest.approx(original)
+    for i in range(2):
+        assert eff["inhibited"][i] == pytest.approx(inhibited[i])
+        assert eff["drop"][i] == pytest.approx([o - a for o, a in zip(original, inhibited[i])])
+    # inhibition is undone afterwards: the model scores as before
+    assert reference_accuracy(model, tok, evals["c"], empty) == original[0]
