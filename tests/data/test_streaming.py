@@ -131,3 +131,37 @@ def test_shard_fingerprints_add_up_to_the_full_fingerprint():
     changed = culnig_ext.score(model, [dict(items[0], answer_id=items[0]["answer_id"] % 90 + 4)] + items[1:],
                                batch_size=4, progress=False)
     assert changed.metadata["dataset_fingerprint"] != full.metadata["dataset_fingerprint"]
+
+
+def _hand_hash(item_id: str) -> int:
+    import hashlib
+    return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
+# (max_items, batch_size, window, shard): the cap at, inside and past the data; shards that do and do not hold the
+# item just past the cap; windows that end exactly at, before and after the cap.
+LIMITS = [(5, 2, 1, None), (5, 1, 5, None), (5, 2, 2, (0, 2)), (5, 3, 1, (1, 2)), (6, 2, 1, (0, 3)),
+          (6, 4, 2, (2, 3)), (1, 1, 1, None), (1, 2, 3, (0, 2)), (12, 2, 3, (0, 4)), (13, 3, 2, None),
+          (20, 2, 2, (1, 3)), (None, 2, 2, (2, 5))]
+
+
+@pytest.mark.parametrize("max_items, batch_size, window, shard", LIMITS)
+def test_max_items_window_and_shard_score_each_item_exactly_once(max_items, batch_size, window, shard):
+    items = random_items(13, seed=4)  # groups A, B, C at positions 0, 1, 2 mod 3
+    # by hand: the first max_items input positions, then the shard's positions k, k + n, ...
+    positions = [p for p in range(13 if max_items is None else min(13, max_items))
+                 if shard is None or p % shard[1] == shard[0]]
+    want_ids = [items[p]["id"] for p in positions]
+    want_counts = {g: sum(items[p]["group"] == g for p in positions) for g in "ABC"}
+
+    stream = ItemStream(items, max_items=max_items, shard=shard)
+    assert stream.total == len(positions)
+    seen = [it.id for w in windowed_batches(stream, batch_size, window) for b in w for it in b]
+    assert sorted(seen) == sorted(want_ids)  # each once: no duplicate, nothing past the cap
+    assert stream.read == (13 if max_items is None else min(13, max_items))
+
+    table = culnig_ext.score(tiny_model("llama"), items, batch_size=batch_size, window=window, max_items=max_items,
+                             shard=shard, progress=False)
+    assert table.num_items == len(positions)
+    assert {g: c for g, c in zip(table.groups, table.counts.tolist())} == {g: c for g, c in want_counts.items() if c}
+    assert table.item_hashes.tolist() == sorted(_hand_hash(i) for i in want_ids)
