@@ -19,7 +19,9 @@ Rules (each "> 0" below is a lower interval bound above 0, i.e. a one-sided test
 3. ``not specific`` when ``D_non > 0`` and not ``gap > 0``: the non-cultural set also drops beyond random, not
    significantly less than the cultural sets.
 4. ``inconclusive`` otherwise: no significant excess drop on the cultural sets and none on the non-cultural set,
-   or a cultural drop whose difference from the non-cultural one the sets are too small to establish.
+   a cultural drop whose difference from the non-cultural one the sets are too small to establish, or a gap and a
+   non-cultural drop that are both significant beside a cultural drop that is not (the non-cultural set drops
+   significantly less, so it is not rule 3; the cultural sets do not drop beyond random, so it is not rule 2).
 """
 from __future__ import annotations
 
@@ -126,7 +128,7 @@ def decide(cultural: Interval | None, non_cultural: Interval | None, gap: Interv
             f"the non-cultural set(s)")
     if cult_drop and gap_pos:
         return CULTURE_SPECIFIC, f"{what}; the cultural drop is significantly larger"
-    if non_drop:
+    if non_drop and not gap_pos:  # rule 3 as documented: an established gap is never "not significantly less"
         return NOT_SPECIFIC, f"{what}; the non-cultural set drops beyond random too, not significantly less"
     if not cult_drop:
         return INCONCLUSIVE, f"{what}; the cultural sets do not drop significantly more than with random neurons"

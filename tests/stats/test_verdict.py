@@ -106,3 +106,21 @@ def test_from_results_uses_the_named_conditions():
     assert v.cultural.value == pytest.approx(0.4)
     assert from_results(results, cultural, inhibited="chosen") is None  # no such condition
     assert from_results({"General knowledge": results["General knowledge"]}, cultural, inhibited="general") is None
+
+
+@pytest.mark.parametrize("gap_low, label", [
+    (0.01, INCONCLUSIVE),   # the gap is established: the non-cultural drop IS significantly less -> not rule 3
+    (0.0, NOT_SPECIFIC),    # a gap lower bound of exactly 0 is not > 0 -> rule 3
+    (-0.01, NOT_SPECIFIC),
+])
+def test_rule_3_needs_the_gap_not_established(gap_low, label):
+    # The documented rule 3 (module docstring, docs/reading_a_report.md): "not specific" when D_non > 0 AND NOT
+    # gap > 0. Here D_non > 0 and the cultural drop's own lower bound is not above 0 (so rule 2 does not apply);
+    # whether it is "not specific" turns on the gap alone.
+    cult, non, gap = Interval(0.3, -0.01, 0.6), Interval(0.1, 0.02, 0.2), Interval(0.2, gap_low, 0.4)
+    got, reason = decide(cult, non, gap)
+    assert got == label
+    if label == INCONCLUSIVE:
+        assert "do not drop significantly more than with random neurons" in reason
+    else:
+        assert "not significantly less" in reason
