@@ -140,3 +140,23 @@ def test_a_gate_output_of_exactly_zero_is_not_active():
     # the other neurons still counted as by hand (a nonzero gate row is never exactly 0 on these items)
     torch.testing.assert_close(table[site], active[site], rtol=0, atol=0)
     assert float(tokens.sum()) > 0 and float(table[site].sum()) > 0
+
+
+def test_an_expert_gate_output_of_exactly_zero_is_not_active():
+    # the same for mixture-of-experts gates: zero gate rows in every expert's fused gate_up weight
+    model = family_model("mixtral", seed=1)
+    experts = model.model.layers[0].mlp.experts
+    zeroed = [0, 3]
+    with torch.no_grad():
+        experts.gate_up_proj[:, zeroed, :] = 0.0
+    items = random_items(6, seed=2)
+    _, _, _, routed = hand_counts(model, items, {}, experts=experts)
+    names = [f"layers.0.mlp.experts.{e}.gate_proj" for e in range(4)]
+    table = lape.activation_probability(model, items, batch_size=4, progress=False, sites=names)
+    for name in names:
+        active, n_routed = routed[name]
+        assert float(n_routed.sum()) > 0
+        assert active[:, zeroed].tolist() == [[0.0, 0.0]] * 3  # the hand count agrees: never > 0
+        assert table[name][:, zeroed].tolist() == [[0.0, 0.0]] * 3, name
+        want = torch.where(n_routed[:, None] > 0, active / n_routed.clamp(min=1)[:, None], torch.zeros_like(active))
+        torch.testing.assert_close(lape.probabilities(table, name), want, rtol=1e-12, atol=1e-12)
