@@ -55,6 +55,10 @@ def row_sentence(row: AccuracyRow) -> str:
     return "; ".join(parts)
 
 
+#: Commands longer than this do not push the other commands' comments to the right.
+LONG_COMMAND = 60
+
+
 def next_commands(run_dir: str | Path, *, full: bool | None) -> list[tuple[str, str]]:
     """What to try after a run into ``run_dir``: ``(command, what it does)`` pairs; ``full``: whether the run was
     the research-size study."""
@@ -112,6 +116,7 @@ def run_summary(results: ReportResults, *, seconds: float, specific: Mapping[str
     lines += [f"  {label.ljust(width)} {path}" for label, path in paths.items()]
     if next_commands:
         lines.append("Next:")
-        width = max(len(command) for command, _ in next_commands)
+        # the comments line up after the commands that fit in LONG_COMMAND characters; a longer one keeps its own
+        width = max([len(c) for c, _ in next_commands if len(c) <= LONG_COMMAND] or [0])
         lines += [f"  {command.ljust(width)}  # {what}" for command, what in next_commands]
     return "\n".join(lines)
