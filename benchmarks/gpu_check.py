@@ -16,7 +16,8 @@ Sections, in order (the JIT build first: every later step loads the library it l
                 float32: fused vs the reference (product in float32: torch.equal, max |diff|) and vs plain PyTorch
                 (product in the input dtype: max |diff|), times, GB/s and % of a read-once pass measured in the
                 same run on the same tensors
-  large         one input of more than 2^31 elements per tensor, generated on the device, fused vs reference
+  large         one input of more than 2^31 elements per tensor, generated on the device, fused vs reference (in a
+                child process: a kernel fault there cannot poison the CUDA context of the later sections)
   scoring_llama culnig_ext.score vs a bare frozen forward+backward (and a forward, and score with activation
   scoring_qwen  checkpointing) on a random-weight Llama-3-8B-shaped / Qwen2-7B-shaped model over >= 4 timed
                 batches (one more before them as warm-up): tokens/s, op share of the step (torch.profiler), peak
@@ -359,7 +360,44 @@ def sec_op(ctx: Ctx) -> dict:
                        f"(target >= 70%); fused == reference at every shape: {all_equal}"}
 
 
-def sec_large(ctx: Ctx) -> dict:
+def in_child(ctx: Ctx, name: str) -> dict:
+    """Run section ``name`` in a fresh process (bounded like every step) and return its result: a kernel that
+    faults there (an illegal address poisons the CUDA context) cannot take the later sections with it."""
+    result = ctx.out / f".{name}.result.json"
+    result.unlink(missing_ok=True)
+    cmd = [ctx.py, str(Path(__file__).resolve()), "--worker", name, "--out", str(ctx.out),
+           "--deadline-at", str(ctx.deadline_at)] + (["--smoke"] if ctx.smoke else []) + (["--jit-ok"] if ctx.jit_ok else [])
+    r = run_bounded(ctx, name, cmd)
+    if not result.exists():
+        why = f"timed out after {r['bound_s']} s" if r["timed_out"] else f"exit {r['rc']}"
+        raise RuntimeError(f"the {name} process ended without a result ({why}; see {r['log']}): {r['tail'][-800:]}")
+    data = json.loads(result.read_text())
+    result.unlink()
+    if "error" in data:
+        raise RuntimeError(f"{data['error']} (in the {name} process; its traceback is in {r['log']})")
+    return data
+
+
+def worker(ctx: Ctx, name: str) -> int:
+    """The child side of :func:`in_child`: run one section, write its result (or its error) atomically."""
+    fn = {n: f for n, f, _ in SECTIONS}[name]
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(max(1, int(ctx.remaining())))
+    try:
+        data = fn(ctx, isolated=False)
+    except BaseException as exc:
+        traceback.print_exc()
+        data, rc = {"error": f"{type(exc).__name__}: {exc}"[:2000]}, 1
+    else:
+        rc = 0
+    signal.alarm(0)
+    write_atomic(ctx.out / f".{name}.result.json", json.dumps(data, default=str))
+    return rc
+
+
+def sec_large(ctx: Ctx, isolated: bool = True) -> dict:
+    if isolated:
+        return in_child(ctx, "large")
     import torch
 
     ops = _need_fused(ctx)
@@ -699,6 +737,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated sections to run (default $GPU_CHECK_SECTIONS or all): "
                              + ", ".join(name for name, _, _ in SECTIONS))
     parser.add_argument("--dist-worker", metavar="DIR", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", metavar="SECTION", help=argparse.SUPPRESS)
+    parser.add_argument("--jit-ok", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.dist_worker:
         dist_worker(Path(args.dist_worker))
@@ -718,6 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CULNIG_NO_AOT", "1")  # the JIT build that jit_build timed, in this process and the tests
     ctx = Ctx(out, args.smoke, deadline_at)
+    if args.worker:
+        ctx.jit_ok = args.jit_ok
+        return worker(ctx, args.worker)
     report = Report(out, args.smoke, deadline_at, start)
     report.write()
     bad = run_sections(ctx, report, selected)
