@@ -42,7 +42,6 @@ import os
 import platform
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,11 +154,18 @@ def run_bounded(ctx: Ctx, name: str, cmd: list[str], env: dict | None = None, cw
     with open(log, "w") as f:
         f.write(f"$ {' '.join(cmd)}   (timeout {bound} s)\n")
         f.flush()
-        proc = subprocess.run(["timeout", "--kill-after=5", str(bound), *cmd], stdout=f, stderr=subprocess.STDOUT,
-                              env=env, cwd=str(cwd or REPO))
+        if shutil.which("timeout"):
+            rc = subprocess.run(["timeout", "--kill-after=5", str(bound), *cmd], stdout=f, stderr=subprocess.STDOUT,
+                                env=env, cwd=str(cwd or REPO)).returncode
+        else:  # no coreutils timeout: Python's (kills the child at the bound)
+            try:
+                rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=str(cwd or REPO),
+                                    timeout=bound).returncode
+            except subprocess.TimeoutExpired:
+                rc = 124
     text = log.read_text(errors="replace")
-    return {"rc": proc.returncode, "seconds": time.time() - t0, "timed_out": proc.returncode in (124, 137),
-            "bound_s": bound, "tail": text[-2000:], "log": log.name}
+    return {"rc": rc, "seconds": time.time() - t0, "timed_out": rc in (124, 137), "bound_s": bound,
+            "tail": text[-2000:], "log": log.name}
 
 
 def sync(device: str) -> None:
