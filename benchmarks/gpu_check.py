@@ -28,7 +28,8 @@ Sections, in order (the JIT build first: every later step loads the library it l
 --smoke runs the same code paths on the CPU with tiny shapes (the test suite does, so the script never rots);
 its figures mean nothing. --sections a,b (or GPU_CHECK_SECTIONS) runs only those. GPU_CHECK_FAIL=section[:exit|:hang],...
 makes sections fail on purpose (RuntimeError; SystemExit with ":exit"; with ":hang" it sleeps until the deadline
-stops it), to check that the others are still written and that the deadline holds.
+stops it; "large.child" fails inside the child process of that section), to check that the others are still written
+and that the deadline holds.
 Exit status: 0 when every section is ok (or skipped for a reason other than the deadline), 1 otherwise.
 """
 from __future__ import annotations
@@ -390,6 +391,7 @@ def worker(ctx: Ctx, name: str) -> int:
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.alarm(max(1, int(ctx.remaining())))
     try:
+        forced_failure(f"{name}.child")
         data = fn(ctx, isolated=False)
     except BaseException as exc:
         traceback.print_exc()

@@ -81,6 +81,19 @@ def test_a_failing_section_leaves_the_others_and_its_error(tmp_path):
     assert rows["large"][1] == "ok" and "fused == reference" in rows["large"][3]
 
 
+def test_a_failure_in_the_child_process_is_recorded_with_its_error(tmp_path):
+    proc = run_check(tmp_path, GPU_CHECK_SECTIONS="jit_build,large", GPU_CHECK_FAIL="large.child")
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sections = json.loads((tmp_path / "gpu_check.json").read_text())["sections"]
+    assert sections["jit_build"]["status"] == "ok"
+    large = sections["large"]
+    assert large["status"] == "failed"
+    assert large["error"] == ("RuntimeError: RuntimeError: forced failure in large.child (GPU_CHECK_FAIL) "
+                              "(in the large process; its traceback is in large.log)"), large["error"]
+    assert "Traceback" in (tmp_path / "large.log").read_text()
+    assert not list(tmp_path.glob(".large.result.json"))  # the child's result file is read and removed
+
+
 def test_the_deadline_stops_a_section_and_skips_the_rest(tmp_path):
     proc = run_check(tmp_path, "--deadline", "15", GPU_CHECK_FAIL="jit_build:hang")
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
