@@ -63,6 +63,10 @@ class DeadlineExceeded(Exception):
     """The overall deadline passed while a section was running (SIGALRM)."""
 
 
+class ChildFailed(Exception):
+    """A section run in a child process (:func:`in_child`) failed there; the message is the child's error."""
+
+
 class Stopped(Exception):
     """The process got SIGTERM (the wrapping `timeout`): record what is done and stop."""
 
@@ -381,7 +385,7 @@ def in_child(ctx: Ctx, name: str) -> dict:
     data = json.loads(result.read_text())
     result.unlink()
     if "error" in data:
-        raise RuntimeError(f"{data['error']} (in the {name} process; its traceback is in {r['log']})")
+        raise ChildFailed(f"{data['error']} (in the {name} process; its traceback is in {r['log']})")
     return data
 
 

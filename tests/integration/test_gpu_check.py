@@ -88,7 +88,7 @@ def test_a_failure_in_the_child_process_is_recorded_with_its_error(tmp_path):
     assert sections["jit_build"]["status"] == "ok"
     large = sections["large"]
     assert large["status"] == "failed"
-    assert large["error"] == ("RuntimeError: RuntimeError: forced failure in large.child (GPU_CHECK_FAIL) "
+    assert large["error"] == ("ChildFailed: RuntimeError: forced failure in large.child (GPU_CHECK_FAIL) "
                               "(in the large process; its traceback is in large.log)"), large["error"]
     assert "Traceback" in (tmp_path / "large.log").read_text()
     assert not list(tmp_path.glob(".large.result.json"))  # the child's result file is read and removed
