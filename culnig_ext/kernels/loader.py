@@ -8,8 +8,9 @@ Order of preference:
    ``culnig_ext/csrc``) with ``torch.utils.cpp_extension.load`` + ninja against the running torch: CPU kernels,
    plus the CUDA ones when torch is a CUDA build and nvcc is found. It is cached in torch's extensions folder
    (``TORCH_EXTENSIONS_DIR`` if set, else ``~/.cache/torch_extensions/py311_cpu``...) under a name from
-   :func:`build_key` (torch version, CUDA version, CPU capability, GPU architectures), so a torch upgrade or
-   another machine sharing the folder gets its own build. The first build says so once on stderr; later
+   :func:`build_key` (torch version, CUDA version, CPU capability, a hash of the sources and flags, GPU
+   architectures), so a torch upgrade, another machine or another checkout with other kernels sharing the folder
+   gets its own build. The first build says so once on stderr; later
    processes find the library and only load it. ``culnig build`` runs this step ahead of first use;
 3. nothing: :func:`load` returns ``kind="none"`` with the reason, and the caller (``culnig_ext.kernels.ops``) warns
    once and falls back to the pure-PyTorch reference.
@@ -25,6 +26,7 @@ Environment variables:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -105,6 +107,28 @@ def source_files(root: Path, with_cuda: bool) -> list[str]:
     return [str(f) for f in files]
 
 
+# What the hash of the sources covers: every file of csrc/ (or of the shipped copy) with one of these endings.
+SOURCE_SUFFIXES = (".cpp", ".cc", ".h", ".hpp", ".cu", ".cuh", ".inc", ".def")
+
+
+def source_hash(root: Path, with_cuda: bool) -> str:
+    """A short hash (10 hex digits of SHA-256) of the kernel sources under ``root`` and the build flags: every
+    file ending in :data:`SOURCE_SUFFIXES` (by its path relative to ``root`` and its bytes, in sorted order), the
+    host compiler flags, and for a CUDA build the nvcc flags. Two checkouts with the same sources get the same
+    hash wherever they are; one changed byte or flag gives another."""
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+    for path in files:
+        rel = path.relative_to(root).as_posix().encode()
+        data = path.read_bytes()
+        h.update(b"file\0%d\0%s\0%d\0" % (len(rel), rel, len(data)))
+        h.update(data)
+    h.update(("cxx\0" + "\0".join(cxx_flags())).encode())
+    if with_cuda:
+        h.update(("\0nvcc\0" + "\0".join(NVCC_FLAGS)).encode())
+    return h.hexdigest()[:10]
+
+
 def _has_cuda_kernel() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("culnig::max_attribution", "CUDA")
 
@@ -163,16 +187,17 @@ def _accelerator() -> str:
     return "cpu"
 
 
-def build_key(with_cuda: bool) -> str:
+def build_key(with_cuda: bool, root: Path | None = None) -> str:
     """Name of a JIT build, and of its folder in the extensions cache: everything that makes a built library
     unusable elsewhere goes in it, so that builds for different setups sit side by side and none is loaded
     where it does not fit. Now: torch version, CUDA (or ROCm) version of torch, Python version, the CPU
     capability torch detects (no longer needed since the build is portable, see cxx_flags; kept so that cached
-    builds keep their names; CULNIG_PORTABLE_BUILD=1 only renames the key now), and for
-    a build with CUDA kernels its GPU architectures. E.g. ``culnig_t2_13_0_cpu_py311_avx512``.
+    builds keep their names; CULNIG_PORTABLE_BUILD=1 only renames the key now), the :func:`source_hash` of the
+    sources in ``root`` (default :func:`sources_dir`; none when there are no sources) and the build flags, and
+    for a build with CUDA kernels its GPU architectures. E.g. ``culnig_t2_13_0_cpu_py311_avx512_src0123456789``.
 
-    Source or flag changes within one key are torch's job: it rebuilds when they differ from the cached
-    build's (and then says nothing: only a first build announces itself).
+    With the sources in the key, two checkouts with different kernels sharing one extensions folder never
+    share (and never rebuild over each other's) build folder; ``culnig build --clean`` removes old ones.
     """
     version = torch.__version__.split("+")[0]
     accel = _accelerator()
@@ -180,6 +205,9 @@ def build_key(with_cuda: bool) -> str:
     if os.environ.get("CULNIG_PORTABLE_BUILD") == "1":
         cpu = "portable"
     parts = [f"t{version}", accel, f"py{sys.version_info.major}{sys.version_info.minor}", cpu]
+    root = root if root is not None else sources_dir()
+    if root is not None:
+        parts.append("src" + source_hash(root, with_cuda))
     if with_cuda:
         parts.append("sm" + "_".join(a.replace(".", "").replace("+PTX", "ptx")
                                      for a in re.split(r"[;\s]+", cuda_arch_list()) if a))
@@ -284,7 +312,7 @@ def _jit_build(root: Path, with_cuda: bool) -> LoadResult:
     verbose = os.environ.get("CULNIG_BUILD_VERBOSE") == "1"
     saved_path, saved_arch = os.environ.get("PATH"), os.environ.get("TORCH_CUDA_ARCH_LIST")
     try:
-        name = build_key(with_cuda)
+        name = build_key(with_cuda, root)
         build_dir = cache_root() / name
         build_dir.mkdir(parents=True, exist_ok=True)
         _wait_for_other_build(build_dir)

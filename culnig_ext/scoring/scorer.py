@@ -67,6 +67,8 @@ class Batch:
         target_mask: ``[B, L]`` bool.
         group: ``[B]`` int64 group row of each item.
         num_tokens: real (unpadded) tokens in the batch.
+        host_attention_mask: the attention mask's CPU copy (the one it was made from), so the batch's checks and
+            token list need no copy back from the device (None: copy ``attention_mask``).
     """
 
     positions: list[int]
@@ -77,6 +79,7 @@ class Batch:
     target_mask: torch.Tensor
     group: torch.Tensor
     num_tokens: int
+    host_attention_mask: torch.Tensor | None = None
 
 
 def make_batch(
@@ -102,6 +105,7 @@ def make_batch(
         target_mask,
         group,
         int(mask.sum()),
+        mask,
     )
 
 
@@ -163,11 +167,15 @@ class BatchState:
     _cache: dict = field(default_factory=dict)
 
     @classmethod
-    def for_batch(cls, attention_mask: torch.Tensor, group: torch.Tensor, n_groups: int) -> "BatchState":
+    def for_batch(cls, attention_mask: torch.Tensor, group: torch.Tensor, n_groups: int,
+                  host_mask: torch.Tensor | None = None) -> "BatchState":
         """Check the batch once on the host (every item has a token, every group row < n_groups) and build its
-        token list. ``attention_mask [B, T]`` (any device: one copy to the host), ``group [B]`` int64 on the CPU."""
-        host_mask = attention_mask.detach().to("cpu", torch.bool)
-        index, count = ops.token_list(host_mask)
+        token list. ``attention_mask [B, T]`` on any device; ``host_mask``: its CPU copy when the caller has one
+        (no copy back from the device, so no synchronisation), else ``attention_mask`` is copied to the host once;
+        ``group [B]`` int64 on the CPU."""
+        if host_mask is None:
+            host_mask = attention_mask.detach().to("cpu")
+        index, count = ops.token_list(host_mask.to(torch.bool))
         reference.check_group_range("culnig.score", group.cpu(), n_groups)
         return cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
                    token_count=count)
@@ -330,7 +338,7 @@ def input_device(model: nn.Module) -> torch.device:
 def _step(model: nn.Module, hooks: _Hooks, batch: Batch, keep_kw: bool, n_groups: int,
           before_backward: Callable[[Batch, torch.Tensor], None] | None = None) -> torch.Tensor:
     """One forward and one backward pass over ``batch``; returns ``P(y|x)`` per item, ``[B]`` (detached)."""
-    hooks.state = BatchState.for_batch(batch.attention_mask, batch.group, n_groups)
+    hooks.state = BatchState.for_batch(batch.attention_mask, batch.group, n_groups, batch.host_attention_mask)
     n_keep = batch.targets.shape[1]
     kwargs = {"logits_to_keep": n_keep} if keep_kw else {}
     try:
@@ -585,6 +593,9 @@ class _PartialTable:
         self.acc = _Accumulators(sites, len(self.names))
         self.counts = torch.zeros(len(self.names), dtype=torch.int64)
         self.prob_sums = torch.zeros(len(self.names), dtype=torch.float64)
+        # P(y|x) of the batches scored since the last snapshot, left where they were computed (group rows on the
+        # CPU, probabilities on the model's device): no copy to the host, so no synchronisation, per batch.
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def restore(self, saved: ScoreTable) -> None:
         """Continue from a checkpoint's snapshot: its groups, counts, P sums and site sums (copies)."""
@@ -593,6 +604,7 @@ class _PartialTable:
         self.acc.rows = len(self.names)
         self.acc.sums = {name: saved[name].clone() for name in self.acc.sums}
         self.counts, self.prob_sums = saved.counts.clone(), saved.prob_sums.clone()
+        self._pending = []
 
     def grow(self, new_groups: Sequence[str]) -> None:
         """Add a row (zero counts and sums) for each group of ``new_groups`` not yet in the table, in order;
@@ -610,12 +622,28 @@ class _PartialTable:
         self.prob_sums = torch.cat([self.prob_sums, torch.zeros(len(unknown), dtype=torch.float64)])
 
     def add(self, group: torch.Tensor, probs: torch.Tensor) -> None:
-        """Count a scored batch's items (``group [B]`` int64 rows) and add their ``P(y|x)`` (``probs [B]``)."""
+        """Count a scored batch's items (``group [B]`` int64 rows on the CPU) and keep their ``P(y|x)``
+        (``probs [B]``, on its device) to be added to ``prob_sums`` when the table is next written (:meth:`snapshot`):
+        no synchronisation per batch."""
         self.counts.index_add_(0, group, torch.ones_like(group))
-        self.prob_sums.index_add_(0, group, probs.to("cpu", torch.float64))
+        self._pending.append((group, probs.detach()))
+
+    def _flush_probs(self) -> None:
+        """Add the pending batches' ``P(y|x)`` to ``prob_sums``: one copy to the host for all of them, then one
+        float64 ``index_add_`` per batch in scoring order (the sums of adding each batch as it came)."""
+        if not self._pending:
+            return
+        host = torch.cat([p.reshape(-1).to(torch.float64) for _, p in self._pending]).to("cpu")
+        start = 0
+        for group, p in self._pending:
+            n = group.numel()
+            self.prob_sums.index_add_(0, group, host[start:start + n])
+            start += n
+        self._pending = []
 
     def snapshot(self) -> ScoreTable:
-        """The table as it stands (site sums on the CPU, a copy of the metadata)."""
+        """The table as it stands (site sums on the CPU, the pending P sums added, a copy of the metadata)."""
+        self._flush_probs()
         return ScoreTable(self.names, self.counts, self.acc.cpu(), self.prob_sums, dict(self.metadata))
 
 

@@ -27,32 +27,34 @@ def no_build_env(monkeypatch):
 
 
 def test_build_key_names_torch_cuda_python_and_cpu(no_build_env):
+    no_build_env.setattr(_build, "source_hash", lambda root, with_cuda: "0123456789")
     no_build_env.setattr(torch, "__version__", "2.13.0+cpu")
     no_build_env.setattr(torch.version, "cuda", None)
     no_build_env.setattr(torch.version, "hip", None)
     no_build_env.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    assert _build.build_key(with_cuda=False) == f"culnig_t2_13_0_cpu_{py}_avx512"
+    assert _build.build_key(with_cuda=False) == f"culnig_t2_13_0_cpu_{py}_avx512_src0123456789"
 
     # Another torch, another CPU, a portable build: each gets a folder of its own.
     no_build_env.setattr(torch, "__version__", "2.14.1+cpu")
-    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_avx512"
+    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_avx512_src0123456789"
     no_build_env.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_avx2"
+    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_avx2_src0123456789"
     no_build_env.setenv("CULNIG_PORTABLE_BUILD", "1")
-    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_portable"
+    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cpu_{py}_portable_src0123456789"
 
 
 def test_build_key_of_a_cuda_torch_names_its_gpu_architectures(no_build_env):
+    no_build_env.setattr(_build, "source_hash", lambda root, with_cuda: "abcdef0123")
     no_build_env.setattr(torch, "__version__", "2.14.1+cu130")
     no_build_env.setattr(torch.version, "cuda", "13.0")
     no_build_env.setattr(torch.version, "hip", None)
     no_build_env.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
     no_build_env.setenv("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     py = f"py{sys.version_info.major}{sys.version_info.minor}"
-    assert _build.build_key(with_cuda=True) == f"culnig_t2_14_1_cu130_{py}_avx2_sm80_90ptx"
+    assert _build.build_key(with_cuda=True) == f"culnig_t2_14_1_cu130_{py}_avx2_srcabcdef0123_sm80_90ptx"
     # CPU kernels only (no nvcc) under a CUDA torch: not the same library as the CPU+CUDA one.
-    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cu130_{py}_avx2_nocuda"
+    assert _build.build_key(with_cuda=False) == f"culnig_t2_14_1_cu130_{py}_avx2_srcabcdef0123_nocuda"
     assert _build.build_key(with_cuda=True).isidentifier()  # it is also the library's name
 
 
