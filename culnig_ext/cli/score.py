@@ -26,6 +26,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-activations", action="store_true",
                    help="recompute each decoder layer in the backward pass instead of keeping its activations "
                         "(long inputs: far less memory, ~1.3x the time; same scores)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="torch's deterministic algorithms (bit-identical GPU runs and resumes, at some cost in "
+                        "speed; the CPU is deterministic already); recorded in the table")
     return p
 
 
@@ -67,6 +70,7 @@ def _score(args, items, job, shard, device_map):
     from culnig_ext.data.streaming import encoded
     from culnig_ext.models.loading import load_model
     from culnig_ext.models.sites import site_names
+    from culnig_ext.scoring.determinism import deterministic
     from culnig_ext.scoring.resume import resolve_checkpoint
     from culnig_ext.scoring.scorer import score
 
@@ -75,12 +79,15 @@ def _score(args, items, job, shard, device_map):
                                   attn_implementation=args.attn_implementation)
     clamp = args.clamp_min if args.clamp_min is not None else (0.0 if args.control else None)
     checkpoint = resolve_checkpoint(args.checkpoint, args.out)
-    table = score(model, encoded(items, tokenizer, format=args.format, control=args.control),
-                  batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
-                  sites=site_names(model, args.sites), shard=shard, max_items=args.max_items,
-                  checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, keep_checkpoint=True,
-                  provenance={"prompt_format": args.format, "control": args.control or ""},
-                  checkpoint_activations=args.checkpoint_activations)
+    provenance = {"prompt_format": args.format, "control": args.control or ""}
+    if args.deterministic:
+        provenance["deterministic"] = "true"  # a resume of the other mode is refused (the provenance differs)
+    with deterministic(args.deterministic):
+        table = score(model, encoded(items, tokenizer, format=args.format, control=args.control),
+                      batch_size=args.batch_size, clamp_min=clamp, progress=not args.no_progress,
+                      sites=site_names(model, args.sites), shard=shard, max_items=args.max_items,
+                      checkpoint=checkpoint, checkpoint_every=args.checkpoint_every, keep_checkpoint=True,
+                      provenance=provenance, checkpoint_activations=args.checkpoint_activations)
     return table, checkpoint
 
 

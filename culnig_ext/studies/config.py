@@ -101,6 +101,8 @@ class RunConfig:
                                  "the machine is busy (load average at or above its CPU count, where two threads "
                                  "contend and run several times slower); OMP_NUM_THREADS, when set, is kept")
     seed: int = option(0, "seed of samples and random sets")
+    deterministic: bool = option(False, "torch's deterministic algorithms for the whole run (bit-identical GPU runs "
+                                 "and resumes, at some cost in speed; the CPU is deterministic already)")
     progress: bool = option(True, "progress bars")
     device_map: str | None = option(None, "spread the model over devices: 'auto' or a JSON object (accelerate map)")
     attn_implementation: str | None = option(None, "attention implementation (sdpa, eager, ...; default: eager for "

@@ -51,6 +51,7 @@ from culnig_ext.stats.rows import with_holm
 from culnig_ext.scoring.cache import score_cached
 from culnig_ext.scoring.scorer import item_scores
 from culnig_ext.scoring.table import ScoreTable
+from culnig_ext.scoring.determinism import deterministic
 from culnig_ext.selection import culnig as select
 from culnig_ext.selection import stability
 from culnig_ext.selection.neurons import NeuronSet
@@ -474,7 +475,8 @@ def run_pipeline(cfg: RunConfig, *, log_fn: LogFn = log.info) -> RunOutputs:
     say: LogFn = log_fn if cfg.progress else (lambda _line: None)
     before_threads = torch.get_num_threads()
     try:
-        return _run(cfg, run_dir, t0, say, log_fn)
+        with deterministic(getattr(cfg, "deterministic", False)):
+            return _run(cfg, run_dir, t0, say, log_fn)
     finally:
         torch.set_num_threads(before_threads)
 

@@ -15,7 +15,7 @@ from culnig_ext.data.blend_annotations import SKIP_FEW_DISTRACTORS, SKIP_NO_GOLD
 from culnig_ext.data.countries import BLEND_COUNTRIES
 from culnig_ext.data.schema import SchemaError
 
-BLEND = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "blend"
+from tests.shared_data import BLEND, needs_shared_data
 INSTR = ' Without any explanation, choose only one from the given alphabet choices(e.g., A, B, C). Provide as JSON format: {"answer_choice":""}\n\n'
 
 
@@ -150,6 +150,7 @@ def test_mcq_hub_path_calls_datasets(monkeypatch, tmp_path):
     assert items[2].topic == "Sport"
 
 
+@needs_shared_data
 def test_read_topics_real_and_conflict(tmp_path):
     topics = read_topics(BLEND / "questions")
     assert len(topics) == 500
@@ -164,6 +165,7 @@ def test_read_topics_real_and_conflict(tmp_path):
 # Raw annotations
 
 
+@needs_shared_data
 def test_annotations_real_question_by_hand():
     """South Korea, Al-en-09 ('What is a popular snack at an amusement park ...?'), checked against the files."""
     build = build_blend_items(BLEND, countries=["South_Korea"], seed=0)
@@ -209,6 +211,7 @@ def test_annotations_real_question_by_hand():
     assert {frozenset(i.choices) - {"churros"} for i in every} == {frozenset(c) for c in itertools.combinations(expected, 3)}
 
 
+@needs_shared_data
 def test_annotations_skip_counts_real_data():
     build = build_blend_items(BLEND, countries=["US", "South_Korea"], seed=0)
     counts = build.skip_counts()
@@ -283,6 +286,7 @@ def test_annotations_rules_on_synthetic_data(tmp_path):
     assert few.skip_counts() == {SKIP_NO_GOLD: 1, SKIP_FEW_DISTRACTORS: 1}
 
 
+@needs_shared_data
 def test_annotations_seeded_and_independent_of_loaded_countries():
     a = build_blend_items(BLEND, countries=["South_Korea"], seed=0).items
     b = build_blend_items(BLEND, countries=["South_Korea"], seed=0).items

@@ -17,9 +17,12 @@ from culnig_ext.data.countryrc import (
 )
 from culnig_ext.data.schema import SchemaError
 
-REAL = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "countryrc" / "data.json"
+from tests.shared_data import COUNTRYRC, needs_shared_data
+
+REAL = COUNTRYRC / "data.json"
 
 
+@needs_shared_data
 def test_real_templates():
     templates = read_templates(REAL)
     assert len(templates) == 50
@@ -30,6 +33,7 @@ def test_real_templates():
     assert [t.id for t in select_templates(templates, COUNTRYRC_EVAL_IDS)][:2] == ["25", "26"]
 
 
+@needs_shared_data
 def test_real_items_by_hand():
     raw = json.loads(REAL.read_text(encoding="utf-8"))
     items = load_countryrc(REAL, ids=["0", "15"], countries=["South_Korea", "US"], seed=0)
@@ -54,6 +58,7 @@ def test_real_items_by_hand():
     assert "travel to the United States." in us.question and us.answer == "the United States" and us.group == "US"
 
 
+@needs_shared_data
 def test_seeded_and_balanced():
     a = load_countryrc(REAL, seed=0)
     assert a == load_countryrc(REAL, seed=0)
@@ -68,6 +73,7 @@ def test_seeded_and_balanced():
     assert {i.group for i in a} == set(BLEND_COUNTRIES)
 
 
+@needs_shared_data
 def test_pool_and_options():
     items = load_countryrc(REAL, ids=range(5), countries=["US"], pool=["US", "UK", "Spain", "Iran"], seed=0)
     for item in items:

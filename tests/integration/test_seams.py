@@ -287,7 +287,7 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--finetune-lr", "0.001", "--finetune-train-batch-size", "3", "--finetune-grad-accum", "2",
             "--finetune-max-steps", "5", "--protocol", "paper", "--paper-random", "2", "--saq", "blend_dir",
             "--saq-max-per-country", "3", "--saq-max-new-tokens", "11", "--format-probe-max", "12",
-            "--kinship-groups", "3", "--threads", "2", "--no-full"]
+            "--kinship-groups", "3", "--threads", "2", "--no-full", "--deterministic"]
     with pytest.raises(Done):
         cli.main(argv)
     want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
@@ -302,7 +302,8 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
                      finetune_budget=0.2, finetune_by="density", finetune_lora=True, finetune_epochs=2,
                      finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2, finetune_max_steps=5,
                      protocol="paper", n_random_paper=2, saq="blend_dir", saq_max_per_country=3,
-                     saq_max_new_tokens=11, format_probe_max=12, kinship_groups=3, threads=2, full=False)
+                     saq_max_new_tokens=11, format_probe_max=12, kinship_groups=3, threads=2, full=False,
+                     deterministic=True)
     got = asdict(seen[0])
     for f in fields(RunConfig):
         if f.name in asdict(want):

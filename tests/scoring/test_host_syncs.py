@@ -7,7 +7,9 @@ mask's CPU copy, and P(y|x) stays on the device until the table is written (one 
 from __future__ import annotations
 
 import collections
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from tests.fixtures import random_items, tiny_model
 TO_HOST = {torch.Tensor.item, torch.Tensor.cpu, torch.Tensor.tolist, torch.Tensor.numpy, torch.Tensor.__bool__,
            torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__}
 CALLS: collections.Counter = collections.Counter()
+PACKAGE = str(Path(culnig_ext.__file__).resolve().parent).replace("\\", "/") + "/"
 
 
 def _culnig_caller() -> str | None:
@@ -26,9 +29,9 @@ def _culnig_caller() -> str | None:
     transformers' own mask checks)."""
     frame = sys._getframe(2)
     while frame is not None:
-        name = frame.f_code.co_filename.replace("\\", "/")
-        if "/culnig_ext/" in name:
-            return f"{name.split('/culnig_ext/')[-1]}:{frame.f_lineno}"
+        name = os.path.realpath(frame.f_code.co_filename).replace("\\", "/")
+        if name.startswith(PACKAGE):  # the package's own folder (a checkout may be named culnig_ext too)
+            return f"{name[len(PACKAGE):]}:{frame.f_lineno}"
         if "/torch/" not in name:
             return None
         frame = frame.f_back

@@ -90,7 +90,7 @@ def non_default_run_config():
                      finetune_epochs=2, finetune_lr=0.001, finetune_train_batch_size=3, finetune_grad_accum=2,
                      finetune_max_steps=5, finetune_max_train_items=8, protocol="paper", n_random_paper=3, saq="s",
                      saq_max_per_country=None, saq_max_new_tokens=9, format_probe_max=16, full=True,
-                     kinship_groups=3, threads=2)
+                     kinship_groups=3, threads=2, deterministic=True)
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])
@@ -127,7 +127,8 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
             "--finetune-lora", "--finetune-epochs", "2", "--finetune-lr", "0.001", "--finetune-train-batch-size", "3",
             "--finetune-grad-accum", "2", "--finetune-max-steps", "5", "--finetune-max-train-items", "8",
             "--protocol", "paper", "--paper-random", "3", "--saq", "s", "--saq-max-per-country", "none",
-            "--saq-max-new-tokens", "9", "--format-probe-max", "16", "--full", "--kinship-groups", "3", "--threads", "2"]
+            "--saq-max-new-tokens", "9", "--format-probe-max", "16", "--full", "--kinship-groups", "3", "--threads", "2",
+            "--deterministic"]
     args = cli.build_parser().parse_args(argv)
     assert build(RunConfig, args) == cfg
 
