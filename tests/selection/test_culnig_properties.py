@@ -16,7 +16,8 @@ import torch
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from culnig_ext.scoring.table import ScoreTable
-from culnig_ext.selection.culnig import general, specific, top_fraction
+from culnig_ext.selection.culnig import general, random_like, specific, top_fraction
+from culnig_ext.selection.neurons import NeuronSet
 
 SETTINGS = settings(max_examples=100, deadline=None, derandomize=True,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -121,25 +122,27 @@ def general_cases(draw):
     neur = draw(raw_tables(widths, groups))
     ctrl = draw(st.none() | raw_tables(widths, draw(st.sampled_from([["A"], ["C", "B"]]))))
     crc = draw(st.none() | raw_tables(widths, ["A", "B"]))
+    contrast = draw(st.none() | raw_tables(widths, ["all"]))
     fr = [draw(fractions) for _ in range(4)]
     normalize = draw(st.sampled_from(["count", "prob", "none"]))
-    return widths, neur, ctrl, crc, fr, normalize
+    return widths, neur, ctrl, crc, contrast, fr, normalize
 
 
 @SETTINGS
 @given(general_cases())
 def test_general_is_brute_force_top_minus_countryrc(case):
-    widths, neur, ctrl, crc, (t_mlp, t_attn, r_mlp, r_attn), normalize = case
+    widths, neur, ctrl, crc, contrast, (t_mlp, t_attn, r_mlp, r_attn), normalize = case
     got = general(neur["table"], ctrl and ctrl["table"], crc and crc["table"], t_mlp, t_attn, r_mlp, r_attn,
-                  normalize=normalize)
+                  normalize=normalize, contrast=contrast and contrast["table"])
     got_scores = {(n.site, n.index): n.score for n in got}
     expected = {}
     for k, t, r in (("mlp", t_mlp, r_mlp), ("attn", t_attn, r_attn)):
         keys = [key for key in global_order(widths) if kind(key[0]) == k]
         score = pooled(neur, normalize, keys)
-        if ctrl is not None:
-            c = pooled(ctrl, normalize, keys)
-            score = {key: score[key] - c[key] for key in keys}
+        for other in (ctrl, contrast):  # both subtracted, each by its own total, ctrl first
+            if other is not None:
+                c = pooled(other, normalize, keys)
+                score = {key: score[key] - c[key] for key in keys}
         top = sorted(keys, key=lambda key: -score[key])[: int(len(keys) * t)]
         kept = list(top)
         if crc is not None:
@@ -229,3 +232,35 @@ def test_specific_single_group_or_equal_rows_has_z_zero(data):
     kept = specific(neur["table"], None, None, "A", t, 0.0, 0.0, normalize=normalize)
     assert len(kept) == int(n * t)
     assert len(specific(neur["table"], None, None, "A", t, 0.0, 1e-12, normalize=normalize)) == 0
+
+
+# ---------------------------------------------------------------------------------------------- random_like
+@SETTINGS
+@given(st.data())
+def test_random_like_matches_sizes_and_avoids_exclude(data):
+    widths = data.draw(layouts())
+    keys = global_order(widths)
+    like = NeuronSet.from_pairs(data.draw(st.lists(st.sampled_from(keys), unique=True, max_size=len(keys))))
+    exclude = data.draw(st.none() | st.lists(st.sampled_from(keys), unique=True, max_size=len(keys)))
+    match = data.draw(st.sampled_from(["site", "kind", "none"]))
+    seed = data.draw(st.integers(0, 2**31))
+    ex = NeuronSet.from_pairs(exclude) if exclude is not None else None
+
+    def scope(site):
+        return {"site": site, "kind": kind(site), "none": ""}[match]
+
+    def tally(pairs):
+        out = {}
+        for site, _ in pairs:
+            out[scope(site)] = out.get(scope(site), 0) + 1
+        return out
+
+    want = tally(like.pairs)
+    banned = set(exclude or [])
+    room = tally([key for key in keys if key not in banned])
+    if any(want[s] > room.get(s, 0) for s in want):
+        return  # too few left to draw from: refused (tested by hand elsewhere)
+    got = random_like(like, widths, seed, match, exclude=ex)
+    assert tally(got.pairs) == want and len(got) == len(like)
+    assert not set(got.pairs) & banned and set(got.pairs) <= set(keys)
+    assert random_like(like, widths, seed, match, exclude=ex) == got  # a seed means one set
