@@ -181,14 +181,10 @@ def _reject(pvalues: list[float], alpha: float, correction: str) -> list[bool]:
         return [p < alpha for p in pvalues]
     if correction == "bonferroni":
         return [p < alpha / m for p in pvalues]
-    # Holm step-down: reject the smallest p-values while p_(i) < alpha / (m - i), stop at the first failure.
-    out = [False] * m
-    for rank, i in enumerate(sorted(range(m), key=lambda j: pvalues[j])):
-        if pvalues[i] < alpha / (m - rank):
-            out[i] = True
-        else:
-            break
-    return out
+    # Holm step-down (reject the smallest p-values while p_(i) < alpha / (m - i), stop at the first failure),
+    # decided on the adjusted p-values: comparing p < alpha / k instead of k * p < alpha differs by rounding
+    # (e.g. p = 0.05 / 19), and the decisions must be those of holm()'s p-values, which the report shows.
+    return [adjusted < alpha for adjusted in holm(pvalues)]
 
 
 def significant(
