@@ -360,10 +360,10 @@ def test_score_options_reach_the_loader_the_encoder_and_the_scorer(monkeypatch, 
         return real_score(m, items, batch_size=kw["batch_size"], progress=False, checkpoint=kw["checkpoint"])
 
     import culnig_ext.data.sources as sources
+    import culnig_ext.studies.preflight as preflight  # imported now: imported under the patch, it would keep the fake
 
-    for module in (data, sources, sys.modules.get("culnig_ext.studies.preflight")):  # wherever the loader is looked up
-        if module is not None and hasattr(module, "load_items"):
-            monkeypatch.setattr(module, "load_items", fake_load_items)
+    for module in (data, sources, preflight):  # wherever the loader is looked up
+        monkeypatch.setattr(module, "load_items", fake_load_items)
     monkeypatch.setattr(models, "load_model", fake_load_model)
     monkeypatch.setattr(streaming, "encoded", fake_encode)  # culnig score encodes lazily (streams)
     monkeypatch.setattr(scorer, "score", fake_score)
