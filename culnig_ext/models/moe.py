@@ -33,16 +33,34 @@ def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t
     return out + bias if bias is not None else out
 
 
+def route(top_k_index: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``(expert, token rows, top-k slots)`` of every expert that gets a token, in expert order; within an expert
+    the ``(row, slot)`` pairs in row-major order, as ``torch.where(top_k_index == e)`` gives them (so the loop adds
+    in the same order, bit for bit). One stable sort and one count copied to the host per call, instead of a
+    ``unique`` and one ``where`` per expert (each a device-to-host synchronisation on a GPU). Indices outside
+    ``[0, num_experts)`` (expert parallelism marks other ranks' experts with ``num_experts``) are skipped."""
+    k = top_k_index.shape[-1]
+    flat = top_k_index.reshape(-1)
+    valid = (flat >= 0) & (flat < num_experts)
+    bucket = torch.where(valid, flat, torch.full_like(flat, num_experts))
+    order = torch.argsort(bucket, stable=True)
+    counts = torch.bincount(bucket, minlength=num_experts + 1)[:num_experts].tolist()  # the one host copy
+    out, start = [], 0
+    for e, n in enumerate(counts):
+        if n:
+            picked = order[start:start + n]
+            out.append((e, torch.div(picked, k, rounding_mode="floor"), picked % k))
+        start += n
+    return out
+
+
 def _tapped_forward(experts: nn.Module) -> Callable:
     def forward(hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor) -> torch.Tensor:
         transposed = bool(getattr(experts, "is_transposed", False))
         has_bias = bool(getattr(experts, "has_bias", False))
         out = torch.zeros_like(hidden_states)
         num_experts = int(experts.gate_up_proj.shape[0])
-        for e in torch.unique(top_k_index).tolist():
-            if not 0 <= e < num_experts:  # expert parallelism marks other ranks' experts with num_experts
-                continue
-            token_idx, top_k_pos = torch.where(top_k_index == e)
+        for e, token_idx, top_k_pos in route(top_k_index, num_experts):
             gate_up = _project(
                 hidden_states[token_idx],
                 experts.gate_up_proj[e],
