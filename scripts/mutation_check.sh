@@ -35,6 +35,9 @@ declare -A scope=(
   [pipeline]="culnig_ext.studies.conditions.x_evaluate_conditions__mutmut_* culnig_ext.studies.pipeline.x_instance_view__mutmut_*
               culnig_ext.scoring.cache.x_score_cached__mutmut_* culnig_ext.data.splits.x_sample_items__mutmut_*
               culnig_ext._utils.names.x_slug__mutmut_*"
+  [recovery]="culnig_ext.stats.recovery.*"
+  [verdict]="culnig_ext.stats.verdict.*"
+  [lape]="culnig_ext.selection.lape.*"
 )
 # The files each module's mutants are planted in (paths under culnig_ext/).
 declare -A files=(
@@ -45,6 +48,9 @@ declare -A files=(
   [stats]="stats/bootstrap.py"
   [analysis]="reporting/analysis.py"
   [pipeline]="studies/conditions.py studies/pipeline.py scoring/cache.py data/splits.py _utils/names.py"
+  [recovery]="stats/recovery.py"
+  [verdict]="stats/verdict.py"
+  [lape]="selection/lape.py"
 )
 # The fast tests that cover each module (all of them together run in ~30 s on 2 idle cores).
 declare -A covering=(
@@ -57,6 +63,9 @@ declare -A covering=(
   [stats]="tests/stats/test_bootstrap_edges.py tests/stats/test_bootstrap.py tests/integration/test_seams.py"
   [analysis]="tests/reporting/test_analysis_edges.py tests/reporting/test_analysis.py tests/integration/test_seams_pipeline.py"
   [pipeline]="tests/studies/test_pipeline_parts.py tests/integration/test_seams_pipeline.py tests/studies/test_pipeline.py"
+  [recovery]="tests/stats/test_recovery.py"
+  [verdict]="tests/stats/test_verdict.py"
+  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py"
 )
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=(table select scorer inhibit stats analysis pipeline)

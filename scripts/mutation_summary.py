@@ -53,13 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     codes_by_module: dict[str, dict] = {}
     for run in args.runs:
         module, _, folder = run.partition("=")
-        meta = Path(folder) / "culnig_ext" / f"{module}.py.meta"
-        if not meta.is_file():
-            raise SystemExit(f"{module}: no results ({meta} missing)")
+        # every result file of the run: a module's mutants sit in culnig_ext/<stage>/<file>.py.meta (one file per
+        # mutated source file; the pipeline key mutates several)
+        metas = sorted((Path(folder) / "culnig_ext").rglob("*.py.meta"))
+        if not metas:
+            raise SystemExit(f"{module}: no results (no *.py.meta under {Path(folder) / 'culnig_ext'})")
         merged = codes_by_module.setdefault(module, {})
-        for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
-            if code is not None or key not in merged:
-                merged[key] = code
+        for meta in metas:
+            for key, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+                if code is not None or key not in merged:
+                    merged[key] = code
     if args.list_survivors:
         for codes in codes_by_module.values():
             for k, c in sorted(codes.items()):
