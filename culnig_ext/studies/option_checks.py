@@ -203,13 +203,19 @@ def sweep_options(cfg: Any) -> None:
     output_dir(cfg.out, files=("results.json", "report.md", "config.json", "split.json"))
 
 
-def compare_options(cfg: Any) -> None:
-    """``culnig compare`` / ``run_compare``: every number and the output folder."""
-    for name in ("t_specific", "r_specific", "top_rate", "filter_rate", "activation_bar_ratio"):
-        fraction(flag(name), getattr(cfg, name))
+def lape_options(cfg: Any) -> None:
+    """LAPE's three rates (``culnig compare``, ``culnig validate``): fractions in (0, 1]."""
     for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
+        fraction(flag(name), getattr(cfg, name))
         if getattr(cfg, name) == 0:
             raise ValueError(f"{flag(name)} must be above 0, got 0")
+
+
+def compare_options(cfg: Any) -> None:
+    """``culnig compare`` / ``run_compare``: every number and the output folder."""
+    for name in ("t_specific", "r_specific"):
+        fraction(flag(name), getattr(cfg, name))
+    lape_options(cfg)
     finite("--z-min", cfg.z_min, optional=True)
     non_negative_int("--random", cfg.n_random)
     for name in ("max_items", "max_test_items"):
@@ -249,12 +255,9 @@ def plant_options(cfg: Any) -> None:
 def validate_options(cfg: Any) -> None:
     """``culnig validate`` / ``studies.validate.validate``: every number and the output folder (the planted folder
     is read by ``studies.validate.read_planted``, before the model)."""
-    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn", "t_specific", "r_specific", "top_rate", "filter_rate",
-                 "activation_bar_ratio"):
+    for name in ("t_mlp", "t_attn", "r_mlp", "r_attn", "t_specific", "r_specific"):
         fraction(flag(name), getattr(cfg, name))
-    for name in ("top_rate", "filter_rate", "activation_bar_ratio"):
-        if getattr(cfg, name) == 0:
-            raise ValueError(f"{flag(name)} must be above 0, got 0")
+    lape_options(cfg)
     finite("--z-min", cfg.z_min, optional=True)
     non_negative_int("--n-boot", cfg.n_boot)
     positive_int("--sample-draws", cfg.sample_draws)
@@ -277,7 +280,7 @@ def error_line(command: str, exc: BaseException) -> str:
 
 __all__ = [
     "RUN_FILES", "compare_options", "error_line", "evaluate_options", "finite", "flag", "fraction",
-    "identify_options", "model_options", "non_negative_int", "optional_positive_int", "output_dir", "output_file",
+    "identify_options", "lape_options", "model_options", "non_negative_int", "optional_positive_int", "output_dir", "output_file",
     "overlap_options", "PLANT_FILES", "plant_options", "positive_int", "run_options", "score_options", "sweep_options",
     "VALIDATE_FILES", "validate_options",
 ]
