@@ -12,6 +12,8 @@ the question changes:
   language of their country (so that each language's items can be compared with their own translations); the
   English-speaking countries' items are left out, since for them the two are the same text.
 
+A question whose local-language text is empty in the annotations is left out of both.
+
 Ids: ``language:<Language>:<Country>:<question ID>:<k>`` (English: ``...:en``); question ids ``<Country>:<ID>``
 (the per-question cap counts a question per country). Topics are BLEnD's, so the scoring/held-out split by topic
 applies. Sources: ``language:PATH`` and ``language-en:PATH`` (``PATH`` a BLEnD folder, or ``auto``:
@@ -48,10 +50,11 @@ def local_questions(root: Path, country: str) -> dict[str, str]:
         raise SchemaError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from exc
     out = {}
     for qid, entry in raw.items():
-        question = entry.get("question") if isinstance(entry, dict) else None
-        if not isinstance(question, str) or not question.strip():
-            raise SchemaError(f"{path}: question {qid!r}: field 'question': missing or empty")
-        out[qid] = question.strip()
+        if not isinstance(entry, dict):
+            raise SchemaError(f"{path}: question {qid!r}: expected an object, got {type(entry).__name__}")
+        question = entry.get("question")
+        if isinstance(question, str) and question.strip():  # a few are empty (China: New-en-04): left out
+            out[qid] = question.strip()
     return out
 
 
@@ -73,9 +76,9 @@ def load_language_items(root: str | Path, *, english: bool = False, seed: int = 
         if country not in local:
             local[country] = local_questions(root, country)
         qid = it.question_id or it.id
-        question = it.question if english else local[country].get(qid)
-        if question is None:
-            raise SchemaError(f"{root}/annotations/{country}_data.json: no question {qid!r}")
+        if qid not in local[country]:
+            continue  # no local-language text: left out in both languages, so the two sets hold the same questions
+        question = it.question if english else local[country][qid]
         k = it.id.rsplit(":", 1)[-1]
         items.append(dataclasses.replace(
             it, id=f"language:{language}:{country}:{qid}:{k}{':en' if english else ''}", group=language,

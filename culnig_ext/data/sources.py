@@ -114,6 +114,16 @@ def _language_items(root: str, english: bool, seed: int, max_per_question: int |
                                languages=languages)
 
 
+def missing_columns(path: Path, group_field: str) -> str:
+    """Which canonical columns the first row of a table lacks, in words."""
+    from culnig_ext.data.jsonl import CANONICAL
+
+    for row in iter_rows(path):
+        missing = [c for c in (*CANONICAL, group_field) if c not in row.data]
+        return f"{row.where}: field(s) {missing} missing"
+    return "no rows"
+
+
 def has_mcqid(path: Path) -> bool:
     """True if the first row of a table file has BLEnD's MCQID column."""
     if path.suffix.lower() == ".jsonl":
@@ -250,7 +260,9 @@ def load_items(
         elif suffix == ".jsonl" or is_canonical_table(path, group_field):
             items = _filter_groups(read_item_file(path, group_field), countries, source)
         else:
-            raise _unknown(source, "a table without BLEnD's MCQID column; for evaluation sets use e.g. culturalbench:PATH")
+            raise SchemaError(f"{source}: {missing_columns(path, group_field)}; canonical items need the columns id, "
+                              f"{group_field} (the group), question, choices, answer_idx (BLEnD multiple-choice "
+                              "files have MCQID; for evaluation sets use e.g. culturalbench:PATH)")
     elif path.suffix.lower() in TABLE_SUFFIXES or ("/" in source and not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
         raise FileNotFoundError(f"item source {source!r}: no such file or folder")
     else:

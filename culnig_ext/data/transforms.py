@@ -34,8 +34,8 @@ def _neutral(item: MCItem, rng: random.Random) -> str:
 
 
 def shuffle_question(question: str, rng: random.Random) -> str:
-    """``question``'s tokens (words, or characters for a question without spaces) in a random order of ``rng``;
-    a question of one token is returned as it is."""
+    """``question``'s tokens in a random order of ``rng``: its words, or its characters when it has no space
+    (Chinese, or a single word)."""
     words = question.split()
     if len(words) > 1:
         rng.shuffle(words)

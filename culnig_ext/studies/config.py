@@ -257,6 +257,7 @@ class SweepConfig:
 
     out: str = "culnig_runs/sweep"
     model: str = "smollm2"
+    recipe: str = "culture"  # recorded; the sources below are the recipe's unless given (``recipe_sources``)
     data: str = "auto"
     crc: str = "auto"
     crc_test: str = "auto"

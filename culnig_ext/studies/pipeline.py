@@ -429,11 +429,14 @@ def method_notes(cfg: RunConfig, data: RunData | None = None) -> list[str]:
 
 def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identified, evaluation: Evaluation,
                  kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path,
-                 plan: RunPlan | None = None, probe: FormatProbe | None = None) -> tuple[Path, ReportResults]:
+                 plan: RunPlan | None = None, probe: FormatProbe | None = None,
+                 extra: list[dict[str, str]] | None = None) -> tuple[Path, ReportResults]:
     """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path and
-    its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence."""
+    its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence; ``extra``:
+    further sections (title, markdown), e.g. CULNIG beside LAPE."""
     num_layers = len({s.layer for s in neuron_sites(model)})
-    sections = [{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}]
+    sections = [{"title": f"Stability of the {study_name(data)}-general neurons",
+                 "markdown": found.stability.to_markdown()}, *(extra or [])]
     if plan is not None:
         sections.insert(0, {"title": "Study size and power", "markdown": size_section(plan, evaluation.rows)})
     evidence = {}
@@ -591,11 +594,20 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
             if kin is not None:
                 timings["kinship"] = time.perf_counter() - t
 
+        extra = []
+        if data.recipe is not None and data.recipe.compare_lape:
+            from culnig_ext.studies.lape_side import side_by_side
+
+            t = time.perf_counter()
+            with progress.stage("report"):
+                extra.append({"title": "CULNIG beside LAPE", "markdown": side_by_side(
+                    cfg, model, tokenizer, data, found, evaluation, fmt, run_dir)})
+            timings["lape_side_by_side"] = time.perf_counter() - t
         notes += method_notes(cfg, data)
         with progress.stage("report"):
             timings["total"] = time.perf_counter() - t0
             report, results = report_stage(cfg, model, data, fmt, found, evaluation, kin, notes, timings, run_dir,
-                                           plan, probe)
+                                           plan, probe, extra)
         if cfg.finetune:
             from culnig_ext.studies.finetune.study import run_finetune_step
 

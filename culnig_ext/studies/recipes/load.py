@@ -177,6 +177,16 @@ def _surface_eval(surface: list, e) -> bool:
     return s.evaluation is not None
 
 
+def recipe_sources(spec: str, **given: str | None) -> dict[str, Any]:
+    """The item sources a study that takes ``data``/``crc``/``crc_test``/``general`` (``culnig sweep``) uses for
+    the recipe ``spec``: the recipe's (``recipe_options``), each replaced by the value in ``given`` that is not
+    None."""
+    options = recipe_options(load_recipe(spec))
+    out = {k: options[k] for k in ("data", "crc", "crc_test", "general")}
+    out.update({k: v for k, v in given.items() if v is not None})
+    return out
+
+
 def _hash(data: Any) -> str:
     text = json.dumps(data, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
