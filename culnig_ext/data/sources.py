@@ -260,7 +260,7 @@ def load_items(
         elif suffix == ".jsonl" or is_canonical_table(path, group_field):
             items = _filter_groups(read_item_file(path, group_field), countries, source)
         else:
-            raise SchemaError(f"{source}: {missing_columns(path, group_field)}; canonical items need the columns id, "
+            raise SchemaError(f"{missing_columns(path, group_field)}; canonical items need the columns id, "
                               f"{group_field} (the group), question, choices, answer_idx (BLEnD multiple-choice "
                               "files have MCQID; for evaluation sets use e.g. culturalbench:PATH)")
     elif path.suffix.lower() in TABLE_SUFFIXES or ("/" in source and not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):

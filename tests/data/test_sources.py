@@ -126,7 +126,7 @@ def test_unknown_sources(tmp_path):
     table = tmp_path / "t.csv"
     table.write_text("a,b\n1,2\n")
     with pytest.raises(ValueError, match=r"t\.csv, row 1 \(line 2\): field\(s\) \['id', 'question', 'choices', "
-                                         r"'answer_idx', 'group'\] missing; canonical items need .* BLEnD "
+                                         r"'answer_idx', 'group'\] missing; canonical items need .*BLEnD "
                                          r"multiple-choice files have MCQID"):
         load_items(str(table))
     with pytest.raises(ValueError, match="unknown split"):
