@@ -7,13 +7,16 @@ method's sets: overlap (``studies.compare.overlap``), neurons per layer, and the
 evaluation set of the run against random sets of the same size per site, with the report's statistics (paired
 bootstrap p, Holm over all rows of both methods, MDE) and the specificity verdict (target-tagged sets against
 general ones). Per group: the kinship matrix of each method (inhibit a group's set, the accuracy drop of every
-group's held-out items), read as "own group's drop minus the mean drop of the others": a method whose sets are
-specific to their group lowers their own group most. ``side_by_side`` writes ``RUN/lape/side_by_side.json`` and
+group's held-out items; over the groups where both methods found neurons, at most ``kinship_groups`` of them),
+read as "own group's drop minus the mean drop of the others": a method whose sets are specific to their group
+lowers their own group most. ``side_by_side`` writes ``RUN/lape/side_by_side.json`` and
 returns the report section's Markdown.
 """
 from __future__ import annotations
 
 import json
+import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +66,18 @@ def own_vs_others(kin) -> dict[str, Any]:
             "own_larger": sum(e > 0 for e in excess), "groups": len(excess)}
 
 
-def _kinship(cfg, model, tokenizer, test, sets: dict[str, NeuronSet], fmt: str, baseline) -> dict[str, Any] | None:
-    sets = {g: s for g, s in sets.items() if len(s)}
-    groups = [g for g in dict.fromkeys(it.group for it in test) if g in sets]
+def _kinship(cfg, model, tokenizer, test, sets: dict[str, NeuronSet], fmt: str, baseline,
+             groups: list[str]) -> dict[str, Any] | None:
+    """The kinship matrix of one method over ``groups`` (those with neurons), on their held-out items."""
+    groups = [g for g in groups if len(sets.get(g, ()))]
     if len(groups) < 2:
         return None
-    encodings = [encode_choices(it, tokenizer, format=fmt) for it in test]
-    run = kinship_matrix_encoded(model, test, encodings, {g: sets[g] for g in groups}, format=fmt,
+    keep = [it.group in groups for it in test]
+    items = [it for it, k in zip(test, keep) if k]
+    if baseline is not None:
+        baseline = replace(baseline, records=[r for r, k in zip(baseline.records, keep) if k])
+    encodings = [encode_choices(it, tokenizer, format=fmt) for it in items]
+    run = kinship_matrix_encoded(model, items, encodings, {g: sets[g] for g in groups}, format=fmt,
                                  batch_size=cfg.batch_size, progress=cfg.progress, baseline=baseline)
     return {"targets": list(run.result.targets), "groups": list(run.result.groups),
             "matrix": run.result.matrix.tolist(), **own_vs_others(run.result)}
@@ -103,6 +111,19 @@ def _inhibition(cfg, model, tokenizer, data, methods: dict[str, NeuronSet], fmt:
     return with_holm(rows), verdicts
 
 
+def kinship_groups(cfg, groups: list[str], per_method: dict[str, dict[str, NeuronSet]]) -> list[str]:
+    """The groups of the own-vs-others comparison: those where both methods found neurons (all of them, or a
+    seeded choice of ``cfg.kinship_groups``, as the run's kinship matrix chooses), in the run's group order; the
+    groups of either method when they share fewer than two."""
+    both = [g for g in groups if all(len(sets.get(g, ())) for sets in per_method.values())]
+    if len(both) < 2:
+        both = [g for g in groups if any(len(sets.get(g, ())) for sets in per_method.values())]
+    if cfg.kinship_groups is None or len(both) <= cfg.kinship_groups:
+        return both
+    chosen = set(random.Random(cfg.seed).sample(both, cfg.kinship_groups))
+    return [g for g in both if g in chosen]
+
+
 def side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt: str, run_dir: Path) -> str:
     """CULNIG's and LAPE's group-specific neurons compared (module docstring); writes
     ``run_dir/lape/side_by_side.json`` and ``run_dir/lape/neurons/<group>.json``; returns the section's Markdown."""
@@ -130,7 +151,8 @@ def side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt: str, run_d
                     "mlp": overlap(methods["CULNIG"].of_kind(MLP), methods["LAPE"].of_kind(MLP), n_mlp)},
         "layers": {"num_layers": num_layers, **{m: layer_counts(ns, num_layers) for m, ns in methods.items()}},
         "rows": [r.__dict__ for r in rows], "verdicts": verdicts,
-        "own_vs_others": {m: _kinship(cfg, model, tokenizer, data.test, sets, fmt, baseline)
+        "own_vs_others": {m: _kinship(cfg, model, tokenizer, data.test, sets, fmt, baseline,
+                                      kinship_groups(cfg, data.groups, per_method))
                           for m, sets in per_method.items()},
     }
     atomic_write_text(run_dir / "lape" / "side_by_side.json", json.dumps(result, indent=2, default=str) + "\n")

@@ -599,7 +599,7 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
             from culnig_ext.studies.lape_side import side_by_side
 
             t = time.perf_counter()
-            with progress.stage("report"):
+            with progress.stage("lape"):
                 extra.append({"title": "CULNIG beside LAPE", "markdown": side_by_side(
                     cfg, model, tokenizer, data, found, evaluation, fmt, run_dir)})
             timings["lape_side_by_side"] = time.perf_counter() - t

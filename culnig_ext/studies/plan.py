@@ -132,6 +132,12 @@ def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
         items = round(len(data.test) * k / groups) if groups else 0
         stages.append(Stage("kinship", "kinship", f"{k} of {groups} groups' specific sets x their ~{items} test "
                             "items (the original model's results reused)", k * items, EVAL))
+    recipe = getattr(data, "recipe", None)
+    if recipe is not None and recipe.compare_lape:
+        n_sets = 2 * (1 + cfg.n_random)
+        stages.append(Stage("lape", "beside LAPE", f"LAPE's activation probabilities ({n_neur} items); both methods' "
+                            f"sets with {_count(cfg.n_random, 'random set')} each x {sets} items; own vs other "
+                            "groups", n_sets * per_condition + n_neur, EVAL))
     stages.append(Stage("report", "report", "report.md, results.json, figures"))
     if cfg.finetune:
         stages.append(Stage("finetune", "module study", "fine-tuning on the culture-general neurons"))
