@@ -275,7 +275,7 @@ def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores,
         summary += instance_view(general, positive_share(per_item), len(data.neur))
         timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
-    log_fn(f"{len(general)} culture-general neurons; specific: "
+    log_fn(f"{len(general)} {study_name(data)}-general neurons; specific: "
            + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
     return Identified(general, specific, stab, summary)
 
