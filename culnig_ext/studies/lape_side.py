@@ -7,7 +7,7 @@ method's sets: overlap (``studies.compare.overlap``), neurons per layer, and the
 evaluation set of the run against random sets of the same size per site, with the report's statistics (paired
 bootstrap p, Holm over all rows of both methods, MDE) and the specificity verdict (target-tagged sets against
 general ones). Per group: the kinship matrix of each method (inhibit a group's set, the accuracy drop of every
-group's held-out items; over the groups where both methods found neurons, at most ``kinship_groups`` of them),
+group's held-out items; over the groups the method found neurons for, at most ``kinship_groups`` of them),
 read as "own group's drop minus the mean drop of the others": a method whose sets are specific to their group
 lowers their own group most. ``side_by_side`` writes ``RUN/lape/side_by_side.json`` and
 returns the report section's Markdown.
@@ -111,17 +111,14 @@ def _inhibition(cfg, model, tokenizer, data, methods: dict[str, NeuronSet], fmt:
     return with_holm(rows), verdicts
 
 
-def kinship_groups(cfg, groups: list[str], per_method: dict[str, dict[str, NeuronSet]]) -> list[str]:
-    """The groups of the own-vs-others comparison: those where both methods found neurons (all of them, or a
-    seeded choice of ``cfg.kinship_groups``, as the run's kinship matrix chooses), in the run's group order; the
-    groups of either method when they share fewer than two."""
-    both = [g for g in groups if all(len(sets.get(g, ())) for sets in per_method.values())]
-    if len(both) < 2:
-        both = [g for g in groups if any(len(sets.get(g, ())) for sets in per_method.values())]
-    if cfg.kinship_groups is None or len(both) <= cfg.kinship_groups:
-        return both
-    chosen = set(random.Random(cfg.seed).sample(both, cfg.kinship_groups))
-    return [g for g in both if g in chosen]
+def kinship_groups(cfg, groups: list[str], sets: dict[str, NeuronSet]) -> list[str]:
+    """The groups of one method's own-vs-others comparison: those it found neurons for (all of them, or a seeded
+    choice of ``cfg.kinship_groups``, as the run's kinship matrix chooses), in the run's group order."""
+    found = [g for g in groups if len(sets.get(g, ()))]
+    if cfg.kinship_groups is None or len(found) <= cfg.kinship_groups:
+        return found
+    chosen = set(random.Random(cfg.seed).sample(found, cfg.kinship_groups))
+    return [g for g in found if g in chosen]
 
 
 def side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt: str, run_dir: Path) -> str:
@@ -152,7 +149,7 @@ def side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt: str, run_d
         "layers": {"num_layers": num_layers, **{m: layer_counts(ns, num_layers) for m, ns in methods.items()}},
         "rows": [r.__dict__ for r in rows], "verdicts": verdicts,
         "own_vs_others": {m: _kinship(cfg, model, tokenizer, data.test, sets, fmt, baseline,
-                                      kinship_groups(cfg, data.groups, per_method))
+                                      kinship_groups(cfg, data.groups, sets))
                           for m, sets in per_method.items()},
     }
     atomic_write_text(run_dir / "lape" / "side_by_side.json", json.dumps(result, indent=2, default=str) + "\n")
@@ -160,21 +157,29 @@ def side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt: str, run_d
 
 
 def winner_sentence(result: dict[str, Any]) -> str:
-    """Which method found the more group-specific neurons: the one whose sets lower their own group's accuracy
-    more than the other groups' in more groups (ties: the larger mean excess); said plainly, with the numbers."""
-    own = result["own_vs_others"]
+    """Which method found the more group-specific neurons, said plainly with the numbers: how many groups each found
+    neurons for and how many neurons; then, of the groups compared, in how many its sets lower their own group's
+    held-out accuracy more than the other groups' mean. A method is called the more group-specific only when its
+    sets do so in some group and in a larger share of groups (ties: the larger mean excess); else neither is."""
+    own, sizes = result["own_vs_others"], result["sizes"]
     parts, score = [], {}
     for m in METHODS:
+        found = {g: n for g, n in sizes[m].items() if n}
+        head = f"{m} found neurons for {len(found)} of {len(sizes[m])} groups ({sum(found.values())} neurons)"
         o = own.get(m)
         if o is None:
-            parts.append(f"{m}: fewer than two groups with neurons, no comparison")
+            parts.append(head + ", too few groups to compare own against others")
             continue
-        parts.append(f"{m}'s sets lower their own group's held-out accuracy more than the other groups' in "
-                     f"{o['own_larger']} of {o['groups']} groups (mean excess {100 * o['mean_excess']:+.1f} points)")
-        score[m] = (o["own_larger"] / o["groups"], o["mean_excess"])
-    if len(score) < 2:
-        verdict = "No method can be called the more group-specific here."
-    elif score["CULNIG"] == score["LAPE"]:
+        parts.append(head + f"; its sets lower their own group's held-out accuracy more than the other groups' in "
+                     f"{o['own_larger']} of {o['groups']} groups compared (mean excess {100 * o['mean_excess']:+.1f} "
+                     "points)")
+        if o["own_larger"] > 0:
+            score[m] = (o["own_larger"] / o["groups"], o["mean_excess"])
+    if not score:
+        verdict = ("Neither method's sets are shown to be group-specific here: no inhibited set lowers its own group "
+                   "more than the others (a reading of drops on the held-out items, without a significance test per "
+                   "group).")
+    elif len(score) == 2 and score["CULNIG"] == score["LAPE"]:
         verdict = "By this measure neither finds more group-specific neurons here."
     else:
         best = max(score, key=score.get)

@@ -199,8 +199,13 @@ def test_language_report_sets_culnig_beside_lape(language_run):
             assert o["own_larger"] == sum(v["excess"] > 0 for v in o["per_group"].values())
     report = (out / "report.md").read_text()
     assert "CULNIG beside LAPE" in report
-    assert "finds the more group-specific neurons here" in report or "neither finds more" in report \
-        or "No method can be called" in report
+    sizes = side["sizes"]
+    per_file = sorted(len(NeuronSet.load(p)) for p in (out / "lape" / "neurons").glob("*.json"))
+    assert sorted(sizes["LAPE"].values()) == per_file and len(per_file) == 3
+    found = sum(1 for n in sizes["LAPE"].values() if n)
+    assert f"LAPE found neurons for {found} of 3 groups ({sum(sizes['LAPE'].values())} neurons)" in report
+    assert ("finds the more group-specific neurons here" in report or "neither finds more" in report
+            or "Neither method's sets are shown to be group-specific here" in report)
 
 
 # ------------------------------------------------------------------------------------------ your own data
