@@ -97,7 +97,10 @@ def _count(n: int, what: str) -> str:
 def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
     """The stages of ``run_pipeline(cfg)`` on ``data`` (a ``RunData``), with the items each passes."""
     n_neur, n_contrast = len(data.neur), len(data.general_contrast)
-    surfaces = {(s.spec.label or s.spec.name): len(s.items) for s in getattr(data, "surfaces", [])}
+    if getattr(data, "recipe", None) is not None:
+        surfaces = {(s.spec.label or s.spec.name): len(s.items) for s in data.surfaces}
+    else:  # sets made without a recipe: the culture study's CountryRC
+        surfaces = {"CountryRC": len(data.crc)}
     n_crc = sum(surfaces.values())
     eval_sets = plan_eval_sets(data)
     conditions = ["original", "ours"] + [f"random{i}" for i in range(cfg.n_random)]
