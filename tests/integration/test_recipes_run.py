@@ -256,3 +256,21 @@ def test_a_custom_recipe_from_two_files(tmp_path):
         ("Held-out persona items", 12, True), ("General knowledge", results["rows"][1]["n_items"], False)]
     assert sorted(result["specific_neurons"]) == ["chef", "pirate", "poet"]
     assert results["neuron_set"].startswith("persona-general neurons")
+
+
+def test_sweep_takes_the_language_recipe(language_run, tmp_path):
+    """``culnig sweep --recipe``: the recipe's target (by language), its shuffled surface set and general set."""
+    import contextlib
+    import io
+
+    out, _ = language_run
+    recipe, model = out.parent / "language.yaml", out.parent / "model"
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert cli.main(["sweep", "--recipe", str(recipe), "--model", str(model), "--out", str(tmp_path / "s"),
+                         "--format", "cloze", "--random", "1", "--normalize", "count", "--control", "empty",
+                         "--contrast-general", "off", "--scale", "1", "--no-progress"]) == 0
+    split = json.loads(next((tmp_path / "s").rglob("split.json")).read_text())
+    assert split["scoring"] and all(i.startswith("language:") for i in split["scoring"])
+    assert split["countryrc_test"] == []  # the shuffled surface set has no evaluation items
+    neur = ScoreTable.load(tmp_path / "s" / "scores" / "neur.safetensors")
+    assert neur.groups == ["English", "Spanish", "Greek"]
