@@ -153,6 +153,28 @@ def _template_ids(spec: str, template_ids: Collection[str | int] | None, source:
     return m.group(1), [str(i) for i in range(lo, hi + 1)]
 
 
+def _file_items(path: Path, source: str, split: Split, countries: Iterable[str] | None, max_per_question: int | None,
+                questions_dir: str | Path | None, group_field: str) -> list[MCItem]:
+    """The items of a table file: BLEnD multiple-choice (an MCQID column) or canonical items (any table format,
+    the group in ``group_field``); anything else refused naming the columns it lacks."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise _unknown(source, f"unsupported file type {suffix!r}")
+    if has_mcqid(path):
+        if split != "all" and questions_dir is None:
+            raise ValueError(f"split {split!r} of BLEnD multiple-choice file {source!r} needs topics: pass "
+                             "questions_dir (BLEnD's questions/ folder)")
+        return load_blend_mcq_file(path, questions_dir=questions_dir, countries=countries,
+                                   max_per_question=max_per_question)
+    if suffix == ".jsonl" and group_field == "group":
+        return _filter_countries(read_jsonl(path), countries, source)
+    if suffix == ".jsonl" or is_canonical_table(path, group_field):
+        return _filter_groups(read_item_file(path, group_field), countries, source)
+    raise SchemaError(f"{missing_columns(path, group_field)}; canonical items need the columns id, {group_field} "
+                      "(the group), question, choices, answer_idx (BLEnD multiple-choice files have MCQID; for "
+                      "evaluation sets use e.g. culturalbench:PATH)")
+
+
 def load_items(
     source: str,
     *,
@@ -243,26 +265,7 @@ def load_items(
         build = build_blend_items(path, countries=countries, seed=seed, max_per_question=max_per_question)
         items, skipped = build.items, build.skip_counts()
     elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix not in TABLE_SUFFIXES:
-            raise _unknown(source, f"unsupported file type {suffix!r}")
-        if has_mcqid(path):
-            if split != "all" and questions_dir is None:
-                raise ValueError(
-                    f"split {split!r} of BLEnD multiple-choice file {source!r} needs topics: pass questions_dir "
-                    "(BLEnD's questions/ folder)"
-                )
-            items = load_blend_mcq_file(
-                path, questions_dir=questions_dir, countries=countries, max_per_question=max_per_question
-            )
-        elif suffix == ".jsonl" and group_field == "group":
-            items = _filter_countries(read_jsonl(path), countries, source)
-        elif suffix == ".jsonl" or is_canonical_table(path, group_field):
-            items = _filter_groups(read_item_file(path, group_field), countries, source)
-        else:
-            raise SchemaError(f"{missing_columns(path, group_field)}; canonical items need the columns id, "
-                              f"{group_field} (the group), question, choices, answer_idx (BLEnD multiple-choice "
-                              "files have MCQID; for evaluation sets use e.g. culturalbench:PATH)")
+        items = _file_items(path, source, split, countries, max_per_question, questions_dir, group_field)
     elif path.suffix.lower() in TABLE_SUFFIXES or ("/" in source and not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
         raise FileNotFoundError(f"item source {source!r}: no such file or folder")
     else:

@@ -404,6 +404,21 @@ def surface_note(cfg: RunConfig, data: RunData | None) -> str:
     return ", minus " + " and ".join(parts) + "."
 
 
+def lape_stage(cfg: RunConfig, model, tokenizer, data: RunData, found: Identified, evaluation: Evaluation, fmt: str,
+               run_dir: Path, progress: RunProgress, timings: dict[str, float]) -> list[dict[str, str]]:
+    """The report section "CULNIG beside LAPE" (``studies.lape_side``) when the recipe asks for it, else none."""
+    if data.recipe is None or not data.recipe.compare_lape:
+        return []
+    from culnig_ext.studies.lape_side import side_by_side
+
+    t = time.perf_counter()
+    with progress.stage("lape"):
+        section = {"title": "CULNIG beside LAPE",
+                   "markdown": side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt, run_dir)}
+    timings["lape_side_by_side"] = time.perf_counter() - t
+    return [section]
+
+
 def method_notes(cfg: RunConfig, data: RunData | None = None) -> list[str]:
     """The report's sentences on how the neurons and the random baselines were chosen, and the protocol."""
     notes = [f"Neurons: top {cfg.t_mlp:g} of MLP gate and {cfg.t_attn:g} of attention q/k/v neurons by "
@@ -594,15 +609,7 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
             if kin is not None:
                 timings["kinship"] = time.perf_counter() - t
 
-        extra = []
-        if data.recipe is not None and data.recipe.compare_lape:
-            from culnig_ext.studies.lape_side import side_by_side
-
-            t = time.perf_counter()
-            with progress.stage("lape"):
-                extra.append({"title": "CULNIG beside LAPE", "markdown": side_by_side(
-                    cfg, model, tokenizer, data, found, evaluation, fmt, run_dir)})
-            timings["lape_side_by_side"] = time.perf_counter() - t
+        extra = lape_stage(cfg, model, tokenizer, data, found, evaluation, fmt, run_dir, progress, timings)
         notes += method_notes(cfg, data)
         with progress.stage("report"):
             timings["total"] = time.perf_counter() - t0
