@@ -294,14 +294,14 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
 
 def check_report(opts: Any):
     """``culnig report``: the run folder's results.json (parsed and validated, returned) and its output files."""
-    from culnig_ext.reporting.report import KINSHIP_PNG, LAYERS_PNG, REPORT_FILE, RESULTS_FILE, read_results
+    from culnig_ext.reporting.report import HTML_FILE, KINSHIP_PNG, LAYERS_PNG, REPORT_FILE, RESULTS_FILE, read_results
 
     run_dir = Path(opts.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}" if not run_dir.exists()
                                 else f"{run_dir}: not a folder; give the run folder that holds results.json")
     results = read_results(run_dir)
-    output_dir(run_dir, what="run folder", files=(RESULTS_FILE, REPORT_FILE, KINSHIP_PNG, LAYERS_PNG))
+    output_dir(run_dir, what="run folder", files=(RESULTS_FILE, REPORT_FILE, KINSHIP_PNG, LAYERS_PNG, HTML_FILE))
     return results
 
 
