@@ -19,6 +19,8 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> dict:
     from culnig_ext.reporting.exports import export_run
+    from culnig_ext.studies.preflight import check_export
 
+    check_export(args)
     paths = export_run(args.run_dir, args.format, args.out)
     return {"message": "wrote " + ", ".join(str(p) for p in paths), "files": [str(p) for p in paths]}

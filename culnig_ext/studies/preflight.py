@@ -305,6 +305,20 @@ def check_report(opts: Any):
     return results
 
 
+def check_export(opts: Any) -> Path:
+    """``culnig export``: the run folder exists and is a folder, and the output can be written (``--out``, else
+    ``RUN/export``); the folder's sets and tables are read (and their errors raised) before anything is written."""
+    run_dir = Path(opts.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}" if not run_dir.exists()
+                                else f"{run_dir}: not a folder; give the run folder (culnig run --out)")
+    if opts.out is not None:
+        output_file(opts.out)
+    else:
+        output_dir(run_dir / "export", what="export folder")
+    return run_dir
+
+
 RUN_TABLES = ("neur_parts", "ctrl_parts", "neur", "ctrl", "crc", "general")
 
 
@@ -400,7 +414,7 @@ def check_sweep(cfg: Any) -> None:
 
 __all__ = [
     "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_merge", "check_overlap",
-    "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
+    "check_export", "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
     "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",
