@@ -113,8 +113,10 @@ def read_tidy(path: str | os.PathLike) -> dict[str, ScoreTable | NeuronSet]:
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{meta_path}: format: expected {EXPORT_FORMAT!r}")
     if path.suffix == ".csv":
+        # pandas 3 parses floats exactly by default (and deprecates the option); pandas 2 needs "round_trip"
+        exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}
         frame = pd.read_csv(path, dtype={"source": str, "site": str, "kind": str, "group": str},
-                            keep_default_na=False, float_precision="round_trip")
+                            keep_default_na=False, **exact)
     else:
         frame = pd.read_parquet(path)
     missing = [c for c in TIDY_COLUMNS if c not in frame.columns]
