@@ -177,8 +177,11 @@ def test_embedded_page_load_time(browser, tmp_path):
           + ", ".join(f"{t:.2f}" for t in times) + " s in headless Chromium (3 loads)")
     target = os.environ.get("CULNIG_EXPLORER_PNG")
     if target:
-        browser.find_element(By.CSS_SELECTOR, "#neuron-table tbody tr").click()
+        browser.set_window_size(1400, 2000)
+        browser.find_element(By.ID, "neuron-per-page").send_keys("25")
+        browser.find_element(By.CSS_SELECTOR, "#neuron-table tbody tr td").click()
         WebDriverWait(browser, 20).until(lambda d: d.find_element(By.ID, "card-title").text)
-        browser.execute_script("document.getElementById('neurons').scrollIntoView()")
+        browser.execute_script("document.querySelector('.table-wrap').scrollLeft = 0;"
+                               "document.getElementById('neurons').scrollIntoView()")
         browser.find_element(By.ID, "neurons").screenshot(target)
         print(f"screenshot: {target} ({Path(target).stat().st_size / 1e3:.0f} KB)")
