@@ -10,7 +10,7 @@ never installs a browser; ``.ci/run`` does).
 
 ``test_embedded_page_load_time`` measures the embedded-model run's page (``CULNIG_EMBEDDED_RUN``: a run folder of
 ``culnig run``, copied first; never written into) and prints its size and load time, not asserted;
-``CULNIG_EXPLORER_PNG=docs/img/explorer.png`` also saves its screenshot there (the README's picture).
+``CULNIG_EXPLORER_PNG=docs/images/explorer.png`` also saves its screenshot there (the README's picture).
 """
 from __future__ import annotations
 
