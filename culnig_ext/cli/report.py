@@ -26,4 +26,5 @@ def run(args) -> str:
     results = check_report(args)
     if args.html:
         return f"wrote {write_explorer(args.run_dir, results.to_dict(), top_n=top_n)}"
-    return f"wrote {write_report(args.run_dir, results, top_n=top_n)} and report.html"
+    md = write_report(args.run_dir, results, top_n=top_n)
+    return f"wrote {md}, {md.with_name('report.html')}"
