@@ -185,3 +185,16 @@ def test_embedded_page_load_time(browser, tmp_path):
                                "document.getElementById('neurons').scrollIntoView()")
         browser.find_element(By.ID, "neurons").screenshot(target)
         print(f"screenshot: {target} ({Path(target).stat().st_size / 1e3:.0f} KB)")
+
+
+def test_markdown_page_tables_sort(browser, tmp_path):
+    """The Markdown pages' report.html (compare, validate, finetune): a click on a title sorts numbers as numbers."""
+    from culnig_ext.reporting.markdown_page import write_markdown_page
+
+    (tmp_path / "compare.md").write_text("# Compare\n\n| method | neurons |\n|---|---:|\n| a | 9 |\n| b | 12 |\n"
+                                         "| c | −3 |\n| d | – |\n", encoding="utf-8")
+    open_page(browser, write_markdown_page(tmp_path, "compare.md"))
+    browser.find_element(By.CSS_SELECTOR, "table.sortable th:nth-child(2)").click()
+    assert [r[0] for r in cells(browser, "table.sortable tbody tr")] == ["b", "a", "c", "d"]
+    browser.find_element(By.CSS_SELECTOR, "table.sortable th:nth-child(2)").click()
+    assert [r[0] for r in cells(browser, "table.sortable tbody tr")] == ["c", "a", "b", "d"]
