@@ -388,8 +388,8 @@ def method_notes(cfg: RunConfig) -> list[str]:
 def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identified, evaluation: Evaluation,
                  kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path,
                  plan: RunPlan | None = None, probe: FormatProbe | None = None) -> tuple[Path, ReportResults]:
-    """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path and
-    its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence."""
+    """Write the report (``results.json``, ``report.md``, its figures and ``report.html``) into ``run_dir``; returns
+    its path and its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence."""
     num_layers = len({s.layer for s in neuron_sites(model)})
     sections = [{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}]
     if plan is not None:
