@@ -2,6 +2,8 @@
 on a copy of a run folder (never written into) with the neuron table holding ``--top-n`` others.
 
     python benchmarks/bench_explorer.py RUN_DIR [--top-n 100000] [--loads 3]
+    python benchmarks/bench_explorer.py synthetic --top-n 200000   # 108,544 random neurons, 16 groups (the
+                                                                   # results.json of culnig_runs/default)
 
 Needs selenium and Debian's chromium + chromium-driver (as tests/integration/test_browser.py).
 """
@@ -15,9 +17,35 @@ import time
 from pathlib import Path
 
 
+def synthetic_run(root: Path, results_from: Path) -> Path:
+    """A folder with random score tables of 8 layers x (12800 gate + 3 x 256 q/k/v) = 108,544 neurons and 16
+    groups, a general set of 300 neurons, and the results.json of ``results_from``."""
+    import torch
+
+    from culnig_ext.scoring.table import ScoreTable
+    from culnig_ext.selection.neurons import Neuron, NeuronSet
+
+    root.mkdir(parents=True)
+    shutil.copy(results_from / "results.json", root / "results.json")
+    groups, g = [f"G{i}" for i in range(16)], torch.Generator().manual_seed(0)
+    widths = {}
+    for layer in range(8):
+        widths[f"layers.{layer}.mlp.gate_proj"] = 12800
+        widths.update({f"layers.{layer}.self_attn.{p}_proj": 256 for p in "qkv"})
+    for role in ("neur", "ctrl", "crc"):
+        sums = {s: torch.rand(16, w, generator=g, dtype=torch.float64) for s, w in widths.items()}
+        ScoreTable(groups, [8] * 16, sums, prob_sums=[4.0] * 16, metadata={"model": "synthetic"}).save(
+            root / "scores" / f"{role}.safetensors")
+    NeuronSet([Neuron("layers.0.mlp.gate_proj", i, 1.0) for i in range(300)], method="general", model="synthetic",
+              params={"normalize": "count"}).save(root / "neurons" / "general.json")
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run_dir")
+    ap.add_argument("run_dir", help="a run folder, or 'synthetic'")
+    ap.add_argument("--results-from", default="culnig_runs/default",
+                    help="with 'synthetic': the run folder whose results.json the page shows")
     ap.add_argument("--top-n", type=int, default=100_000)
     ap.add_argument("--loads", type=int, default=3)
     args = ap.parse_args()
@@ -32,7 +60,10 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="culnig-bench-explorer-"))
     run = work / "run"
-    shutil.copytree(args.run_dir, run, ignore=shutil.ignore_patterns("eval", "*_parts.safetensors", "export"))
+    if args.run_dir == "synthetic":
+        synthetic_run(run, Path(args.results_from))
+    else:
+        shutil.copytree(args.run_dir, run, ignore=shutil.ignore_patterns("eval", "*_parts.safetensors", "export"))
     t = time.perf_counter()
     page = write_explorer(run, read_results(run).to_dict(), top_n=args.top_n)
     build = time.perf_counter() - t
@@ -58,7 +89,13 @@ def main() -> None:
             return time.perf_counter() - t
 
         sort = timed(lambda: driver.find_element(By.CSS_SELECTOR, "#neuron-table th[data-key='crc']").click())
-        filt = timed(lambda: driver.find_element(By.ID, "neuron-filter").send_keys("layers.7.mlp"))
+        def typed():  # the filter runs 150 ms after the last keystroke: wait for the table to change
+            before = driver.find_element(By.ID, "page-info").text
+            driver.find_element(By.ID, "neuron-filter").send_keys("layers.7.mlp")
+            WebDriverWait(driver, 60, poll_frequency=0.01).until(
+                lambda d: d.find_element(By.ID, "page-info").text != before)
+
+        filt = timed(typed)
         after = driver.find_element(By.ID, "page-info").text
     finally:
         driver.quit()

@@ -159,8 +159,9 @@ def test_tiny_run_page(browser, run_dir, tmp_path):
 
     # the filter: one layer's MLP gate neurons
     browser.find_element(By.ID, "neuron-set").send_keys("all rows")
-    browser.find_element(By.ID, "neuron-filter").send_keys("layers.1.mlp")
-    assert browser.find_element(By.ID, "page-info").text.startswith(f"1–48 of {N_MLP // 2} rows")
+    browser.find_element(By.ID, "neuron-filter").send_keys("layers.1.mlp")  # applied once typing pauses
+    WebDriverWait(browser, 20).until(
+        lambda d: d.find_element(By.ID, "page-info").text.startswith(f"1–48 of {N_MLP // 2} rows"))
 
 
 @pytest.mark.skipif(not os.environ.get("CULNIG_EMBEDDED_RUN"),

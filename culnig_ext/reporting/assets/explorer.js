@@ -182,7 +182,11 @@
     var sets = N.general.filter(function (x) { return x; }).length;
     $("neuron-summary").textContent = nRows + " rows: " + sets + " culture-general neurons, the culture-specific " +
       "ones, and the " + N.top_n + " highest-contrast others" + (N.n_neurons ? " of " + N.n_neurons + " neurons." : ".");
-    $("neuron-filter").addEventListener("input", refilter);
+    var typing = null;  // one pass over the rows once typing pauses, not one per keystroke
+    $("neuron-filter").addEventListener("input", function () {
+      clearTimeout(typing);
+      typing = setTimeout(refilter, 150);
+    });
     ["neuron-set", "neuron-group"].forEach(function (id) { $(id).addEventListener("change", refilter); });
     $("neuron-per-page").addEventListener("change", function () { state.per = +this.value; state.page = 0; draw(); });
     $("page-prev").addEventListener("click", function () { state.page = Math.max(0, state.page - 1); draw(); });
