@@ -26,8 +26,8 @@ import json
 import sys
 
 from culnig_ext._utils.version import __version__
-from culnig_ext.cli import (build, compare, evaluate, export, finetune, identify, merge, overlap, plant, prompts, report,
-                            run, score, serve, sweep, validate)
+from culnig_ext.cli import (build, compare, evaluate, export, finetune, identify, merge, overlap, plant, prompts,
+                            report, run, score, serve, sweep, validate)
 from culnig_ext.cli.common import add_output_args, hide_hf_bars
 
 #: The subcommands in the order ``culnig --help`` lists them; each module has ``NAME``, ``add_parser(subparsers)``

@@ -70,7 +70,8 @@ def tidy_frames(run_dir: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         sources[name] = {"type": "NeuronSet", **{k: df.attrs[k] for k in ("method", "params", "model", "sources")}}
         parts.append(df.assign(source=name))
     if not parts:
-        raise FileNotFoundError(f"{run_dir}: no score tables (scores/*.safetensors) or neuron sets (neurons/) to export")
+        raise FileNotFoundError(f"{run_dir}: no score tables (scores/*.safetensors) or neuron sets (neurons/) "
+                                "to export")
     frame = pd.concat(parts, ignore_index=True)[TIDY_COLUMNS]
     frame.attrs = {}
     return frame, {"format": EXPORT_FORMAT, "columns": TIDY_COLUMNS, "sources": sources}

@@ -36,7 +36,8 @@
     var K = D.kinship;
     if (!K) { $("kinship-missing").hidden = false; return; }
     var z = K.matrix.map(function (row) { return row.map(function (v) { return 100 * v; }); });
-    Plotly.newPlot("kinship-plot", [{type: "heatmap", z: z, x: K.groups, y: K.targets, colorscale: "RdBu", zmid: 0, colorbar: {title: {text: "drop (points)"}},
+    Plotly.newPlot("kinship-plot", [{type: "heatmap", z: z, x: K.groups, y: K.targets, colorscale: "RdBu", zmid: 0,
+      colorbar: {title: {text: "drop (points)"}},
       hovertemplate: "inhibited: %{y}<br>evaluated: %{x}<br>drop: %{z:.2f} points<extra></extra>"}],
       {xaxis: {title: {text: "evaluated group"}}, yaxis: {title: {text: "inhibited group's neurons"},
        autorange: "reversed"}, margin: {t: 20}}, CONFIG);
@@ -181,7 +182,8 @@
     });
     var sets = N.general.filter(function (x) { return x; }).length;
     $("neuron-summary").textContent = nRows + " rows: " + sets + " culture-general neurons, the culture-specific " +
-      "ones, and the " + N.top_n + " highest-contrast others" + (N.n_neurons ? " of " + N.n_neurons + " neurons." : ".");
+      "ones, and the " + N.top_n + " highest-contrast others" +
+      (N.n_neurons ? " of " + N.n_neurons + " neurons." : ".");
     var typing = null;  // one pass over the rows once typing pauses, not one per keystroke
     $("neuron-filter").addEventListener("input", function () {
       clearTimeout(typing);
