@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 
+import jsonschema
 import pytest
 import torch
 
@@ -14,7 +15,6 @@ from culnig_ext.scoring.table import ScoreTable
 from culnig_ext.selection.neurons import NeuronSet
 from tests.reporting.run_folder import ATTN, CRC, CTRL, MLP, NEUR, QUESTIONS, make_run
 
-jsonschema = pytest.importorskip("jsonschema", reason="jsonschema (requirements-dev.txt) checks the Neuronpedia schema")
 
 
 def assert_tables_equal(a: ScoreTable, b: ScoreTable):
