@@ -22,7 +22,8 @@
 // samples b in order, in a register (one read and one write of acc per group and 32 samples, where warp 0
 // used to read-modify-write acc once per sample, serially). Every acc element still sees its terms in sample
 // order b = 0..B-1 with the same expression, so the float64 sums are the same bits as before, deterministic
-// and in the CPU backend's order. Fixed order, no atomics. Step 2 reads S*B*N*4 bytes, a few % of step 1.
+// and in the CPU backend's order. Fixed order, no atomics. Step 2 reads S*B*N*4 bytes against step 1's
+// B*T*N*2*sizeof(scalar): in bf16 at most 1/64 of it in the tier-1 plans (S <= T/64), 1/16 in the fill tier.
 //
 // Host side: no call reads device data when the token list is given; ranges (count in [1, T], positions
 // in [0, T), group in [0, G)) are checked by device-side asserts (a position once per block, see token_at). All launches go to the current stream,
