@@ -176,6 +176,7 @@ class BatchState:
     token_index: torch.Tensor | None = None  # [B, T] int32
     token_count: torch.Tensor | None = None  # [B] int32
     batch_rows: torch.Tensor | None = None  # [B'] int64: for a sub-batch (MoE expert), its rows in the whole batch
+    host_mask: torch.Tensor | None = None  # [B, T] bool on the CPU: token_mask's host copy (MoE experts' rows)
     _cache: dict = field(default_factory=dict)
 
     @classmethod
@@ -190,23 +191,18 @@ class BatchState:
         index, count = ops.token_list(host_mask.to(torch.bool))
         reference.check_group_range("culnig.score", group.cpu(), n_groups)
         state = cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
-                    token_count=count)
+                    token_count=count, host_mask=host_mask.to(torch.bool))
         return state.staged(attention_mask.device)
 
-    def subset(self, rows: torch.Tensor, token_mask: torch.Tensor) -> "BatchState":
-        """The state of the batch rows ``rows [B'] int64`` with another ``token_mask [B', T]`` (an MoE expert's
-        routed tokens; every row has one), its token list built on the host."""
-        rows_cpu = rows.cpu()
-        index, count = ops.token_list(token_mask.detach().to("cpu", torch.bool))
-        state = BatchState(
-            token_mask=token_mask,
-            group=self.group[rows_cpu.to(self.group.device)],
-            weight=None if self.weight is None else self.weight[rows.to(self.weight.device)],
-            rows=torch.unique(self.group[rows_cpu.to(self.group.device)]),
-            token_index=index,
-            token_count=count,
-            batch_rows=rows_cpu,
-        )
+    def subset(self, rows_host: torch.Tensor, token_mask: torch.Tensor, host_mask: torch.Tensor) -> "BatchState":
+        """The state of the batch rows ``rows_host [B'] int64`` (on the CPU) with another ``token_mask [B', T]``
+        (an MoE expert's routed tokens, on its device; every row has one) and that mask's host copy ``host_mask``,
+        from which the token list is built: nothing is copied back from the device."""
+        index, count = ops.token_list(host_mask)
+        group = self.group[rows_host.to(self.group.device)]
+        weight = None if self.weight is None else self.weight[stage(rows_host, self.weight.device)]
+        state = BatchState(token_mask=token_mask, group=group, weight=weight, rows=torch.unique(group),
+                           token_index=index, token_count=count, batch_rows=rows_host, host_mask=host_mask)
         return state.staged(token_mask.device)
 
     # The host tensors a hook moves to its site's device.
@@ -231,6 +227,20 @@ class BatchState:
     def tokens_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_index, token_count)`` on ``device``."""
         return self.on("token_index", device), self.on("token_count", device)
+
+
+def routed_rows(site: str, tokens_host: torch.Tensor, host_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MoE expert's part of the batch, on the host: ``tokens_host [n] int64`` (the flat ``B * T`` positions
+    routed to it) and the batch's ``host_mask [B, T] bool`` -> ``(rows [B'] int64``, the batch rows with a real
+    token routed to the expert, ``mask [B', T] bool``, those rows' routed real tokens)."""
+    b, t = host_mask.shape
+    if tokens_host.numel() and int(tokens_host.max()) >= b * t:
+        raise RuntimeError(f"{site}: the experts' input rows are not the batch's B * T tokens")
+    routed = torch.zeros(b * t, dtype=torch.bool)
+    routed[tokens_host] = True
+    mask = routed.view(b, t) & host_mask
+    rows = mask.any(1).nonzero().squeeze(1)
+    return rows, mask[rows]
 
 
 class _Hooks:
@@ -271,29 +281,32 @@ class _Hooks:
         none of whose tokens reach the expert adds nothing to that expert's scores)."""
         by_expert = {site.expert: site for site in sites}
 
-        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> None:
+        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor,
+                       token_idx_host: torch.Tensor) -> None:
             site = by_expert.get(expert)
             if site is None or not gate_up.requires_grad:
                 return None
             if checkpointing.phase() != "plain":
                 raise RuntimeError(f"{site.name}: mixture-of-experts sites cannot be scored with "
                                    "checkpoint_activations=True")
-            act, tokens = gate_up.detach(), token_idx.detach()
+            act, tokens, tokens_host = gate_up.detach(), token_idx.detach(), token_idx_host
 
             def grad_hook(grad: torch.Tensor) -> None:
+                # The expert's rows and routed-token mask come from the route's host copy of its token positions
+                # and the batch's host mask: no device-to-host copy per expert (each would synchronise a GPU).
                 state = self.state
                 b, t = state.token_mask.shape
-                if int(tokens.max()) >= b * t:
-                    raise RuntimeError(f"{site.name}: the experts' input rows are not the batch's B * T tokens")
-                routed = torch.zeros(b * t, dtype=torch.bool, device=act.device)
-                routed[tokens] = True
-                mask = routed.view(b, t) & state.on("token_mask", act.device)
-                rows = mask.any(1).nonzero().squeeze(1)
-                if rows.numel() == 0:
+                rows_host, mask_host = routed_rows(site.name, tokens_host, state.host_mask)
+                if rows_host.numel() == 0:
                     return
+                dev = act.device
+                rows = stage(rows_host, dev)
+                routed = torch.zeros(b * t, dtype=torch.bool, device=dev)
+                routed[tokens] = True
+                mask = (routed.view(b, t) & state.on("token_mask", dev))[rows]
                 dense_act = moe.scatter_rows(site.view(act), tokens, b, t)[rows]
                 dense_grad = moe.scatter_rows(site.view(grad), tokens, b, t)[rows]
-                on_grad(site, dense_act, dense_grad, state.subset(rows, mask[rows]))
+                on_grad(site, dense_act, dense_grad, state.subset(rows_host, mask, mask_host))
 
             gate_up.register_hook(grad_hook)
             return None

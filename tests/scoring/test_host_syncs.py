@@ -220,3 +220,47 @@ def test_stage_pins_host_memory_only_for_cuda(monkeypatch):
     monkeypatch.undo()
     assert calls == ["pin_memory", ("to", "cuda:1", True)]
     assert torch.equal(out, host)
+
+
+def test_expert_gradient_hooks_read_nothing_back_from_the_device(monkeypatch):
+    # An MoE layer's experts each get a gradient hook; it used to read the routed positions' maximum, the rows
+    # with a routed token (nonzero) and their token list back from the device: several synchronisations per expert
+    # per layer on a GPU. Now the rows come from the route's host copy and the batch's host mask (routed_rows).
+    # Watched: the host-read methods called in this module while an expert's gradient hook runs, on tensors other
+    # than the host ones (routed_rows' inputs and outputs: the route's host positions, the batch's host mask).
+    from tests.fixtures import family_model
+
+    reads, host, calls = collections.Counter(), set(), []
+    for name in ("cpu", "item", "tolist", "numpy", "nonzero", "__int__", "__bool__", "to"):
+        method = getattr(torch.Tensor, name)
+
+        def watched(self, *args, _method=method, _name=name, **kwargs):
+            frame = sys._getframe(1)
+            # .to("cpu"): an explicit copy to the host; .to(device) moves to a site's device (the CPU here)
+            to_host = _name != "to" or (bool(args) and args[0] == "cpu")
+            if to_host and id(self) not in host and frame.f_code.co_filename == scorer.__file__:
+                outer = frame
+                while outer is not None and outer.f_code.co_filename == scorer.__file__:
+                    if outer.f_code.co_name == "grad_hook" and "tokens_host" in outer.f_code.co_freevars:
+                        reads[f"{_name} at scoring/scorer.py:{frame.f_lineno} ({frame.f_code.co_name})"] += 1
+                        break
+                    outer = outer.f_back
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, watched)
+    rows_of = scorer.routed_rows
+
+    def routed_rows(site, tokens, mask):
+        host.update((id(tokens), id(mask)))
+        rows, sub = rows_of(site, tokens, mask)
+        host.update((id(rows), id(sub)))
+        calls.append((tokens.device.type, mask.device.type, mask.dtype))
+        return rows, sub
+
+    monkeypatch.setattr(scorer, "routed_rows", routed_rows)
+    table = culnig_ext.score(family_model("mixtral"), random_items(6, seed=3), batch_size=3, progress=False)
+    monkeypatch.undo()
+    assert reads == {}
+    # the expert hooks ran (2 batches, some experts each) and got host positions and the batch's host mask
+    assert len(calls) >= 2 and set(calls) == {("cpu", "cpu", torch.bool)}
+    assert any(".experts." in name for name in table.sites)
