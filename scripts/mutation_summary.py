@@ -35,6 +35,23 @@ def read_allowlist(path: Path) -> dict[str, str]:
     return out
 
 
+def module_path(mutant: str) -> str:
+    """``culnig_ext.stats.power.x_mde__mutmut_3`` (or a method's ``...xǁClassǁname__mutmut_3``) -> its module's
+    dotted path, ``culnig_ext.stats.power``."""
+    for marker in (".x_", ".xǁ"):
+        if marker in mutant:
+            return mutant.split(marker, 1)[0]
+    return mutant.rsplit(".", 1)[0]
+
+
+def stale_entries(allow: dict[str, str], codes_by_module: dict[str, dict]) -> list[str]:
+    """Allow-list entries of a module this run mutated that name none of its mutants (numbers shift when the code
+    changes, so an entry can come to excuse a different mutant, or none)."""
+    seen = {k for codes in codes_by_module.values() for k in codes}
+    modules = {module_path(k) for k in seen}
+    return sorted(k for k in allow if module_path(k) in modules and k not in seen)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("runs", nargs="+", help="MODULE=DIR: a module's name and its run's mutants/ folder; a module may "
@@ -110,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.seconds is not None:
         print(f"\nwall time {args.seconds} s" + ("" if args.cpu_seconds is None else
                                                  f", CPU time {args.cpu_seconds} s (user + system, all workers)"))
+    stale = stale_entries(allow, codes_by_module)
+    if stale:
+        ok = False
+        print(f"\n{len(stale)} allow-list entr{'y' if len(stale) == 1 else 'ies'} of these modules name no mutant of "
+              f"this run (the code moved: re-check and renumber or remove them):")
+        for k in stale:
+            print(f"  {k}")
     if unlisted:
         print(f"\n{len(unlisted)} surviving mutant(s) not in {args.allowlist}:")
         for k in unlisted:
