@@ -74,7 +74,9 @@ declare -A covering=(
   [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py"
 )
 # The stages' keys (scripts/mutation_scope.py): "stage.<folder>" -> its files and covering tests
+deselect=()
 while IFS=$'\t' read -r stage stage_files stage_tests; do
+  [ "$stage" = --deselect ] && { read -r -a deselect <<< "$stage_tests"; continue; }
   scope[stage.$stage]="culnig_ext.*"
   files[stage.$stage]=$stage_files
   covering[stage.$stage]=$stage_tests
@@ -138,6 +140,7 @@ run_module() {
     echo "pytest_add_cli_args ="
     echo "    -p"
     echo "    no:cacheprovider"
+    for t in "${deselect[@]}"; do echo "    --deselect"; echo "    $t"; done
     echo "do_not_mutate_patterns ="
     echo '    ^\s*raise \w'
     echo '    warnings\.warn\('

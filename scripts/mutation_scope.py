@@ -4,6 +4,8 @@
 
     STAGE<TAB>FILE FILE ...<TAB>TEST TEST ...
 
+and a last line ``--deselect<TAB><TAB>NODE NODE ...``: single tests to leave out (``DESELECT``).
+
 STAGE is the stage's folder below ``culnig_ext`` (``data``; ``core`` for the files at the top), FILEs its modules'
 paths below ``culnig_ext/``. One run per stage, not per module: mutmut first runs the selected tests once to see
 which test reaches which function (its "stats" phase), then runs only those tests per mutant, so a stage's files
@@ -44,7 +46,21 @@ SLOW = {
     "tests/integration/test_plant_validate.py": "plants and validates end to end on the embedded model",
     "tests/kernels/test_build.py": "compiles the C++ ops (a JIT build per mutant)",
     "tests/kernels/test_ops_cuda.py": "CUDA only: skips on these machines",
+    # Tests that run culnig_ext in a child Python: the child imports the mutated package outside mutmut's run
+    # (its trampolines then fail on every call), so they cannot see a mutant; their modules have in-process tests.
+    "tests/cli/test_fast_answers.py": "runs culnig in a subprocess (checks what it imports)",
+    "tests/cli/test_interrupt.py": "runs culnig in a subprocess and signals it",
+    "tests/scoring/test_distributed.py": "runs torchrun workers in subprocesses",
+    "tests/scoring/test_resume.py": "kills a culnig subprocess mid-run",
+    "tests/integration/test_public_api.py": "imports the package in a subprocess",
+    "tests/integration/test_shared_data.py": "probes a clone in a subprocess",
+    "tests/kernels/test_build_config.py": "runs setup.py probes in subprocesses",
 }
+
+#: Single tests left out the same way (pytest --deselect), where the rest of their file runs in process.
+DESELECT = [
+    "tests/kernels/test_ops.py::test_cpu_capability_choice_and_override",  # a child Python per CPU capability
+]
 
 
 def has_function(path: Path) -> bool:
@@ -97,6 +113,7 @@ def scope() -> dict[str, tuple[list[str], list[str]]]:
 def main(argv: list[str]) -> int:
     for stage, (files, tests) in scope().items():
         print(f"{stage}\t{' '.join(files)}\t{' '.join(sorted(tests))}")
+    print(f"--deselect\t\t{' '.join(DESELECT)}")
     return 0
 
 
