@@ -76,7 +76,7 @@ declare -A covering=(
 # The stages' keys (scripts/mutation_scope.py): "stage.<folder>" -> its files and covering tests
 deselect=()
 while IFS=$'\t' read -r stage stage_files stage_tests; do
-  [ "$stage" = --deselect ] && { read -r -a deselect <<< "$stage_tests"; continue; }
+  [ "$stage" = --deselect ] && { read -r -a deselect <<< "$stage_files"; continue; }
   scope[stage.$stage]="culnig_ext.*"
   files[stage.$stage]=$stage_files
   covering[stage.$stage]=$stage_tests

@@ -4,7 +4,7 @@
 
     STAGE<TAB>FILE FILE ...<TAB>TEST TEST ...
 
-and a last line ``--deselect<TAB><TAB>NODE NODE ...``: single tests to leave out (``DESELECT``).
+and a last line ``--deselect<TAB>NODE NODE ...``: single tests to leave out (``DESELECT``).
 
 STAGE is the stage's folder below ``culnig_ext`` (``data``; ``core`` for the files at the top), FILEs its modules'
 paths below ``culnig_ext/``. One run per stage, not per module: mutmut first runs the selected tests once to see
@@ -113,7 +113,7 @@ def scope() -> dict[str, tuple[list[str], list[str]]]:
 def main(argv: list[str]) -> int:
     for stage, (files, tests) in scope().items():
         print(f"{stage}\t{' '.join(files)}\t{' '.join(sorted(tests))}")
-    print(f"--deselect\t\t{' '.join(DESELECT)}")
+    print(f"--deselect\t{' '.join(DESELECT)}")
     return 0
 
 
