@@ -71,7 +71,7 @@ declare -A covering=(
   [pipeline]="tests/studies/test_pipeline_parts.py tests/integration/test_seams_pipeline.py tests/studies/test_pipeline.py"
   [recovery]="tests/stats/test_recovery.py tests/stats/test_recovery_edges.py"
   [verdict]="tests/stats/test_verdict.py tests/stats/test_verdict_edges.py"
-  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py"
+  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py tests/selection/test_lape_edges.py"
 )
 # The stages' keys (scripts/mutation_scope.py): "stage.<folder>" -> its files and covering tests
 while IFS=$'\t' read -r stage stage_files stage_tests; do
