@@ -171,3 +171,28 @@ def test_sets_record_their_parameters_and_sources():
     unnamed = ScoreTable(table.groups, table.counts, {s: table[s] for s in table.sites}, table.prob_sums,
                          {"method": "activation_probability"})
     assert lape.select(unnamed, top_rate=0.4, filter_rate=0.5, activation_bar_ratio=0.75)["A"].model == ""
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM behind a forward that takes no ``logits_to_keep`` (as a user's own wrapper may)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config = inner, inner.config
+
+    def get_input_embeddings(self):
+        return self.inner.get_input_embeddings()
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=use_cache)
+
+
+def test_a_forward_without_logits_to_keep():
+    inner = tiny_model("llama")
+    items = random_items(5, seed=6)
+    _, active, tokens, _ = hand_counts(inner, items, llama_gates(inner))
+    table = lape.activation_probability(_NoLogitsToKeep(inner), items, batch_size=2, progress=False)
+    torch.testing.assert_close(table.prob_sums, tokens, rtol=0, atol=0)
+    for name, want in active.items():
+        torch.testing.assert_close(table[name], want, rtol=0, atol=0)
