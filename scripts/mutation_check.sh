@@ -69,9 +69,9 @@ declare -A covering=(
   [stats]="tests/stats/test_bootstrap_edges.py tests/stats/test_bootstrap.py tests/integration/test_seams.py"
   [analysis]="tests/reporting/test_analysis_edges.py tests/reporting/test_analysis.py tests/integration/test_seams_pipeline.py"
   [pipeline]="tests/studies/test_pipeline_parts.py tests/integration/test_seams_pipeline.py tests/studies/test_pipeline.py"
-  [recovery]="tests/stats/test_recovery.py"
-  [verdict]="tests/stats/test_verdict.py"
-  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py"
+  [recovery]="tests/stats/test_recovery.py tests/stats/test_recovery_edges.py"
+  [verdict]="tests/stats/test_verdict.py tests/stats/test_verdict_edges.py"
+  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py tests/selection/test_lape_edges.py"
 )
 # The stages' keys (scripts/mutation_scope.py): "stage.<folder>" -> its files and covering tests
 deselect=()
