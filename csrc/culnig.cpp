@@ -11,9 +11,12 @@
 
 #include <sstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "attribution.h"
 #include "cpu/attribution_cpu.h"
+#include "launch_plan.h"
 
 // A dummy `_C` Python module: `import culnig_ext._C` (the ahead-of-time build) loads this shared
 // library, whose TORCH_LIBRARY static initialisers register the ops. The JIT build loads the same
@@ -214,6 +217,17 @@ void check_accumulate_inputs(const at::Tensor& acc, const at::Tensor& act, const
   check_values(op, act, token_mask, tokens, &group, acc.size(0));
 }
 
+std::vector<int64_t> launch_plan(int64_t B, int64_t T, int64_t N, int64_t vec, int64_t sms) {
+  const char* op = "culnig.launch_plan";
+  const std::pair<const char*, int64_t> sizes[] = {{"B", B}, {"T", T}, {"N", N}, {"sms", sms}};
+  for (const auto& [name, value] : sizes) {
+    TORCH_CHECK_VALUE(value >= 1, op, ": ", name, " must be >= 1, got ", value);
+  }
+  TORCH_CHECK_VALUE(vec == 1 || vec == 2 || vec == 4 || vec == 8, op, ": vec must be 1, 2, 4 or 8, got ", vec);
+  const LaunchPlan p = plan_launch(B, T, N, vec, sms);
+  return {p.threads, p.blocks_x, p.blocks_y, p.splits};
+}
+
 at::Tensor unit_stride_last_dim(const at::Tensor& t) {
   if (t.size(2) <= 1 || t.stride(2) == 1) return t;
   return t.contiguous();
@@ -236,6 +250,10 @@ TORCH_LIBRARY(culnig, m) {
       "Tensor? token_count=None) -> ()");
   // The CPU kernel variant in use ("default", "avx2" or "avx512") and, for tests and benchmarks, a way to
   // switch it (csrc/cpu/attribution_cpu.cpp). CULNIG_CPU_CAPABILITY sets the initial choice.
+  // The CUDA backend's grid for B samples, T positions, N neurons, vec neurons per thread and sms SMs
+  // (csrc/launch_plan.h): [threads per block, blocks along N, blocks along B, token splits]. Host-only
+  // arithmetic, callable on any build, for the CPU tests of the plan.
+  m.def("launch_plan(int B, int T, int N, int vec, int sms) -> int[]", &culnig::launch_plan);
   m.def("cpu_capability() -> str", &culnig::cpu::capability);
   m.def("cpu_capabilities() -> str[]", &culnig::cpu::capabilities);
   m.def("set_cpu_capability(str name) -> ()", &culnig::cpu::set_capability);

@@ -9,7 +9,9 @@
 # 2. builds culnig_ext._C as a CUDAExtension with CUDA_HOME=/usr/local/cuda and
 #    TORCH_CUDA_ARCH_LIST="8.0;9.0" into a temporary folder (the repo's own in-place _C is not touched);
 # 3. imports the built module with that torch and checks that both ops have CPU and CUDA kernels;
-# 4. runs the JIT path a pure `pip install` takes on first use (`python -m culnig_ext.kernels.build`) with that torch and
+# 4. compiles csrc/cuda/attribution_cuda.cu alone for sm_90 with `nvcc -Xptxas -v` and prints each kernel's
+#    registers and spill bytes (fails if a step-1 max_kernel spills);
+# 5. runs the JIT path a pure `pip install` takes on first use (`python -m culnig_ext.kernels.build`) with that torch and
 #    TORCH_CUDA_ARCH_LIST unset: with no GPU here it must fall back to the documented default architectures
 #    (8.0;9.0;10.0) instead of crashing, and build the CUDA kernels into a temporary extensions folder.
 # Exits non-zero if any step fails. Environment: PYTHON (interpreter for the venv, default python3.11),
@@ -87,6 +89,33 @@ if torch.cuda.is_available():
 else:
     print("no GPU here: the CUDA kernels were compiled, linked and registered but not run")
 EOF
+
+echo "== ptxas -v, sm_90: registers and spills per kernel"
+TORCH_INC="$("$VENV/bin/python" -c "import torch, os; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")"
+PY_INC="$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")"
+"$CUDA_HOME/bin/nvcc" -c "$WORK/src/csrc/cuda/attribution_cuda.cu" -o "$WORK/ptxas.o" -arch=sm_90 -O3 -std=c++20 \
+  -I"$TORCH_INC" -I"$TORCH_INC/torch/csrc/api/include" -I"$PY_INC" --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ \
+  -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -Xptxas -v \
+  > "$WORK/ptxas.txt" 2>&1 || { cat "$WORK/ptxas.txt" >&2; exit 1; }  # (defines as torch.utils.cpp_extension's)
+"$VENV/bin/python" - "$WORK/ptxas.txt" <<'PTXAS'
+import re, subprocess, sys
+kernel, spills, bad = None, (0, 0), []
+for line in open(sys.argv[1]):
+    m = re.search(r"Compiling entry function '(\S+)'", line)
+    if m:
+        name = subprocess.run(["c++filt", m.group(1)], capture_output=True, text=True).stdout.strip() or m.group(1)
+        kernel = re.sub(r"\(.*", "", name.replace("culnig::(anonymous namespace)::", "").replace("c10::", ""))
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", line)
+    if m:
+        spills = (int(m.group(1)), int(m.group(2)))
+    m = re.search(r"Used (\d+) registers", line)
+    if m and kernel:
+        print(f"{kernel}: {m.group(1)} registers, spill stores/loads {spills[0]}/{spills[1]} bytes")
+        if "max_kernel" in kernel and any(spills):
+            bad.append(kernel)
+        kernel = None
+sys.exit(f"cuda_build_check: step-1 kernels spill: {bad}" if bad else 0)
+PTXAS
 
 echo "== JIT build as on first use (python -m culnig_ext.kernels.build), TORCH_CUDA_ARCH_LIST unset"
 jit_start=$SECONDS

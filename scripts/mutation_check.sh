@@ -5,6 +5,8 @@
 #
 #   bash scripts/mutation_check.sh                   # every scoped module, one after the other
 #   bash scripts/mutation_check.sh stats select      # some modules only
+#   bash scripts/mutation_check.sh --all             # the whole package: the keys below, then one run per stage
+#   bash scripts/mutation_check.sh stage.stats       # one stage's other modules (scripts/mutation_scope.py)
 #   MUTATION_SUMMARY_ONLY=1 bash scripts/mutation_check.sh   # summarise earlier (e.g. per-module) runs again
 #   MUTATION_RERUN=1 bash scripts/mutation_check.sh stats    # re-check only the last run's survivors (new tests)
 #
@@ -14,8 +16,12 @@
 # (studies/conditions.evaluate_conditions, which inhibits each condition, and the helpers that feed the report:
 # studies/pipeline.instance_view, scoring/cache.score_cached, data/splits.sample_items, _utils/names.slug). Not mutated: statements that only raise an error, warn, print or log (their
 # messages; the bad-input tests check the errors), and progress-bar lines.
+# The whole package (--all): every module not in a key below is in a "stage.<folder>" key found by
+# scripts/mutation_scope.py (its stage's files, covered by tests/<stage>/ and every test importing them), so a new
+# module is in scope the day it lands; the summary prints one row per file.
 # Exit status: 0 when every module kills >= $MUTATION_MIN_RATE % (default 90) of its mutants, equivalent
-# (allow-listed) ones left out, and no survivor is unlisted. Tool: mutmut, pinned in requirements-dev.txt.
+# (allow-listed) ones counted as survivors (the raw rate), at most $MUTATION_MAX_EQUIVALENT % (default 10) of its
+# mutants are allow-listed, and no survivor is unlisted. Tool: mutmut, pinned in requirements-dev.txt.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
@@ -63,12 +69,27 @@ declare -A covering=(
   [stats]="tests/stats/test_bootstrap_edges.py tests/stats/test_bootstrap.py tests/integration/test_seams.py"
   [analysis]="tests/reporting/test_analysis_edges.py tests/reporting/test_analysis.py tests/integration/test_seams_pipeline.py"
   [pipeline]="tests/studies/test_pipeline_parts.py tests/integration/test_seams_pipeline.py tests/studies/test_pipeline.py"
-  [recovery]="tests/stats/test_recovery.py"
-  [verdict]="tests/stats/test_verdict.py"
-  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py"
+  [recovery]="tests/stats/test_recovery.py tests/stats/test_recovery_edges.py"
+  [verdict]="tests/stats/test_verdict.py tests/stats/test_verdict_edges.py"
+  [lape]="tests/selection/test_lape.py tests/selection/test_lape_properties.py tests/selection/test_lape_edges.py"
 )
+# The stages' keys (scripts/mutation_scope.py): "stage.<folder>" -> its files and covering tests
+deselect=()
+while IFS=$'\t' read -r stage stage_files stage_tests; do
+  [ "$stage" = --deselect ] && { read -r -a deselect <<< "$stage_files"; continue; }
+  scope[stage.$stage]="culnig_ext.*"
+  files[stage.$stage]=$stage_files
+  covering[stage.$stage]=$stage_tests
+  [ -n "$stage_tests" ] || { echo "mutation_check: no test covers culnig_ext/$stage ($stage_files)" >&2; exit 2; }
+done < <("$python" scripts/mutation_scope.py)
+hand_written=(table select scorer inhibit stats analysis pipeline recovery verdict lape)
 modules=("$@")
-[ ${#modules[@]} -gt 0 ] || modules=(table select scorer inhibit stats analysis pipeline)
+if [ "${modules[*]:-}" = "--all" ]; then
+  # the hand-written keys (pipeline's functions are in its stages' rows too), then every stage
+  modules=(table select scorer inhibit stats analysis recovery verdict lape)
+  for key in $(printf '%s\n' "${!scope[@]}" | grep '^stage\.' | sort); do modules+=("$key"); done
+fi
+[ ${#modules[@]} -gt 0 ] || modules=("${hand_written[@]}")
 for m in "${modules[@]}"; do
   [ -n "${scope[$m]:-}" ] || { echo "mutation_check: unknown module '$m' (one of: ${!scope[*]})" >&2; exit 2; }
 done
@@ -119,6 +140,7 @@ run_module() {
     echo "pytest_add_cli_args ="
     echo "    -p"
     echo "    no:cacheprovider"
+    for t in "${deselect[@]}"; do echo "    --deselect"; echo "    $t"; done
     echo "do_not_mutate_patterns ="
     echo '    ^\s*raise \w'
     echo '    warnings\.warn\('
@@ -163,14 +185,20 @@ for m in "${modules[@]}"; do
   echo "   $m: $((SECONDS - t0)) s wall; $cpu CPU seconds so far (all workers)"
 done
 
-# module_of MUTANT: the module key whose scope holds the mutant's name
+# module_of MUTANT: the module key that ran the mutant: a hand-written key whose scope matches its name, else the
+# stage key whose files hold its module (a stage's scope, culnig_ext.*, matches every name)
 module_of() {
-  local key pat
+  local key pat mod file
   for key in "${!scope[@]}"; do
+    [[ $key == stage.* ]] && continue
     for pat in ${scope[$key]}; do
       # shellcheck disable=SC2053  # the pattern is a glob on purpose
       [[ $1 == $pat ]] && { echo "$key"; return; }
     done
+  done
+  mod=${1%%.x[_ǁ]*}; mod=${mod#culnig_ext.}; file=${mod//./\/}.py
+  for key in "${!files[@]}"; do
+    [[ $key == stage.* && " ${files[$key]} " == *" $file "* ]] && { echo "$key"; return; }
   done
   echo "unknown"
 }
@@ -178,6 +206,7 @@ module_of() {
 rc=0
 measure_cpu
 "$python" scripts/mutation_summary.py --allowlist scripts/mutation_allowlist.txt --min-rate "${MUTATION_MIN_RATE:-90}" \
+  --max-equivalent-share "${MUTATION_MAX_EQUIVALENT:-10}" \
   --seconds $((SECONDS - start)) --cpu-seconds "$cpu" --survivors-out "$work/survivors.txt" "${runs[@]}" || rc=$?
 if [ -s "$work/survivors.txt" ] && [ -z "${MUTATION_QUIET:-}" ]; then
   echo; echo "== the surviving mutants' diffs"

@@ -8,15 +8,22 @@
 // rows of act and of grad at a time (all issued before any is used: several tokens in flight per thread);
 // a warp reads 512 contiguous bytes of a row. The vector kernel is used when both tensors' base pointers
 // and row/sample strides are 16-byte aligned; otherwise (odd column offsets of a fused q/k/v slice) the same
-// kernel runs with kVec = 1 (scalar loads). When B x (N / neurons per block) blocks would not fill the
-// GPU, the tokens of each sample are split into S contiguous ranges (grid.z), one partial max each.
+// kernel runs with kVec = 1 (scalar loads). The grid comes from plan_launch (csrc/launch_plan.h, a pure
+// host function, checked on the CPU by tests/kernels/test_launch_plan.py): when B x (N / neurons per block)
+// blocks would not fill the GPU, the tokens of each sample are split into S contiguous ranges (grid.z), one
+// partial max each, and below 2 blocks per SM (k/v sites, N = 1024) the blocks are narrowed to 64 or 32
+// threads and the tokens split further (down to 16 per split). That header says why no plan changes a bit.
 //
 // Step 2 combines the S partials in split order (s = 0, 1, ...), which is token order, with the same
 // running_max, so the result does not depend on S: every backend gives the same bits (ties keep the
 // earliest token, NaN propagates). For max_attribution_accumulate_ step 2 is one kernel in which a block
-// owns whole columns: it combines the partials of all samples and adds weight[b] * max(clamp, m) into
-// acc[group[b], n] for b = 0..B-1 in order. Fixed summation order, no atomics: the float64 sums are
-// deterministic and equal to the CPU backend's (same order). Step 2 reads S*B*N*4 bytes, < 1% of step 1.
+// owns whole columns: all its threads combine the partials of 32 samples at a time, then, per column, one
+// thread per distinct group of those samples adds weight[b] * max(clamp, m) into acc[group[b], n] for its
+// samples b in order, in a register (one read and one write of acc per group and 32 samples, where warp 0
+// used to read-modify-write acc once per sample, serially). Every acc element still sees its terms in sample
+// order b = 0..B-1 with the same expression, so the float64 sums are the same bits as before, deterministic
+// and in the CPU backend's order. Fixed order, no atomics. Step 2 reads S*B*N*4 bytes against step 1's
+// B*T*N*2*sizeof(scalar): in bf16 at most 1/64 of it in the tier-1 plans (S <= T/64), 1/16 in the fill tier.
 //
 // Host side: no call reads device data when the token list is given; ranges (count in [1, T], positions
 // in [0, T), group in [0, G)) are checked by device-side asserts (a position once per block, see token_at). All launches go to the current stream,
@@ -37,17 +44,16 @@
 #include <optional>
 
 #include "../attribution.h"
+#include "../launch_plan.h"
 
 namespace culnig {
 namespace {
 
-constexpr int kThreads = 128;        // threads per block of step 1 (4 warps)
+constexpr int kThreads = static_cast<int>(kPlanThreads);  // most threads per block of step 1 (4 warps)
 constexpr int kTokens = 4;           // token rows loaded per thread before any is used
-constexpr int kMinTokensPerSplit = 64;
-constexpr int kMaxSplits = 64;
 constexpr int kColumns = 32;         // step 2: columns per block (one warp wide) ...
-constexpr int kRows = 8;             // ... and samples combined at once
-constexpr int64_t kMaxGridY = 65535;
+constexpr int kRows = 8;             // ... warps per block ...
+constexpr int kChunk = 32;           // ... and samples combined at once (kChunk / kRows per warp)
 
 // kVec scalars in one 16-byte load (kVec = 1: a plain scalar load).
 template <typename scalar_t, int kVec>
@@ -92,7 +98,7 @@ __global__ void __launch_bounds__(kThreads) max_kernel(
     const int32_t* __restrict__ count, int64_t B, int64_t T, int64_t N, int64_t as0, int64_t as1, int64_t gs0,
     int64_t gs1, int64_t is0, at::opmath_type<scalar_t>* __restrict__ out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x) * kVec;
+  const int64_t n0 = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) * kVec;
   if (n0 >= N) return;  // no barriers in this kernel
   const int64_t splits = gridDim.z;
   const int64_t s = blockIdx.z;
@@ -165,34 +171,58 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const acc_t* _
   }
 }
 
-// Step 2 of max_attribution_accumulate_: a block owns kColumns columns of acc for all groups. Its kRows
-// warps combine the partials of kRows samples at a time (coalesced along the columns), then warp 0 adds
-// them into acc in sample order. One writer per element, fixed order: deterministic, no atomics.
+// Step 2 of max_attribution_accumulate_: a block owns kColumns columns of acc for all groups and walks the
+// samples kChunk at a time. (a) Its kRows warps combine the partials of the chunk's samples in split order
+// (coalesced along the columns; kChunk / kRows samples per warp) into tile, and the chunk's groups and weights go
+// to shared memory. (b) For each column, the thread of the first sample of each distinct group in the chunk
+// adds the terms of that group's samples, in sample order, into a register that starts from acc and is written
+// back once. Each acc element has one writer per chunk and chunks follow each other (barriers): its terms are
+// added in sample order b = 0..B-1, with the same expression `sum += weighted_term(...)` as the serial
+// read-modify-write it replaces (so also the same contraction into a fused multiply-add), hence the same bits.
+// Deterministic, no atomics.
 template <typename acc_t>
 __global__ void __launch_bounds__(kColumns * kRows) combine_accumulate_kernel(
     const acc_t* __restrict__ partial, int64_t S, int64_t B, int64_t N, const float* __restrict__ weight,
     const int64_t* __restrict__ group, int64_t G, bool has_clamp, double clamp_min, double* __restrict__ acc,
     int64_t os0, int64_t os1) {
-  __shared__ acc_t tile[kRows][kColumns];
+  __shared__ acc_t tile[kChunk][kColumns];
+  __shared__ int64_t groups[kChunk];
+  __shared__ float weights[kChunk];
   const int64_t n = static_cast<int64_t>(blockIdx.x) * kColumns + threadIdx.x;
-  for (int64_t b0 = 0; b0 < B; b0 += kRows) {
-    const int64_t b = b0 + threadIdx.y;
-    acc_t m = max_identity<acc_t>();
-    if (b < B && n < N) {
-      m = partial[b * N + n];
-      for (int64_t s = 1; s < S; ++s) m = running_max(m, partial[(s * B + b) * N + n]);
+  const int tid = threadIdx.y * kColumns + threadIdx.x;
+  for (int64_t b0 = 0; b0 < B; b0 += kChunk) {
+    const int rows = static_cast<int>(min(static_cast<int64_t>(kChunk), B - b0));
+    if (tid < rows) {
+      const int64_t g = group[b0 + tid];
+      CUDA_KERNEL_ASSERT_MSG(g >= 0 && g < G, "culnig: group[b] is out of range for acc");
+      groups[tid] = g;
+      weights[tid] = weight[b0 + tid];
     }
-    tile[threadIdx.y][threadIdx.x] = m;
+    for (int r = threadIdx.y; r < rows; r += kRows) {
+      acc_t m = max_identity<acc_t>();
+      if (n < N) {
+        const int64_t b = b0 + r;
+        m = partial[b * N + n];
+        for (int64_t s = 1; s < S; ++s) m = running_max(m, partial[(s * B + b) * N + n]);
+      }
+      tile[r][threadIdx.x] = m;
+    }
     __syncthreads();
-    if (threadIdx.y == 0 && n < N) {
-      const int64_t rows = min(static_cast<int64_t>(kRows), B - b0);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t g = group[b0 + r];
-        CUDA_KERNEL_ASSERT_MSG(g >= 0 && g < G, "culnig: group[b] is out of range for acc");
-        acc[g * os0 + n * os1] += weighted_term(tile[r][threadIdx.x], weight[b0 + r], has_clamp, clamp_min);
+    if (n < N) {
+      for (int r = threadIdx.y; r < rows; r += kRows) {
+        const int64_t g = groups[r];
+        bool first = true;
+        for (int q = 0; q < r && first; ++q) first = groups[q] != g;
+        if (!first) continue;  // an earlier sample of the chunk leads this group
+        double* cell = acc + g * os0 + n * os1;
+        double sum = *cell;
+        for (int q = r; q < rows; ++q) {
+          if (groups[q] == g) sum += weighted_term(tile[q][threadIdx.x], weights[q], has_clamp, clamp_min);
+        }
+        *cell = sum;
       }
     }
-    __syncthreads();  // tile is reused
+    __syncthreads();  // acc written before the next chunk's leaders read it; tile and groups are reused
   }
 }
 
@@ -233,23 +263,19 @@ int64_t launch_max(const at::Tensor& act, const at::Tensor& grad, const DeviceTo
   const auto st = act.scalar_type();
   const int64_t vec = 16 / static_cast<int64_t>(c10::elementSize(st));
   const bool vector = aligned16(act, vec) && aligned16(grad, vec);
-  const int64_t per_block = kThreads * (vector ? vec : 1);
-  const int64_t blocks_x = (N + per_block - 1) / per_block;
-  const int64_t blocks_y = std::min<int64_t>(B, kMaxGridY);
-  // Enough blocks for two full waves (2048 resident threads per SM): split the tokens when B x columns
-  // alone do not give them, keeping >= kMinTokensPerSplit tokens per split.
-  const int64_t want = 2 * sm_count(act.get_device()) * (2048 / kThreads);
-  int64_t splits = (want + blocks_x * blocks_y - 1) / (blocks_x * blocks_y);
-  splits = std::max<int64_t>(1, std::min({splits, T / kMinTokensPerSplit, static_cast<int64_t>(kMaxSplits)}));
+  const LaunchPlan plan = plan_launch(B, T, N, vector ? vec : 1, sm_count(act.get_device()));
+  const int64_t splits = plan.splits;
   const auto acc_dtype = st == at::kDouble ? at::kDouble : at::kFloat;
   *partial = at::empty({splits, B, N}, act.options().dtype(acc_dtype));
-  const dim3 grid(static_cast<unsigned>(blocks_x), static_cast<unsigned>(blocks_y), static_cast<unsigned>(splits));
+  const dim3 grid(static_cast<unsigned>(plan.blocks_x), static_cast<unsigned>(plan.blocks_y),
+                  static_cast<unsigned>(splits));
+  const auto threads = static_cast<unsigned>(plan.threads);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, st, "culnig_max_attribution_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     constexpr int kVec = 16 / sizeof(scalar_t);
     auto run = [&](auto kernel) {
-      kernel<<<grid, kThreads, 0, stream>>>(act.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+      kernel<<<grid, threads, 0, stream>>>(act.const_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
                                             tok.index.const_data_ptr<int32_t>(), tok.count.const_data_ptr<int32_t>(),
                                             B, T, N, act.stride(0), act.stride(1), grad.stride(0), grad.stride(1),
                                             tok.index.stride(0), partial->mutable_data_ptr<acc_t>());

@@ -7,7 +7,9 @@
     culnig identify general --neur N --ctrl C --crc R --out general.json
     culnig identify specific --neur N --ctrl C --crc R --group US --out us.json
     culnig evaluate --model M --data D --inhibit set.json --random 5 --out eval_dir
-    culnig report RUN_DIR
+    culnig report RUN_DIR            # report.md, plots and report.html (--html: the page only; --top-n N)
+    culnig export RUN_DIR --format parquet|csv|neuronpedia   # neurons and scores as one tidy table, or Neuronpedia JSON
+    culnig serve RUN_DIR             # report.html on http://127.0.0.1:8000 (the page also opens from file://)
     culnig build                     # compile the fused kernels now (else: on first use, ~1 min, once)
     culnig prompts --data D [--protocol paper] --out prompts.jsonl   # what the model sees, item by item
     culnig overlap A.json B.json [--eval SRC_A --eval SRC_B --model M] --out DIR   # shared neurons, cross-effects
@@ -26,14 +28,14 @@ import json
 import sys
 
 from culnig_ext._utils.version import __version__
-from culnig_ext.cli import (build, compare, evaluate, finetune, identify, merge, overlap, plant, prompts, recipe,
-                            report, run, score, sweep, validate)
+from culnig_ext.cli import (build, compare, evaluate, export, finetune, identify, merge, overlap, plant, prompts,
+                            recipe, report, run, score, serve, sweep, validate)
 from culnig_ext.cli.common import add_output_args, hide_hf_bars
 
 #: The subcommands in the order ``culnig --help`` lists them; each module has ``NAME``, ``add_parser(subparsers)``
 #: and ``run(args)``, which returns the text summary (or a dict with it as ``message``, for ``--json``).
-SUBCOMMANDS = (score, merge, identify, evaluate, prompts, overlap, report, build, finetune, run, sweep, compare, plant,
-               validate, recipe)
+SUBCOMMANDS = (score, merge, identify, evaluate, prompts, overlap, report, export, serve, build, finetune, run, sweep,
+               compare, plant, validate, recipe)
 COMMANDS = {module.NAME: module.run for module in SUBCOMMANDS}
 
 

@@ -40,7 +40,8 @@ def run(args) -> dict:
     with hf_bars(cfg.progress):  # progress may come from the config file
         out = run_pipeline(cfg)
     specific = {g: len(s) for g, s in out.specific.items()}
-    paths = {"report": str(out.report), "summary": str(out.run_dir / "summary.md"),
+    paths = {"report": str(out.report), "explorer": f"{out.run_dir / 'report.html'} (one self-contained page)",
+             "summary": str(out.run_dir / "summary.md"),
              "neurons": f"{out.run_dir / 'neurons'}/general.json, specific/<group>.json",
              "scores": f"{out.run_dir / 'scores'}/*.safetensors",
              "config": f"{out.run_dir / 'config.json'} (culnig run --config FILE repeats the run)"}

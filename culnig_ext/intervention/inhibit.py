@@ -106,7 +106,8 @@ class _ExpertHook:
     def __init__(self, by_expert: dict[int, torch.Tensor], mode: str, factor: float | None) -> None:
         self.hooks = {e: _ModuleHook(columns, mode, factor) for e, columns in by_expert.items()}
 
-    def __call__(self, expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> torch.Tensor | None:
+    def __call__(self, expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor,
+                 token_idx_host: torch.Tensor) -> torch.Tensor | None:
         hook = self.hooks.get(expert)
         return None if hook is None else hook(None, (), gate_up)
 

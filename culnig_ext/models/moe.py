@@ -22,8 +22,9 @@ from torch.nn import functional as F
 
 from culnig_ext.models.sites import gate_up_weight
 
-# (expert index, gate_up [n, 2I], token positions [n]) -> replacement gate_up or None
-ExpertTap = Callable[[int, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+# (expert index, gate_up [n, 2I], token positions [n] on gate_up's device, the same positions on the host) ->
+# replacement gate_up or None
+ExpertTap = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 
 _TAPS = "_culnig_expert_taps"
 
@@ -33,10 +34,13 @@ def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, t
     return out + bias if bias is not None else out
 
 
-def route(top_k_index: torch.Tensor, num_experts: int) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-    """``(expert, token rows, top-k slots)`` of every expert that gets a token, in expert order; within an expert
-    the ``(row, slot)`` pairs in row-major order, as ``torch.where(top_k_index == e)`` gives them (so the loop adds
-    in the same order, bit for bit). One stable sort and one count copied to the host per call, instead of a
+def route(top_k_index: torch.Tensor,
+          num_experts: int) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(expert, token rows, top-k slots, token rows on the host)`` of every expert that gets a token, in expert
+    order; within an expert the ``(row, slot)`` pairs in row-major order, as ``torch.where(top_k_index == e)`` gives
+    them (so the loop adds in the same order, bit for bit). Rows and slots are int64 ``[n]`` on ``top_k_index``'s
+    device; the host rows are their CPU copy, for taps that build per-expert token lists without a copy back.
+    One stable sort and one copy to the host per call (the counts and the sorted order together), instead of a
     ``unique`` and one ``where`` per expert (each a device-to-host synchronisation on a GPU). Indices outside
     ``[0, num_experts)`` (expert parallelism marks other ranks' experts with ``num_experts``) are skipped."""
     k = top_k_index.shape[-1]
@@ -44,12 +48,15 @@ def route(top_k_index: torch.Tensor, num_experts: int) -> list[tuple[int, torch.
     valid = (flat >= 0) & (flat < num_experts)
     bucket = torch.where(valid, flat, torch.full_like(flat, num_experts))
     order = torch.argsort(bucket, stable=True)
-    counts = torch.bincount(bucket, minlength=num_experts + 1)[:num_experts].tolist()  # the one host copy
+    counts = torch.bincount(bucket, minlength=num_experts + 1)[:num_experts]
+    host = torch.cat([counts, order.to(counts.dtype)]).cpu()  # the one host copy
+    counts_host, order_host = host[:num_experts].tolist(), host[num_experts:]
     out, start = [], 0
-    for e, n in enumerate(counts):
+    for e, n in enumerate(counts_host):
         if n:
             picked = order[start:start + n]
-            out.append((e, torch.div(picked, k, rounding_mode="floor"), picked % k))
+            rows_host = torch.div(order_host[start:start + n], k, rounding_mode="floor")
+            out.append((e, torch.div(picked, k, rounding_mode="floor"), picked % k, rows_host))
         start += n
     return out
 
@@ -60,7 +67,7 @@ def _tapped_forward(experts: nn.Module) -> Callable:
         has_bias = bool(getattr(experts, "has_bias", False))
         out = torch.zeros_like(hidden_states)
         num_experts = int(experts.gate_up_proj.shape[0])
-        for e, token_idx, top_k_pos in route(top_k_index, num_experts):
+        for e, token_idx, top_k_pos, token_idx_host in route(top_k_index, num_experts):
             gate_up = _project(
                 hidden_states[token_idx],
                 experts.gate_up_proj[e],
@@ -68,7 +75,7 @@ def _tapped_forward(experts: nn.Module) -> Callable:
                 transposed,
             )
             for tap in list(getattr(experts, _TAPS)):
-                replaced = tap(e, gate_up, token_idx)
+                replaced = tap(e, gate_up, token_idx, token_idx_host)
                 if replaced is not None:
                     gate_up = replaced
             hidden = experts._apply_gate(gate_up)

@@ -47,12 +47,15 @@ import numpy as np
 
 from culnig_ext._utils.atomic import atomic_write_bytes, atomic_write_text
 from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext.reporting.explorer import DEFAULT_TOP_N, write_explorer
 from culnig_ext.reporting.plots import kinship_png, layers_png
+from culnig_ext.reporting.tables import accuracy_cells, accuracy_header, pct, verdict_markdown
 from culnig_ext.stats.rows import AccuracyRow, accuracy_row, with_holm
 
 REPORT_FORMAT = "culnig-report/1"
 RESULTS_FILE = "results.json"
 REPORT_FILE = "report.md"
+HTML_FILE = "report.html"
 KINSHIP_PNG = "kinship.png"
 LAYERS_PNG = "layers.png"
 
@@ -240,77 +243,10 @@ def _layers(layers: Any, where: str) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ render
-def _pct(x: float) -> str:
-    return f"{100.0 * x:.2f}"
-
-
-def _value(x: float, metric: str) -> str:
-    return f"{x:.2f}" if metric == "alignment" else _pct(x)
-
-
-def _signed(x: float, metric: str) -> str:
-    return f"{x:+.2f}" if metric == "alignment" else f"{100.0 * x:+.2f}"
-
-
-def verdict_markdown(verdict: Mapping[str, Any]) -> str:
-    """The specificity section: relative excess drops with intervals, their ratio and gap, and the verdict."""
-    def iv(x):
-        if x is None:
-            return "–"
-        return f"{100 * x['value']:.1f}% [{100 * x['low']:.1f}%, {100 * x['high']:.1f}%]"
-
-    def ratio(x):
-        if x is None:
-            return "–"
-        return f"{x['value']:.2f} [{x['low']:.2f}, {x['high']:.2f}]"
-
-    level = round(100 * float(verdict.get("confidence_level", 0.95)))
-    lines = [f"Relative excess drop of a set = (random − ours) / original accuracy: the share of the original "
-             f"accuracy lost to our neurons beyond random neurons of the same size; {level}% bootstrap intervals over "
-             "items. Rules: docs/reading_a_report.md (Specificity verdict).", "",
-             "| quantity | value [interval] |", "|---|---:|"]
-    for name, x in verdict.get("per_set", {}).items():
-        lines.append(f"| relative excess drop: {name} | {iv(x)} |")
-    lines += [f"| cultural sets (mean) | {iv(verdict.get('cultural'))} |",
-              f"| non-cultural sets (mean) | {iv(verdict.get('non_cultural'))} |",
-              f"| ratio non-cultural / cultural | {ratio(verdict.get('ratio'))} |",
-              f"| gap cultural − non-cultural | {iv(verdict.get('gap'))} |", "",
-              f"**Verdict: {verdict['label']}** — {verdict['reason']}."]
-    return "\n".join(lines)
-
-
-def _p(p: float | None) -> str:
-    if p is None:
-        return "–"
-    return f"{p:.4f}" if p >= 1e-4 else f"{p:.1e}"
-
-
 def _accuracy_table(res: ReportResults) -> str:
-    lines = [
-        "| Evaluation set | Metric | Items | Original | Ours (inhibited) | Random (mean ± sd) | Ours − random "
-        f"[{95}% CI] | MDE (80% power) | p-value | Holm p | Significant (Holm, p < {res.alpha:g}) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
-    ]
-    for r in res.rows:
-        name = r.eval_set if r.cultural else f"{r.eval_set} (non-cultural)"
-        if r.random_mean is None:
-            rand = "–"
-        elif r.random_sd is None:
-            rand = _value(r.random_mean, r.metric)
-        else:
-            rand = f"{_value(r.random_mean, r.metric)} ± {_value(r.random_sd, r.metric)}"
-        p_final = r.p_holm if r.p_holm is not None else r.p_value
-        sig = "–" if p_final is None else ("yes" if p_final < res.alpha else "no")
-        diff = "–"
-        if r.diff is not None:
-            diff = _signed(r.diff, r.metric)
-            if r.diff_low is not None and r.diff_high is not None:
-                diff += f" [{_signed(r.diff_low, r.metric)}, {_signed(r.diff_high, r.metric)}]"
-        mde = "–" if r.mde is None else _value(r.mde, r.metric)
-        lines.append(
-            f"| {name} | {r.metric} | {r.n_items} | {_value(r.original, r.metric)} | "
-            f"{_value(r.inhibited, r.metric)} | {rand} | {diff} | {mde} | {_p(r.p_value)} | {_p(r.p_holm)} | {sig} |"
-        )
+    header = accuracy_header(res.alpha)
+    lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in accuracy_cells(res.rows, res.alpha)]
     return "\n".join(lines)
 
 
@@ -318,7 +254,7 @@ def _kinship_table(kin: dict[str, Any]) -> str:
     groups = kin["groups"]
     lines = ["| Inhibited \\ Evaluated | " + " | ".join(groups) + " |", "|---|" + "---:|" * len(groups)]
     for target, row in zip(kin["targets"], kin["matrix"]):
-        lines.append(f"| {target} | " + " | ".join(_pct(x) for x in row) + " |")
+        lines.append(f"| {target} | " + " | ".join(pct(x) for x in row) + " |")
     return "\n".join(lines)
 
 
@@ -376,12 +312,16 @@ def render_markdown(res: ReportResults) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- API
-def write_report(run_dir: str | os.PathLike, results: ReportResults | Mapping[str, Any]) -> Path:
-    """Write ``results.json``, ``report.md`` and the PNG plots into ``run_dir``; returns the report's path.
+def write_report(run_dir: str | os.PathLike, results: ReportResults | Mapping[str, Any], *, html: bool = True,
+                 top_n: int = DEFAULT_TOP_N) -> Path:
+    """Write ``results.json``, ``report.md``, the PNG plots and ``report.html`` (the explorer) into ``run_dir``;
+    returns the Markdown report's path.
 
     Args:
         run_dir: the run folder (created if missing).
         results: a ``ReportResults`` or its dict form (validated; errors name the field).
+        html: also write ``report.html`` (``reporting.explorer``: reads the folder's neuron sets and score tables).
+        top_n: neurons outside the sets that the page's neuron table adds (highest contrast first).
     """
     res = results if isinstance(results, ReportResults) else ReportResults.from_dict(results)
     res = ReportResults.from_dict(res.to_dict())  # the same validation either way
@@ -393,12 +333,15 @@ def write_report(run_dir: str | os.PathLike, results: ReportResults | Mapping[st
         atomic_write_bytes(run_dir / KINSHIP_PNG, kinship_png(res.kinship))
     if res.layers is not None:
         atomic_write_bytes(run_dir / LAYERS_PNG, layers_png(res.layers))
-    return atomic_write_text(run_dir / REPORT_FILE, render_markdown(res))
+    path = atomic_write_text(run_dir / REPORT_FILE, render_markdown(res))
+    if html:
+        write_explorer(run_dir, res.to_dict(), top_n=top_n)
+    return path
 
 
-def write_report_from_dir(run_dir: str | os.PathLike) -> Path:
-    """Rebuild the report from ``run_dir/results.json``."""
-    return write_report(run_dir, read_results(run_dir))
+def write_report_from_dir(run_dir: str | os.PathLike, *, html: bool = True, top_n: int = DEFAULT_TOP_N) -> Path:
+    """Rebuild the report (and ``report.html``) from ``run_dir/results.json``."""
+    return write_report(run_dir, read_results(run_dir), html=html, top_n=top_n)
 
 
 def read_results(run_dir: str | os.PathLike) -> ReportResults:

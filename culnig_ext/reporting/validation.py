@@ -10,6 +10,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from culnig_ext.reporting.markdown_page import write_markdown_page
 from culnig_ext._utils.atomic import atomic_write_bytes, atomic_write_text
 from culnig_ext.reporting.plots import kinship_png, png_bytes
 
@@ -304,7 +305,9 @@ def write_validation(folder: Path, figures: Mapping[str, Any], *,
     kin = figures.get("inhibition", {}).get("kinship")
     if kin:
         atomic_write_bytes(folder / "kinship.png", kinship_png(kin))
-    return atomic_write_text(folder / "validation.md", validation_markdown(data))
+    path = atomic_write_text(folder / "validation.md", validation_markdown(data))
+    write_markdown_page(folder, "validation.md")
+    return path
 
 
 __all__ = ["curves_png", "efficiency_png", "planted_layers_png", "validation_markdown", "write_validation"]

@@ -145,6 +145,16 @@ def target_log_probs(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------- the engine
+def stage(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The CPU tensor ``host`` on ``device``. For a CUDA device it is first copied into pinned (page-locked) memory,
+    so the copy to the device is truly asynchronous (``non_blocking``; from pageable memory the host waits for a
+    staging copy); torch's pinned allocator keeps the buffer alive until the copy has run. Elsewhere (the CPU)
+    ``host.to(device)``: the tensor itself, nothing copied."""
+    if device.type != "cuda":
+        return host.to(device, non_blocking=True)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 GradCallback = Callable[[Site, torch.Tensor, torch.Tensor, "BatchState"], None]
 
 
@@ -154,7 +164,9 @@ class BatchState:
 
     token_index [B, T] int32 / token_count [B] int32: the batch's compact token list (``ops.token_list``), built
     and checked once per batch on the host by :meth:`for_batch` and shared by every site, so the ops need no
-    host synchronisation per site.
+    host synchronisation per site. The host tensors the hooks need (token list, groups, group rows) are staged
+    on the batch's device once per batch (:meth:`staged`, via pinned memory on CUDA) before the forward pass, so
+    no hook waits on a copy from pageable memory.
     """
 
     token_mask: torch.Tensor  # [B, T] bool
@@ -164,6 +176,7 @@ class BatchState:
     token_index: torch.Tensor | None = None  # [B, T] int32
     token_count: torch.Tensor | None = None  # [B] int32
     batch_rows: torch.Tensor | None = None  # [B'] int64: for a sub-batch (MoE expert), its rows in the whole batch
+    host_mask: torch.Tensor | None = None  # [B, T] bool on the CPU: token_mask's host copy (MoE experts' rows)
     _cache: dict = field(default_factory=dict)
 
     @classmethod
@@ -177,33 +190,57 @@ class BatchState:
             host_mask = attention_mask.detach().to("cpu")
         index, count = ops.token_list(host_mask.to(torch.bool))
         reference.check_group_range("culnig.score", group.cpu(), n_groups)
-        return cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
-                   token_count=count)
+        state = cls(token_mask=attention_mask.bool(), group=group, rows=torch.unique(group), token_index=index,
+                    token_count=count, host_mask=host_mask.to(torch.bool))
+        return state.staged(attention_mask.device)
 
-    def subset(self, rows: torch.Tensor, token_mask: torch.Tensor) -> "BatchState":
-        """The state of the batch rows ``rows [B'] int64`` with another ``token_mask [B', T]`` (an MoE expert's
-        routed tokens; every row has one), its token list built on the host."""
-        rows_cpu = rows.cpu()
-        index, count = ops.token_list(token_mask.detach().to("cpu", torch.bool))
-        return BatchState(
-            token_mask=token_mask,
-            group=self.group[rows_cpu.to(self.group.device)],
-            weight=None if self.weight is None else self.weight[rows.to(self.weight.device)],
-            rows=torch.unique(self.group[rows_cpu.to(self.group.device)]),
-            token_index=index,
-            token_count=count,
-            batch_rows=rows_cpu,
-        )
+    def subset(self, rows_host: torch.Tensor, token_mask: torch.Tensor, host_mask: torch.Tensor) -> "BatchState":
+        """The state of the batch rows ``rows_host [B'] int64`` (on the CPU) with another ``token_mask [B', T]``
+        (an MoE expert's routed tokens, on its device; every row has one) and that mask's host copy ``host_mask``,
+        from which the token list is built: nothing is copied back from the device."""
+        index, count = ops.token_list(host_mask)
+        group = self.group[rows_host.to(self.group.device)]
+        weight = None if self.weight is None else self.weight[stage(rows_host, self.weight.device)]
+        state = BatchState(token_mask=token_mask, group=group, weight=weight, rows=torch.unique(group),
+                           token_index=index, token_count=count, batch_rows=rows_host, host_mask=host_mask)
+        return state.staged(token_mask.device)
+
+    # The host tensors a hook moves to its site's device.
+    STAGED = ("token_index", "token_count", "group", "rows")
+
+    def staged(self, device: torch.device) -> "BatchState":
+        """This state with its host tensors (:data:`STAGED`) copied to ``device`` now (see :func:`stage`)."""
+        for name in self.STAGED:
+            host = getattr(self, name)
+            if host is not None and host.device.type == "cpu":
+                self._cache[(name, device)] = stage(host, device)
+        return self
 
     def on(self, name: str, device: torch.device) -> torch.Tensor:
         key = (name, device)
-        if key not in self._cache:
-            self._cache[key] = getattr(self, name).to(device, non_blocking=True)
+        if key not in self._cache:  # a site on another device than the batch's (a model spread over GPUs)
+            value = getattr(self, name)
+            host = name in self.STAGED and value.device.type == "cpu"
+            self._cache[key] = stage(value, device) if host else value.to(device, non_blocking=True)
         return self._cache[key]
 
     def tokens_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """``(token_index, token_count)`` on ``device``."""
         return self.on("token_index", device), self.on("token_count", device)
+
+
+def routed_rows(site: str, tokens_host: torch.Tensor, host_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """An MoE expert's part of the batch, on the host: ``tokens_host [n] int64`` (the flat ``B * T`` positions
+    routed to it) and the batch's ``host_mask [B, T] bool`` -> ``(rows [B'] int64``, the batch rows with a real
+    token routed to the expert, ``mask [B', T] bool``, those rows' routed real tokens)."""
+    b, t = host_mask.shape
+    if tokens_host.numel() and int(tokens_host.max()) >= b * t:
+        raise RuntimeError(f"{site}: the experts' input rows are not the batch's B * T tokens")
+    routed = torch.zeros(b * t, dtype=torch.bool)
+    routed[tokens_host] = True
+    mask = routed.view(b, t) & host_mask
+    rows = mask.any(1).nonzero().squeeze(1)
+    return rows, mask[rows]
 
 
 class _Hooks:
@@ -244,29 +281,32 @@ class _Hooks:
         none of whose tokens reach the expert adds nothing to that expert's scores)."""
         by_expert = {site.expert: site for site in sites}
 
-        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> None:
+        def expert_tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor,
+                       token_idx_host: torch.Tensor) -> None:
             site = by_expert.get(expert)
             if site is None or not gate_up.requires_grad:
                 return None
             if checkpointing.phase() != "plain":
                 raise RuntimeError(f"{site.name}: mixture-of-experts sites cannot be scored with "
                                    "checkpoint_activations=True")
-            act, tokens = gate_up.detach(), token_idx.detach()
+            act, tokens, tokens_host = gate_up.detach(), token_idx.detach(), token_idx_host
 
             def grad_hook(grad: torch.Tensor) -> None:
+                # The expert's rows and routed-token mask come from the route's host copy of its token positions
+                # and the batch's host mask: no device-to-host copy per expert (each would synchronise a GPU).
                 state = self.state
                 b, t = state.token_mask.shape
-                if int(tokens.max()) >= b * t:
-                    raise RuntimeError(f"{site.name}: the experts' input rows are not the batch's B * T tokens")
-                routed = torch.zeros(b * t, dtype=torch.bool, device=act.device)
-                routed[tokens] = True
-                mask = routed.view(b, t) & state.on("token_mask", act.device)
-                rows = mask.any(1).nonzero().squeeze(1)
-                if rows.numel() == 0:
+                rows_host, mask_host = routed_rows(site.name, tokens_host, state.host_mask)
+                if rows_host.numel() == 0:
                     return
+                dev = act.device
+                rows = stage(rows_host, dev)
+                routed = torch.zeros(b * t, dtype=torch.bool, device=dev)
+                routed[tokens] = True
+                mask = (routed.view(b, t) & state.on("token_mask", dev))[rows]
                 dense_act = moe.scatter_rows(site.view(act), tokens, b, t)[rows]
                 dense_grad = moe.scatter_rows(site.view(grad), tokens, b, t)[rows]
-                on_grad(site, dense_act, dense_grad, state.subset(rows, mask[rows]))
+                on_grad(site, dense_act, dense_grad, state.subset(rows_host, mask, mask_host))
 
             gate_up.register_hook(grad_hook)
             return None
@@ -893,17 +933,45 @@ def item_scores(
             torch.tensor([idx for _, idx in cols], dtype=torch.int64),
         )
     result = torch.zeros(len(checked), len(pairs), dtype=torch.float32)
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     current: dict[str, torch.Tensor] = {}
+    on_device: dict[tuple[str, torch.device], torch.Tensor] = {}
 
     def on_grad(site: Site, act: torch.Tensor, grad: torch.Tensor, state: BatchState) -> None:
         out_cols, idx = columns[site.name]
         maxima = ops.max_attribution(act, grad, state.on("token_mask", act.device), *state.tokens_on(act.device))
         rows = current["rows"] if state.batch_rows is None else current["rows"][state.batch_rows]
-        result[rows.unsqueeze(1), out_cols.unsqueeze(0)] = maxima[:, idx.to(maxima.device)].float().cpu()
+        key = (site.name, maxima.device)
+        if key not in on_device:  # the site's neuron indices, copied to its device once
+            on_device[key] = stage(idx, maxima.device)
+        pending.append((rows, out_cols, maxima[:, on_device[key]].float()))
+        if sum(values.numel() for _, _, values in pending) > PENDING_SCORES:  # bound what waits on the device
+            gather_scores(result, pending)
 
     def on_probs(batch: Batch, probs: torch.Tensor) -> None:
         current["rows"] = torch.tensor(batch.positions, dtype=torch.int64)
 
     rows_by_group = {g: 0 for g in group_names(checked)}
     _run(model, checked, chosen, rows_by_group, on_grad, on_probs, batch_size, progress, "item scores")
+    gather_scores(result, pending)
     return result
+
+
+# item_scores keeps about this many scores on the device before copying them to the host (256 MiB of float32).
+PENDING_SCORES = 64 * 2**20
+
+
+def gather_scores(result: torch.Tensor, pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+    """Write the pieces ``(rows [b] int64, columns [k] int64, values [b, k] float32)`` of :func:`item_scores`'
+    table (each site of each batch, values still on their device) into ``result [items, columns]`` on the host
+    and empty ``pending``: one copy to the host per device for all the pieces together (one synchronisation after
+    the last batch, or when :data:`PENDING_SCORES` is passed), instead of one per site and batch."""
+    by_device: dict[torch.device, list[int]] = {}
+    for k, (_, _, values) in enumerate(pending):
+        by_device.setdefault(values.device, []).append(k)
+    for numbers in by_device.values():
+        flat = torch.cat([pending[k][2].reshape(-1) for k in numbers]).to("cpu")
+        for k, host in zip(numbers, flat.split([pending[k][2].numel() for k in numbers])):
+            rows, columns, values = pending[k]
+            result[rows.unsqueeze(1), columns.unsqueeze(0)] = host.view(values.shape)
+    pending.clear()

@@ -86,7 +86,7 @@ def activation_probability(
         return hook
 
     def expert_tap(by_expert: dict[int, Site]):
-        def tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor) -> None:
+        def tap(expert: int, gate_up: torch.Tensor, token_idx: torch.Tensor, token_idx_host: torch.Tensor) -> None:
             site = by_expert.get(expert)
             if site is None:
                 return None

@@ -26,6 +26,7 @@ from culnig_ext.selection import lape
 from culnig_ext.selection import culnig as select
 from culnig_ext.reporting.analysis import layer_counts
 from culnig_ext._utils.atomic import atomic_write_text
+from culnig_ext.reporting.markdown_page import write_markdown_page
 from culnig_ext.data import encode, load_items
 from culnig_ext.data.items import as_score_items
 from culnig_ext.selection.neurons import NeuronSet
@@ -163,6 +164,7 @@ def run_compare(cfg: CompareConfig) -> dict[str, Any]:
                                       "random": row.random, "p_value": row.p_value, "n_items": row.n_items}
     atomic_write_text(out / "compare.json", json.dumps(result, indent=2) + "\n")
     atomic_write_text(out / "compare.md", compare_markdown(result))
+    write_markdown_page(out, "compare.md")
     return result
 
 

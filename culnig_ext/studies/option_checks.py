@@ -105,7 +105,7 @@ def output_dir(path: str | os.PathLike, what: str = "--out", files: Sequence[str
 # ------------------------------------------------------------------------------------------------ per command
 #: The files a run folder holds at its top level (``reporting.report``'s names, repeated here without importing it;
 #: ``tests/studies/test_option_checks.py`` checks that they agree).
-RUN_FILES = ("results.json", "report.md", "summary.md", "config.json")
+RUN_FILES = ("results.json", "report.md", "report.html", "summary.md", "config.json")
 
 
 def model_options(opts: Any) -> None:
@@ -220,7 +220,7 @@ def sweep_options(cfg: Any) -> None:
     if cfg.format not in ("letter", "cloze"):
         raise ValueError(f"--format must be letter or cloze, got {cfg.format!r}")
     model_options(cfg)
-    output_dir(cfg.out, files=("results.json", "report.md", "config.json", "split.json"))
+    output_dir(cfg.out, files=("results.json", "report.md", "report.html", "config.json", "split.json"))
 
 
 def lape_options(cfg: Any) -> None:
@@ -241,12 +241,12 @@ def compare_options(cfg: Any) -> None:
     for name in ("max_items", "max_test_items"):
         optional_positive_int(flag(name), getattr(cfg, name))
     model_options(cfg)
-    output_dir(cfg.out, files=("compare.md", "compare.json", "config.json"))
+    output_dir(cfg.out, files=("compare.md", "compare.json", "report.html", "config.json"))
 
 
 #: What ``culnig plant`` writes into its folder, and ``culnig validate`` into its own.
 PLANT_FILES = ("planted.json",)
-VALIDATE_FILES = ("validation.md", "validation.json", "timings.json")
+VALIDATE_FILES = ("validation.md", "validation.json", "timings.json", "report.html")
 
 
 def plant_options(cfg: Any) -> None:

@@ -17,7 +17,9 @@
     RUN/neurons/specific/<group>.json   culture-specific neurons per group
     RUN/summary.md                  neuron counts per layer and kind
     RUN/eval/*.json                 per-item evaluation records of every condition
+    RUN/instance.json               per culture-general neuron the scoring items it scored highest on
     RUN/results.json, report.md, kinship.png, layers.png   the report (``culnig report RUN`` rebuilds it)
+    RUN/report.html                 the explorer: one self-contained page (``reporting.explorer``)
 
 Re-running into the same folder resumes: a score table whose model and dataset fingerprint match is loaded instead
 of being recomputed.
@@ -44,6 +46,7 @@ from culnig_ext.data.schema import MCItem
 from culnig_ext.intervention.evaluate import EvalResult
 from culnig_ext.models.sites import neuron_sites
 from culnig_ext.reporting.analysis import kinship_matrix_encoded, layer_counts, positive_share
+from culnig_ext.reporting.instance import top_items, write_instance
 from culnig_ext.reporting.report import ReportResults, read_results, write_report
 from culnig_ext.stats.rows import with_holm
 from culnig_ext.scoring.cache import score_cached
@@ -273,6 +276,7 @@ def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores,
         per_item = item_scores(model, encode(data.neur, tokenizer, format=fmt), general,
                                batch_size=cfg.batch_size, progress=cfg.progress)
         summary += instance_view(general, positive_share(per_item), len(data.neur))
+        write_instance(run_dir, top_items(general, per_item, data.neur))  # the explorer's neuron cards
         timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
     log_fn(f"{len(general)} {study_name(data)}-general neurons; specific: "
@@ -446,9 +450,9 @@ def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identifi
                  kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path,
                  plan: RunPlan | None = None, probe: FormatProbe | None = None,
                  extra: list[dict[str, str]] | None = None) -> tuple[Path, ReportResults]:
-    """Write the report (``results.json``, ``report.md`` and its figures) into ``run_dir``; returns its path and
-    its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence; ``extra``:
-    further sections (title, markdown), e.g. CULNIG beside LAPE."""
+    """Write the report (``results.json``, ``report.md``, its figures and ``report.html``) into ``run_dir``; returns
+    its path and its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence;
+    ``extra``: further sections (title, markdown), e.g. CULNIG beside LAPE."""
     num_layers = len({s.layer for s in neuron_sites(model)})
     sections = [{"title": f"Stability of the {study_name(data)}-general neurons",
                  "markdown": found.stability.to_markdown()}, *(extra or [])]

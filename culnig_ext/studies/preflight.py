@@ -294,15 +294,29 @@ def check_evaluate(opts: Any) -> EvaluateInputs:
 
 def check_report(opts: Any):
     """``culnig report``: the run folder's results.json (parsed and validated, returned) and its output files."""
-    from culnig_ext.reporting.report import KINSHIP_PNG, LAYERS_PNG, REPORT_FILE, RESULTS_FILE, read_results
+    from culnig_ext.reporting.report import HTML_FILE, KINSHIP_PNG, LAYERS_PNG, REPORT_FILE, RESULTS_FILE, read_results
 
     run_dir = Path(opts.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder not found: {run_dir}" if not run_dir.exists()
                                 else f"{run_dir}: not a folder; give the run folder that holds results.json")
     results = read_results(run_dir)
-    output_dir(run_dir, what="run folder", files=(RESULTS_FILE, REPORT_FILE, KINSHIP_PNG, LAYERS_PNG))
+    output_dir(run_dir, what="run folder", files=(RESULTS_FILE, REPORT_FILE, KINSHIP_PNG, LAYERS_PNG, HTML_FILE))
     return results
+
+
+def check_export(opts: Any) -> Path:
+    """``culnig export``: the run folder exists and is a folder, and the output can be written (``--out``, else
+    ``RUN/export``); the folder's sets and tables are read (and their errors raised) before anything is written."""
+    run_dir = Path(opts.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}" if not run_dir.exists()
+                                else f"{run_dir}: not a folder; give the run folder (culnig run --out)")
+    if opts.out is not None:
+        output_file(opts.out)
+    else:
+        output_dir(run_dir / "export", what="export folder")
+    return run_dir
 
 
 RUN_TABLES = ("neur_parts", "ctrl_parts", "neur", "ctrl", "crc", "general")
@@ -400,7 +414,7 @@ def check_sweep(cfg: Any) -> None:
 
 __all__ = [
     "EvaluateInputs", "IdentifyInputs", "check_evaluate", "check_identify", "check_merge", "check_overlap",
-    "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
+    "check_export", "check_prompts", "check_report", "check_run", "check_score", "check_sweep", "device", "error_line", "finite",
     "fraction", "items", "model_layout", "neuron_set",
     "non_negative_int", "output_dir", "output_file", "positive_int", "same_layout", "score_table",
     "score_table_header",

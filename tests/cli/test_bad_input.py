@@ -122,12 +122,16 @@ class Inputs:
         (self.run_dir / "results.json").write_text(json.dumps(RESULTS), encoding="utf-8")
         self.recipe = root / "in" / "recipe.json"
         self.recipe.write_text(json.dumps(RECIPE).replace("ITEMS", str(self.items)), encoding="utf-8")
+        self.export_run = root / "in" / "finished"  # what culnig export reads: neuron sets and score tables
+        (self.export_run / "neurons").mkdir(parents=True)
+        (self.export_run / "neurons" / "general.json").write_text(neuron_set_json(), encoding="utf-8")
+        table().save(self.export_run / "scores" / "neur.safetensors")
         self.slots = {
             "recipe": str(self.recipe),
             "model": str(model_dir), "items": str(self.items), "table": str(self.table), "ctrl": str(self.ctrl),
             "neurons": str(self.neurons), "run_dir": str(self.run_dir), "out_file": str(root / "out" / "o.json"),
             "out_dir": str(root / "out" / "dir"), "batch": "2", "fraction": "0.1", "count": "1",
-            "planted": str(planted_dir),
+            "planted": str(planted_dir), "export_run": str(self.export_run),
         }
 
 
@@ -153,6 +157,7 @@ COMMANDS = {
     "evaluate": Command("evaluate --model {model} --data {items} --format cloze --inhibit {neurons} "
                         "--random {count} --batch-size {batch} --out {out_dir}"),
     "report": Command("report {run_dir}"),
+    "export": Command("export {export_run} --format csv --out {out_file}"),
     "merge": Command("merge {table} {ctrl} --out {out_file}"),
     "overlap": Command("overlap {neurons} {neurons} --model {model} --eval {items} --eval {items} --split all --format cloze "
                        "--batch-size {batch} --out {out_dir}"),
@@ -174,7 +179,8 @@ COMMANDS = {
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
 # missing compiler through both entry points, are in tests/kernels/test_build.py.)
-WITHOUT_INPUTS = {"build"}
+# culnig serve serves until Ctrl-C, so a good input never returns: its checks are in tests/cli/test_serve.py.
+WITHOUT_INPUTS = {"build", "serve"}
 
 
 @dataclass(frozen=True)
@@ -324,6 +330,14 @@ BAD = [
         (RESULTS_JSON + ": rows[1].original: expected an accuracy in [0, 1], got 1.5",)),
     Bad("unwritable_output", "run_dir", report_md_is_folder, ("{value}/report.md is a folder",)),
     # planted folders (validate) ------------------------------------------------------------------------
+    Bad("missing", "export_run", lambda i: str(i.root / "in" / "no_run"), ("run folder not found: {value}",)),
+    Bad("a_file", "export_run", lambda i: str(i.items), ("{value}: not a folder",)),
+    Bad("nothing_to_export", "export_run", lambda i: str(i.root / "in"), ("{value}: no score tables",)),
+    Bad("truncated_set", "export_run",
+        lambda i: (truncated(i.export_run / "neurons" / "general.json", i.export_run / "neurons" / "general.json"),
+                   str(i.export_run))[1], ("{value}/neurons/general.json: not valid JSON",)),
+    Bad("empty_table", "export_run", lambda i: (write(i.export_run / "scores" / "neur.safetensors", b""),
+                                                str(i.export_run))[1], ("{value}/scores/neur.safetensors: not a readable safetensors score file",)),
     Bad("missing", "planted", lambda i: str(i.root / "in" / "no_planted"),
         ("{value} is not a planted folder: {value}/planted.json is missing",)),
     Bad("without_model", "planted", lambda i: planted_copy(i, model=False), ("{value}/model holds no model",)),

@@ -339,7 +339,8 @@ RESULTS = {
 def test_report_from_results_json(tmp_path, capsys):
     (tmp_path / "results.json").write_text(json.dumps(RESULTS))
     assert cli.main(["report", str(tmp_path)]) == 0
-    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'report.md'}"
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'report.md'}, {tmp_path / 'report.html'}"
+    assert "<h1>Hand-made run</h1>" in (tmp_path / "report.html").read_text(encoding="utf-8")
     report = (tmp_path / "report.md").read_text()
     assert report.startswith("# Hand-made run\n")
     # 45.00 +- 7.07: mean and sample sd of 40 % and 50 %; a single random set has no sd.

@@ -88,7 +88,7 @@ def test_the_option_checks_and_configs_import_no_torch():
 
 
 def test_the_run_folder_files_agree_with_the_report():
-    from culnig_ext.reporting.report import REPORT_FILE, RESULTS_FILE
+    from culnig_ext.reporting.report import HTML_FILE, REPORT_FILE, RESULTS_FILE
     from culnig_ext.studies.option_checks import RUN_FILES
 
-    assert {RESULTS_FILE, REPORT_FILE, "summary.md", "config.json"} == set(RUN_FILES)
+    assert {RESULTS_FILE, REPORT_FILE, HTML_FILE, "summary.md", "config.json"} == set(RUN_FILES)

@@ -195,6 +195,8 @@ def _assert_pure_wheel_with_sources(dist: Path) -> None:
     for source in ("culnig.cpp", "attribution.h", "cpu/attribution_cpu.cpp", "cuda/attribution_cuda.cu"):
         assert f"culnig_ext/csrc/{source}" in names, names
     assert "culnig_ext/kernels/loader.py" in names and "culnig_ext/kernels/build.py" in names
+    for asset in ("explorer.js", "explorer.css", "explorer.html", "neuronpedia.schema.json"):  # report.html's parts
+        assert f"culnig_ext/reporting/assets/{asset}" in names, names
     assert not [n for n in names if n.endswith((".so", ".o", ".pyd"))], names
     with zipfile.ZipFile(wheels[0]) as zf:
         assert "Root-Is-Purelib: true" in zf.read("culnig_ext-0.1.0.dist-info/WHEEL").decode()

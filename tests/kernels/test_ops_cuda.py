@@ -270,6 +270,48 @@ def test_split_grid_is_deterministic_and_equals_cpu_bits():
     assert torch.equal(runs[0], cpu)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("shape", [(8, 512, 1024), (8, 512, 4096), (1, 64, 1030), (3, 300, 1000)])
+def test_small_n_plans_keep_the_cpu_bits(dtype, shape):
+    """Grids of the fill tier (narrow blocks, more splits; csrc/launch_plan.h) give the CPU kernel's bits."""
+    B, T, N = shape
+    threads, _, _, splits = torch.ops.culnig.launch_plan(B, T, N, 16 // _elem_size(dtype), _sm_count())
+    act, grad, mask = _inputs(B, T, N, dtype, seed=31)
+    index, count = _token_list(mask)
+    got = torch.ops.culnig.max_attribution(act, grad, mask, index, count).cpu()
+    assert torch.equal(got, torch.ops.culnig.max_attribution(act.cpu(), grad.cpu(), mask.cpu())), (threads, splits)
+
+
+def _elem_size(dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _sm_count() -> int:
+    return torch.cuda.get_device_properties(0).multi_processor_count
+
+
+def test_parallel_combine_adds_each_group_in_sample_order():
+    """Step 2 of the accumulating op adds a group's terms in sample order across its 32-sample chunks: with all
+    maxima 1 and weights 2^53, 1, 1, -2^53 in that order the float64 sum is exactly 0 (2^53 + 1 rounds back to
+    2^53); any other order or grouping gives 2 or -2."""
+    B, T, N = 70, 3, 300
+    act = torch.ones(B, T, N, dtype=torch.bfloat16, device=DEV)
+    mask = torch.ones(B, T, dtype=torch.bool, device=DEV)
+    big = float(2**53)
+    group = torch.arange(B) % 5 + 2  # groups 2..6: small weights, sums computed below
+    weight = torch.full((B,), 0.25)
+    for g, rows in ((0, (30, 31, 32, 33)), (1, (5, 40, 64, 69))):  # across chunk boundaries (32, 64)
+        group[list(rows)] = g
+        weight[list(rows)] = torch.tensor([big, 1.0, 1.0, -big])
+    acc = torch.zeros(7, N, dtype=torch.float64, device=DEV)
+    torch.ops.culnig.max_attribution_accumulate_(acc, act, act, mask, weight.to(DEV), group.to(DEV), None)
+    expected = torch.zeros(7, N, dtype=torch.float64)
+    for b in range(B):  # sequential, sample order
+        expected[int(group[b])] += float(weight[b])
+    assert expected[0].abs().max() == 0 and expected[1].abs().max() == 0
+    assert torch.equal(acc.cpu(), expected)
+
+
 def test_ops_with_token_list_do_not_sync():
     """With the token list the ops read no device data on the host: they run under a sync-forbidding debug mode."""
     act, grad, mask = _inputs(4, 50, 300, torch.bfloat16, seed=15)

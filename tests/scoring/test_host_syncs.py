@@ -126,3 +126,141 @@ def test_pending_probabilities_give_the_sums_of_adding_each_batch(device_batches
         expected.index_add_(0, group, probs.to(torch.float64))
     assert torch.equal(again.prob_sums, table.prob_sums)
     assert torch.equal(table.prob_sums, expected)
+
+
+PAIRS = [("layers.0.mlp.gate_proj", 3), ("layers.1.self_attn.k_proj", 0), ("layers.0.mlp.gate_proj", 47)]
+
+
+def test_item_scores_copy_nothing_to_the_host_in_the_hooks(monkeypatch):
+    # item_scores used to copy every site's maxima to the host in its gradient hook: one sync per site and batch.
+    # (The OnDevice stand-in cannot see inside the backward pass: torch.autograd.grad on an OnDevice tensor runs
+    # with the subclass's torch-function handling disabled. So the host-copy methods themselves are watched here,
+    # for calls from the scorer's hook functions.)
+    in_hooks = collections.Counter()
+    for name in ("cpu", "item", "tolist", "numpy", "to"):
+        method = getattr(torch.Tensor, name)
+
+        def watched(self, *args, _method=method, _name=name, **kwargs):
+            frame = sys._getframe(1)
+            to_host = _name != "to" or (args and isinstance(args[0], (str, torch.device))
+                                        and torch.device(args[0]).type == "cpu")
+            if to_host and frame.f_code.co_filename == scorer.__file__ and frame.f_code.co_name in ("on_grad", "grad_hook"):
+                in_hooks[f"{_name} at scoring/scorer.py:{frame.f_lineno}"] += 1
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, watched)
+    gathered = []
+    gather = scorer.gather_scores
+    monkeypatch.setattr(scorer, "gather_scores", lambda result, pending: (gathered.append(len(pending)),
+                                                                          gather(result, pending)))
+    got = culnig_ext.item_scores(tiny_model("llama"), random_items(12, seed=2), PAIRS, batch_size=4, progress=False)
+    monkeypatch.undo()
+    assert in_hooks == {} and gathered == [3 * 2]  # 3 batches x 2 sites, copied together once, at the end
+    assert got.shape == (12, 3) and bool((got != 0).all())  # every cell written
+
+
+def test_gather_scores_makes_one_host_copy_and_places_every_piece():
+    result = torch.zeros(4, 3)
+    pieces = [
+        (torch.tensor([2, 0]), torch.tensor([1]), torch.tensor([[5.0], [6.0]]).as_subclass(OnDevice)),
+        (torch.tensor([1]), torch.tensor([0, 2]), torch.tensor([[7.0, 8.0]]).as_subclass(OnDevice)),
+        (torch.tensor([3]), torch.tensor([2]), torch.tensor([[9.0]]).as_subclass(OnDevice)),
+    ]
+    CALLS.clear()
+    scorer.gather_scores(result, pieces)
+    assert dict(CALLS) == {f"to at scoring/scorer.py:{_line_of('flat = torch.cat([pending[k][2]')}": 1}
+    assert torch.equal(result, torch.tensor([[0.0, 6.0, 0.0], [7.0, 0.0, 8.0], [0.0, 5.0, 0.0], [0.0, 0.0, 9.0]]))
+    assert pieces == []
+
+
+def test_item_scores_bounded_wait_gives_the_same_table(monkeypatch):
+    # Copying the waiting scores every few pieces (the bound on what stays on the device) changes no value.
+    model = tiny_model("llama")
+    items = random_items(9, seed=4)
+    once = culnig_ext.item_scores(model, items, PAIRS, batch_size=2, progress=False)
+    monkeypatch.setattr(scorer, "PENDING_SCORES", 3)
+    often = culnig_ext.item_scores(model, items, PAIRS, batch_size=2, progress=False)
+    assert torch.equal(once, often) and bool((once != 0).all())
+
+
+def test_host_tensors_are_staged_once_per_batch_before_the_hooks(monkeypatch):
+    # Token list, groups and group rows go to the batch's device in BatchState.for_batch, before the forward
+    # pass; the gradient hooks find them there (no copy from the host inside the backward pass).
+    staged = collections.Counter()
+    original = scorer.stage
+
+    def spy(host, device):
+        staged[sys._getframe(1).f_code.co_name] += 1
+        return original(host, device)
+
+    monkeypatch.setattr(scorer, "stage", spy)
+    for n_batches in (2, 5):
+        staged.clear()
+        culnig_ext.score(tiny_model("llama"), random_items(4 * n_batches, seed=1), batch_size=4, progress=False)
+        assert staged == {"staged": 4 * n_batches}, staged  # token_index, token_count, group, rows
+
+
+def test_stage_pins_host_memory_only_for_cuda(monkeypatch):
+    host = torch.arange(6, dtype=torch.int32)
+    assert scorer.stage(host, torch.device("cpu")) is host  # on the CPU nothing is copied or pinned
+    calls = []
+    to = torch.Tensor.to
+
+    def pin_memory(self):
+        calls.append("pin_memory")
+        return self.clone()  # stands for the page-locked copy
+
+    def fake_to(self, *args, **kwargs):
+        calls.append(("to", str(args[0]), kwargs.get("non_blocking")))
+        return to(self, "cpu")  # no CUDA here: the copy stays on the host
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", pin_memory)
+    monkeypatch.setattr(torch.Tensor, "to", fake_to)
+    out = scorer.stage(host, torch.device("cuda", 1))
+    monkeypatch.undo()
+    assert calls == ["pin_memory", ("to", "cuda:1", True)]
+    assert torch.equal(out, host)
+
+
+def test_expert_gradient_hooks_read_nothing_back_from_the_device(monkeypatch):
+    # An MoE layer's experts each get a gradient hook; it used to read the routed positions' maximum, the rows
+    # with a routed token (nonzero) and their token list back from the device: several synchronisations per expert
+    # per layer on a GPU. Now the rows come from the route's host copy and the batch's host mask (routed_rows).
+    # Watched: the host-read methods called in this module while an expert's gradient hook runs, on tensors other
+    # than the host ones (routed_rows' inputs and outputs: the route's host positions, the batch's host mask).
+    from tests.fixtures import family_model
+
+    reads, host, calls = collections.Counter(), set(), []
+    for name in ("cpu", "item", "tolist", "numpy", "nonzero", "__int__", "__bool__", "to"):
+        method = getattr(torch.Tensor, name)
+
+        def watched(self, *args, _method=method, _name=name, **kwargs):
+            frame = sys._getframe(1)
+            # .to("cpu"): an explicit copy to the host; .to(device) moves to a site's device (the CPU here)
+            to_host = _name != "to" or (bool(args) and args[0] == "cpu")
+            if to_host and id(self) not in host and frame.f_code.co_filename == scorer.__file__:
+                outer = frame
+                while outer is not None and outer.f_code.co_filename == scorer.__file__:
+                    if outer.f_code.co_name == "grad_hook" and "tokens_host" in outer.f_code.co_freevars:
+                        reads[f"{_name} at scoring/scorer.py:{frame.f_lineno} ({frame.f_code.co_name})"] += 1
+                        break
+                    outer = outer.f_back
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, watched)
+    rows_of = scorer.routed_rows
+
+    def routed_rows(site, tokens, mask):
+        host.update((id(tokens), id(mask)))
+        rows, sub = rows_of(site, tokens, mask)
+        host.update((id(rows), id(sub)))
+        calls.append((tokens.device.type, mask.device.type, mask.dtype))
+        return rows, sub
+
+    monkeypatch.setattr(scorer, "routed_rows", routed_rows)
+    table = culnig_ext.score(family_model("mixtral"), random_items(6, seed=3), batch_size=3, progress=False)
+    monkeypatch.undo()
+    assert reads == {}
+    # the expert hooks ran (2 batches, some experts each) and got host positions and the batch's host mask
+    assert len(calls) >= 2 and set(calls) == {("cpu", "cpu", torch.bool)}
+    assert any(".experts." in name for name in table.sites)

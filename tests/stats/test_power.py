@@ -65,3 +65,37 @@ def test_mde_bad_input():
         minimum_detectable_drop([1, 0], [0, 1], power=0.01)
     with pytest.raises(ValueError, match="3 items but correct_b has 2"):
         minimum_detectable_drop([1, 0, 1], [0, 1])
+
+
+def test_mde_is_the_quantile_gap_of_the_centred_resamples_of_its_seed():
+    # By the module's definition, with the resamples drawn here: e = d* - d, MDE = q_power(e) - q_alpha(e).
+    rng = np.random.default_rng(11)
+    a, b = rng.random(40), rng.random((2, 40))  # continuous scores: every resample count moves the quantiles
+    d = a.astype(float) - b.astype(float).mean(axis=0)
+
+    def by_hand(n_resamples, seed, power=0.8, alpha=0.05):
+        idx = np.random.default_rng(seed).integers(0, d.size, size=(n_resamples, d.size))
+        e = d[idx].mean(axis=1) - d.mean()
+        high, low = np.quantile(e, [power, alpha])
+        return max(0.0, high - low)
+
+    assert minimum_detectable_drop(a, b) == pytest.approx(by_hand(10000, 0), abs=1e-12)  # the defaults
+    assert minimum_detectable_drop(a, b, n_resamples=700, seed=5) == pytest.approx(by_hand(700, 5), abs=1e-12)
+    assert minimum_detectable_drop(a, b, n_resamples=700, seed=5, power=0.9, alpha=0.1) == pytest.approx(
+        by_hand(700, 5, 0.9, 0.1), abs=1e-12)
+
+
+@pytest.mark.parametrize("alpha,power,message", [
+    (0.0, 0.8, "alpha must be in"), (1.0, 0.8, "alpha must be in"), (1.5, 0.8, "alpha must be in"),
+    (0.05, 0.05, "power must be in"), (0.05, 1.0, "power must be in"), (0.05, 1.5, "power must be in"),
+])
+def test_mde_refuses_levels_on_and_beyond_the_bounds(alpha, power, message):
+    with pytest.raises(ValueError, match=message):
+        minimum_detectable_drop([1, 0, 1], [0, 1, 1], alpha=alpha, power=power)
+
+
+def test_mde_names_the_argument_that_is_not_numbers():
+    with pytest.raises(ValueError, match="^correct_a: expected numbers"):
+        minimum_detectable_drop(["x", "y"], [0, 1])
+    with pytest.raises(ValueError, match="^correct_b: expected numbers"):
+        minimum_detectable_drop([0, 1], ["x", "y"])

@@ -300,6 +300,24 @@ def test_run_writes_every_file(run, model_dir):
         assert f"{what}: scoring" in printed
 
 
+def test_instance_view_file_and_page(run):
+    """instance.json: for every culture-general neuron its highest item scores (highest first, at most 10) on the
+    run's scoring items, with their question texts; report.html beside report.md."""
+    cfg, result, _ = run
+    out = Path(cfg.out)
+    inst = json.loads((out / "instance.json").read_text(encoding="utf-8"))
+    assert set(inst["neurons"]) == {f"{n.site}:{n.index}" for n in result.general}
+    questions = {it.id: it.question for it in load_items(BUILTIN["data"], max_per_question=None)}
+    for entry in inst["neurons"].values():
+        values = [v for _, v in entry["top"]]
+        assert values == sorted(values, reverse=True) and len(values) == min(10, inst["n_items"])
+        assert 0.0 <= entry["positive_share"] <= 1.0
+    for item in inst["items"]:
+        assert questions[item["id"]] == item["question"]
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!DOCTYPE html>") and "id='culnig-data'" in page
+
+
 def test_general_neurons_equal_a_recomputation(run):
     cfg, result, _ = run
     tables = load_tables(Path(cfg.out))

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from culnig_ext._utils.atomic import atomic_write_bytes, atomic_write_text
+from culnig_ext.reporting.markdown_page import write_markdown_page
 from culnig_ext.reporting.plots import png_bytes
 
 RESULTS_FILE = "finetune_results.json"
@@ -131,7 +132,9 @@ def write_finetune_report(out_dir: str | os.PathLike, results: Mapping[str, Any]
     out = Path(out_dir)
     atomic_write_text(out / RESULTS_FILE, json.dumps(results, indent=1, allow_nan=False) + "\n")
     atomic_write_bytes(out / LAYERS_PNG, layers_png(results))
-    return atomic_write_text(out / REPORT_FILE, render_markdown(results))
+    path = atomic_write_text(out / REPORT_FILE, render_markdown(results))
+    write_markdown_page(out, REPORT_FILE)
+    return path
 
 
 __all__ = ["LAYERS_PNG", "REPORT_FILE", "RESULTS_FILE", "STUDY_FORMAT", "layers_png", "render_markdown",

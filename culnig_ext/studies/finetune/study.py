@@ -230,7 +230,7 @@ def run_finetune(cfg: FinetuneConfig, *, log_fn: Callable[[str], None] = log.inf
             neurons.validate(layout)
         except ValueError as exc:
             raise ValueError(f"{cfg.neurons}: {exc} (model {cfg.model})") from None
-    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, LAYERS_PNG, "config.json", "ranking.json"))
+    output_dir(cfg.out, files=(RESULTS_FILE, REPORT_FILE, LAYERS_PNG, "report.html", "config.json", "ranking.json"))
     seed = cfg.settings.seed
     if cfg.task_test is None and ":" in cfg.task and not cfg.task.startswith("builtin:"):
         raise ValueError(f"task {cfg.task!r} is a local file, which is one split: give the test file with "
