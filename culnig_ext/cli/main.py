@@ -18,6 +18,8 @@
     culnig finetune --neurons general.json --end top bottom random --budget 0.1 --task builtin:qnli --out ft_dir
     culnig plant --out planted       # a model with known culture neurons (fictional countries' facts)
     culnig validate planted --out validation   # how well each method recovers them
+    culnig run --recipe language     # another study as data: language neurons (docs/recipes.md)
+    culnig recipe new my-study       # a commented recipe template; culnig recipe check my-study.yaml
 """
 from __future__ import annotations
 
@@ -27,13 +29,13 @@ import sys
 
 from culnig_ext._utils.version import __version__
 from culnig_ext.cli import (build, compare, evaluate, export, finetune, identify, merge, overlap, plant, prompts,
-                            report, run, score, serve, sweep, validate)
+                            recipe, report, run, score, serve, sweep, validate)
 from culnig_ext.cli.common import add_output_args, hide_hf_bars
 
 #: The subcommands in the order ``culnig --help`` lists them; each module has ``NAME``, ``add_parser(subparsers)``
 #: and ``run(args)``, which returns the text summary (or a dict with it as ``message``, for ``--json``).
 SUBCOMMANDS = (score, merge, identify, evaluate, prompts, overlap, report, export, serve, build, finetune, run, sweep,
-               compare, plant, validate)
+               compare, plant, validate, recipe)
 COMMANDS = {module.NAME: module.run for module in SUBCOMMANDS}
 
 

@@ -15,10 +15,14 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(NAME, help="choose identification settings on a validation split, report on the test split")
     p.add_argument("--out", default=sd.out, help="output folder (default: %(default)s)")
     p.add_argument("--model", default=sd.model, help="model (default: the embedded smollm2)")
-    p.add_argument("--data", default=sd.data, help="cultural item source (default: auto, as for 'culnig run')")
-    p.add_argument("--crc", default=sd.crc, help="CountryRC scoring templates (default: auto)")
-    p.add_argument("--crc-test", default=sd.crc_test, help="CountryRC evaluation templates (default: auto)")
-    p.add_argument("--general", default=sd.general, help="non-cultural set: contrast/validation/test thirds")
+    p.add_argument("--recipe", default=sd.recipe, help="the study's recipe (a builtin name or a file): the defaults "
+                                                        "of --data, --crc, --crc-test, --general (default: %(default)s)")
+    p.add_argument("--data", default=None, help="cultural item source (default: the recipe's; culture: auto, as for "
+                                                "'culnig run')")
+    p.add_argument("--crc", default=None, help="surface (CountryRC) scoring templates (default: the recipe's; auto)")
+    p.add_argument("--crc-test", default=None, help="surface evaluation templates (default: the recipe's; auto)")
+    p.add_argument("--general", default=None, help="non-cultural set: contrast/validation/test thirds (default: the "
+                                                   "recipe's)")
     p.add_argument("--format", default=sd.format, choices=FORMATS, help="answer format (default: %(default)s)")
     _add_grid(p, sd)
     p.add_argument("--random", type=int, default=sd.n_random,
@@ -52,8 +56,11 @@ def run(args) -> str:
         scale = tuple(float(x) for x in parse_csv(args.scale, "--scale"))
     except ValueError as exc:
         raise ValueError(f"--scale: expected numbers, got {args.scale!r} ({exc})") from None
+    from culnig_ext.studies.recipes.load import recipe_sources
+
+    sources = recipe_sources(args.recipe, data=args.data, crc=args.crc, crc_test=args.crc_test, general=args.general)
     cfg = SweepConfig(
-        out=args.out, model=args.model, data=args.data, crc=args.crc, crc_test=args.crc_test, general=args.general,
+        out=args.out, model=args.model, recipe=args.recipe, **sources,
         format=args.format, normalize=parse_csv(args.normalize, "--normalize", ("count", "prob")),
         control=parse_csv(args.control, "--control", ("empty", "frame")),
         contrast_general=tuple(v == "on" for v in parse_csv(args.contrast_general, "--contrast-general",

@@ -23,7 +23,7 @@ from culnig_ext.data.evalsets import (
     load_qnli,
     load_worldvaluesbench,
 )
-from culnig_ext.data.jsonl import read_jsonl
+from culnig_ext.data.jsonl import is_canonical_table, read_item_file, read_jsonl
 from culnig_ext.data.schema import MCItem, SchemaError
 from culnig_ext.data.splits import Split, split_items
 from culnig_ext.data.tabular import TABLE_SUFFIXES, iter_rows
@@ -33,7 +33,10 @@ ACCEPTED_SOURCES = (
     "builtin:general",
     "builtin:countryrc (templates 0-14) / builtin:countryrc-test (templates 15-29)",
     "countryrc:PATH or countryrc:PATH@A-B (a CountryRC template file; @A-B selects template ids A..B)",
-    "PATH.jsonl (canonical items, one MCItem per line)",
+    "PATH.jsonl/.csv/.tsv/.parquet/.json (canonical items: id, group, question, choices, answer_idx[, topic, "
+    "question_id]; CSV choices as a JSON list)",
+    "language:DIR, language-en:DIR (BLEnD's questions in the local language / in English, grouped by language; "
+    "DIR a BLEnD folder or auto)",
     "PATH.json/.jsonl/.csv/.parquet with an MCQID column (BLEnD multiple-choice questions)",
     "DIR with annotations/ and questions/ (BLEnD raw annotations)",
     f"{BLEND_HUB_ID} (BLEnD multiple-choice questions from the hub)",
@@ -82,6 +85,45 @@ def _filter_countries(items: list[MCItem], countries: Iterable[str] | None, sour
     return [item for item in items if item.group in wanted]
 
 
+def _filter_groups(items: list[MCItem], groups: Iterable[str] | None, source: str) -> list[MCItem]:
+    """Keep the items of ``groups`` (compared as written: a file's groups need not be countries)."""
+    if groups is None:
+        return items
+    wanted = list(groups)
+    present = set(it.group for it in items)
+    missing = [g for g in wanted if g not in present]
+    if missing:
+        raise ValueError(f"source {source!r} has no group(s) {missing}; it has: {', '.join(sorted(present))}")
+    return [it for it in items if it.group in wanted]
+
+
+def _language_items(root: str, english: bool, seed: int, max_per_question: int | None,
+                    languages: Iterable[str] | None) -> list[MCItem]:
+    from culnig_ext.data.defaults import find_blend_root
+    from culnig_ext.data.languages import load_language_items
+
+    if root == "auto":
+        found = find_blend_root()
+        if found is None:
+            raise FileNotFoundError("language:auto: no BLEnD annotation folder found (set CULNIG_BLEND_DIR or give "
+                                    "language:PATH)")
+        root = str(found)
+    if not is_blend_annotation_root(root):
+        raise FileNotFoundError(f"language:{root}: not a BLEnD folder (needs annotations/ and questions/)")
+    return load_language_items(root, english=english, seed=seed, max_per_question=max_per_question,
+                               languages=languages)
+
+
+def missing_columns(path: Path, group_field: str) -> str:
+    """Which canonical columns the first row of a table lacks, in words."""
+    from culnig_ext.data.jsonl import CANONICAL
+
+    for row in iter_rows(path):
+        missing = [c for c in (*CANONICAL, group_field) if c not in row.data]
+        return f"{row.where}: field(s) {missing} missing"
+    return "no rows"
+
+
 def has_mcqid(path: Path) -> bool:
     """True if the first row of a table file has BLEnD's MCQID column."""
     if path.suffix.lower() == ".jsonl":
@@ -111,6 +153,28 @@ def _template_ids(spec: str, template_ids: Collection[str | int] | None, source:
     return m.group(1), [str(i) for i in range(lo, hi + 1)]
 
 
+def _file_items(path: Path, source: str, split: Split, countries: Iterable[str] | None, max_per_question: int | None,
+                questions_dir: str | Path | None, group_field: str) -> list[MCItem]:
+    """The items of a table file: BLEnD multiple-choice (an MCQID column) or canonical items (any table format,
+    the group in ``group_field``); anything else refused naming the columns it lacks."""
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise _unknown(source, f"unsupported file type {suffix!r}")
+    if has_mcqid(path):
+        if split != "all" and questions_dir is None:
+            raise ValueError(f"split {split!r} of BLEnD multiple-choice file {source!r} needs topics: pass "
+                             "questions_dir (BLEnD's questions/ folder)")
+        return load_blend_mcq_file(path, questions_dir=questions_dir, countries=countries,
+                                   max_per_question=max_per_question)
+    if suffix == ".jsonl" and group_field == "group":
+        return _filter_countries(read_jsonl(path), countries, source)
+    if suffix == ".jsonl" or is_canonical_table(path, group_field):
+        return _filter_groups(read_item_file(path, group_field), countries, source)
+    raise SchemaError(f"{missing_columns(path, group_field)}; canonical items need the columns id, {group_field} "
+                      "(the group), question, choices, answer_idx (BLEnD multiple-choice files have MCQID; for "
+                      "evaluation sets use e.g. culturalbench:PATH)")
+
+
 def load_items(
     source: str,
     *,
@@ -121,6 +185,7 @@ def load_items(
     questions_dir: str | Path | None = None,
     template_ids: Collection[str | int] | None = None,
     stats: MutableMapping[str, Any] | None = None,
+    group_field: str = "group",
 ) -> list[MCItem]:
     """Load items from a source string (see ``ACCEPTED_SOURCES``).
 
@@ -135,6 +200,7 @@ def load_items(
         questions_dir: BLEnD ``questions/`` folder giving topics to BLEnD multiple-choice files/hub rows.
         template_ids: CountryRC template ids for ``countryrc:PATH`` (or use ``@A-B``).
         stats: if given, filled with ``n_items`` and, for BLEnD annotations, ``skipped`` (counts per reason).
+        group_field: the column holding the group in a canonical item file (refused for other sources).
 
     Raises:
         ValueError: for an unknown source (listing what is accepted) or an option that does not apply.
@@ -148,6 +214,8 @@ def load_items(
     prefix, _, rest = source.partition(":")
     path = Path(source)
 
+    if group_field != "group" and not (path.is_file() and not has_mcqid(path)):
+        raise ValueError(f"source {source!r}: a group field ({group_field!r}) applies to canonical item files only")
     if prefix == "paper":  # the paper's protocol: its own prompts, variants and neuron/held-out halves
         from culnig_ext.data.protocols import load_paper_items
 
@@ -169,6 +237,8 @@ def load_items(
     elif prefix == "countryrc" and rest:
         file, ids = _template_ids(rest, template_ids, source)
         items = load_countryrc(file, ids=ids, countries=countries, seed=seed)
+    elif prefix in ("language", "language-en") and rest:
+        items = _language_items(rest, prefix == "language-en", seed, max_per_question, countries)
     elif prefix == "worldvaluesbench" and rest:
         items = load_worldvaluesbench(rest, countries=countries)
     elif prefix in _GENERAL_EVALSETS:
@@ -195,22 +265,7 @@ def load_items(
         build = build_blend_items(path, countries=countries, seed=seed, max_per_question=max_per_question)
         items, skipped = build.items, build.skip_counts()
     elif path.is_file():
-        suffix = path.suffix.lower()
-        if suffix not in TABLE_SUFFIXES:
-            raise _unknown(source, f"unsupported file type {suffix!r}")
-        if has_mcqid(path):
-            if split != "all" and questions_dir is None:
-                raise ValueError(
-                    f"split {split!r} of BLEnD multiple-choice file {source!r} needs topics: pass questions_dir "
-                    "(BLEnD's questions/ folder)"
-                )
-            items = load_blend_mcq_file(
-                path, questions_dir=questions_dir, countries=countries, max_per_question=max_per_question
-            )
-        elif suffix == ".jsonl":
-            items = _filter_countries(read_jsonl(path), countries, source)
-        else:
-            raise _unknown(source, "a table without BLEnD's MCQID column; for evaluation sets use e.g. culturalbench:PATH")
+        items = _file_items(path, source, split, countries, max_per_question, questions_dir, group_field)
     elif path.suffix.lower() in TABLE_SUFFIXES or ("/" in source and not re.fullmatch(r"[\w.-]+/[\w.-]+", source)):
         raise FileNotFoundError(f"item source {source!r}: no such file or folder")
     else:

@@ -98,13 +98,14 @@ def run_summary(results: ReportResults, *, seconds: float, specific: Mapping[str
     lines = []
     if results.verdict is not None:
         lines.append(f"Verdict: {results.verdict['label']} — {results.verdict['reason']}.")
-    counts = f"Neurons: {results.n_neurons} culture-general"
+    study = results.neuron_set.split("-general")[0] if "-general" in results.neuron_set else "culture"
+    counts = f"Neurons: {results.n_neurons} {study}-general"
     if results.layers is not None:
         by_kind = results.layers["counts"]
         counts += f" ({sum(by_kind['mlp'])} MLP gate, {sum(by_kind['attn'])} attention q/k/v)"
     with_neurons = [n for n in specific.values() if n]
     if specific:
-        counts += (f"; culture-specific in {len(with_neurons)} of {len(specific)} groups"
+        counts += (f"; {study}-specific in {len(with_neurons)} of {len(specific)} groups"
                    + (f" ({min(with_neurons)}-{max(with_neurons)} each)" if with_neurons else ""))
     lines.append(counts + ".")
     row = main_row(results)

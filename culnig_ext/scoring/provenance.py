@@ -1,5 +1,5 @@
 """What a score table was computed from: model, its revision or weights hash, dtype, attention implementation,
-package version, prompt format, control and clamp. Reuse (pipeline), resume (checkpoint) and merge compare these
+package version, prompt format, control, clamp and the study recipe's scoring hash (``recipe``). Reuse (pipeline), resume (checkpoint) and merge compare these
 fields; ``mismatch`` names the first that differs.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from torch import nn
 
 # Compared by pipeline reuse, checkpoint resume and merge, in this order.
 FIELDS = ("model", "revision", "weights_hash", "dtype", "attn_implementation", "package_version", "prompt_format",
-          "control", "clamp_min")
+          "control", "clamp_min", "recipe")
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 FULL_HASH_LIMIT = 4 << 30  # above this many bytes of weights, hash a sample (size + 64 spread 1 MiB chunks)

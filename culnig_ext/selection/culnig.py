@@ -338,6 +338,51 @@ def specific(
     )
 
 
+# -------------------------------------------------------------------------------------- more surface sets
+def remove_surface(
+    ns: NeuronSet,
+    table: ScoreTable,
+    fractions: Mapping[str, float],
+    *,
+    normalize: str = "count",
+    group: str | None = None,
+    role: str = "surface",
+) -> NeuronSet:
+    """``ns`` without the neurons ranking in the top of another surface set's table (a recipe's second and later
+    surface sets; the first one is ``general``'s / ``specific``'s ``crc``).
+
+    ``group`` None (general neurons): per kind in ``fractions`` (``{"mlp": r, "attn": r}``; a kind left out is not
+    filtered), the top ``floor(n_kind * r)`` of that kind by ``sum_g table[g] / N`` (``normalize`` as ``general``'s),
+    as ``general`` removes CountryRC neurons. ``group`` given (specific neurons): the top ``floor(n * r)`` of all
+    neurons pooled by ``table[group] / N[group]`` (``normalize`` as ``specific``'s), ``fractions`` holding one
+    value under ``"all"``. Removing a second set's top after the first equals removing the union of the two tops.
+    """
+    widths = _check_tables(table, {})
+    if group is None:
+        _check_normalize(normalize)
+        divisor = _total_divisor(table, normalize, role)
+        parts = [(kind, {s: w for s, w in widths.items() if parse_site_name(s)[1] == kind}) for kind in fractions]
+        scores = lambda site: table[site].sum(0) / divisor  # noqa: E731
+    else:
+        _check_normalize(normalize, SPECIFIC_NORMALIZE)
+        row = table.group_index(group)
+        div = float(_group_divisors(table, normalize, role, [group])[0])
+        parts = [("all", dict(widths))]
+        scores = lambda site: table[site][row] / div  # noqa: E731
+    drop: set[tuple[str, int]] = set()
+    for kind, kind_widths in parts:
+        _check_fraction(f"{role} {kind}", fractions[kind])
+        if not kind_widths:
+            continue
+        layout = _Layout(kind_widths)
+        flat = layout.cat({s: _finite(s, scores(s), role) for s in layout.sites})
+        drop.update(layout.locate(top_fraction(flat, fractions[kind])))
+    kept = [n for n in ns if (n.site, n.index) not in drop]
+    params = {**ns.params, "surfaces": [*ns.params.get("surfaces", []), role]}
+    return NeuronSet(kept, method=ns.method, params=params, model=ns.model,
+                     sources={**ns.sources, role: table.fingerprint()})
+
+
 # ------------------------------------------------------------------------------------------------- random
 MATCH = ("site", "kind", "none")
 

@@ -19,6 +19,10 @@ class RunConfig:
     """Everything ``run_pipeline`` needs; every fraction and threshold defaults to the paper's value.
 
     Attributes:
+        recipe: the study (``culnig_ext.studies.recipes``): a builtin name or a file. Its sets, control, surface
+            filters, thresholds and baselines are the defaults of the fields they map to (``recipe_options``); in
+            Python build a configuration for a recipe with ``recipe_config`` (``RunConfig(recipe=...)`` alone keeps
+            the fields as given and takes only the recipe's further structure).
         model: embedded alias (``smollm2``), GGUF file, local folder or hub id.
         data: cultural item source (``culnig_ext.data.load_items``); split by topic into scoring/test halves.
             ``auto``: BLEnD rebuilt from raw annotations when found, else the builtin set (``data.defaults``).
@@ -52,11 +56,14 @@ class RunConfig:
     """
 
     #: Keys a run records in its config.json beside the options (read back with ``--config``, they are skipped).
-    RECORDS: ClassVar[tuple[str, ...]] = ("format_probe",)
+    RECORDS: ClassVar[tuple[str, ...]] = ("format_probe", "recipe_hash", "recipe_scoring_hash")
 
     # One definition: each field is also ``culnig run``'s flag (``--name-with-dashes``) and a key of ``--config``
     # files and of the config.json a run writes (culnig_ext.studies.options). A new option is a new field here.
     out: str = option("culnig_runs/default", "run folder; re-running into it resumes")
+    recipe: str = option("culture", "the study as a recipe: a builtin name (culture, language) or a YAML/JSON file "
+                         "(docs/recipes.md); it sets the defaults of --data, --control, --crc, --crc-test, --general, "
+                         "the thresholds and --random, below the study size and the options given explicitly")
     model: str = option(DEFAULT_MODEL, "embedded alias (smollm2, gemma3-270m), a .gguf file, a model folder or a hub id")
     data: str = option("auto", "cultural item source (auto = BLEnD rebuilt from its raw annotations when a copy is "
                        "found, e.g. $CULNIG_BLEND_DIR or ../shared/data/blend, else builtin:cultural)")
@@ -71,8 +78,9 @@ class RunConfig:
                                "--max-test-items, --random, --kinship-groups); --no-full: the quick study, sized to "
                                "finish in about 10 minutes on 2 CPU cores",
                                none="full for a hub or local model, quick for an embedded one")
-    control: str = option("empty", "control prompt: empty (question removed, the paper's) or frame (keeps the "
-                          "question frame)", choices=("empty", "frame"))
+    control: str = option("empty", "control prompt: empty (question removed, the paper's), frame (keeps the "
+                          "question frame), transform:NAME (culnig_ext.data.transforms: neutral, shuffle) or "
+                          "file:PATH (control items in the canonical schema, one per scoring item id)")
     normalize: str = option("count", "divide by item counts (the paper's) or by summed P", choices=("count", "prob"))
     contrast_general: bool = option(False, "also subtract a general-ability table (half of --general; the other "
                                     "half is evaluated)")
@@ -186,14 +194,26 @@ def quick_config(**overrides: Any) -> RunConfig:
 def run_preset(explicit: dict[str, Any]) -> dict[str, Any]:
     """The defaults a run's explicitly given options (config file and flags) select: ``PAPER_PRESET`` for
     ``protocol: paper``; else ``FULL_PRESET`` with ``full: true`` or for a model that is not embedded, and
-    ``QUICK_PRESET`` with ``full: false`` or for an embedded model (the default, ``smollm2``). Explicit options win
-    over the preset (``culnig_ext.studies.options.build``)."""
+    ``QUICK_PRESET`` with ``full: false`` or for an embedded model (the default, ``smollm2``), over the options the
+    recipe sets (``--recipe``, ``recipe_options``). Explicit options win over the preset
+    (``culnig_ext.studies.options.build``)."""
+    from culnig_ext.studies.recipes import load_recipe, recipe_options
+
+    base = recipe_options(load_recipe(explicit.get("recipe", RunConfig.recipe)))
     if explicit.get("protocol") == "paper":
-        return dict(PAPER_PRESET)
+        return {**base, **PAPER_PRESET}
     full = explicit.get("full")
     if full is None:
         full = not is_embedded(explicit.get("model", RunConfig.model))
-    return dict(FULL_PRESET if full else QUICK_PRESET)
+    return {**base, **(FULL_PRESET if full else QUICK_PRESET)}
+
+
+def recipe_config(recipe: str = "culture", **overrides: Any) -> RunConfig:
+    """A ``RunConfig`` for ``recipe`` (a builtin name or a file): the recipe's options (``recipe_options``) with
+    ``overrides`` over them (no study-size preset: pass ``**QUICK_PRESET`` for the quick study)."""
+    from culnig_ext.studies.recipes import load_recipe, recipe_options
+
+    return RunConfig(**{**recipe_options(load_recipe(recipe)), "recipe": recipe, **overrides})
 
 
 def attn_implementation(cfg: RunConfig) -> str | None:
@@ -237,6 +257,7 @@ class SweepConfig:
 
     out: str = "culnig_runs/sweep"
     model: str = "smollm2"
+    recipe: str = "culture"  # recorded; the sources below are the recipe's unless given (``recipe_sources``)
     data: str = "auto"
     crc: str = "auto"
     crc_test: str = "auto"

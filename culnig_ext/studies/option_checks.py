@@ -179,11 +179,31 @@ def run_options(cfg: Any) -> None:
     positive_int("--checkpoint-every", getattr(cfg, "checkpoint_every", 1))
     if cfg.format not in ("auto", "letter", "cloze"):
         raise ValueError(f"--format must be auto, letter or cloze, got {cfg.format!r}")
+    control_option(getattr(cfg, "control", "empty"))
+    from culnig_ext.studies.recipes import load_recipe
+
+    load_recipe(getattr(cfg, "recipe", "culture"))  # a bad recipe: refused naming its file and key
     model_options(cfg)
     out = output_dir(cfg.out, files=RUN_FILES)
     scores = out / "scores"
     if scores.exists() and not scores.is_dir():
         raise ValueError(f"--out {out}: {scores} is a file; it must be the folder of score tables")
+
+
+def control_option(control: str) -> str:
+    """``--control``: ``empty``, ``frame``, ``transform:NAME`` (a named transform) or ``file:PATH`` (an existing
+    file of control items)."""
+    from culnig_ext.studies.recipes.schema import TRANSFORMS
+
+    kind, _, rest = control.partition(":")
+    if control in ("empty", "frame") or (kind == "transform" and rest in TRANSFORMS):
+        return control
+    if kind == "file" and rest:
+        if not Path(rest).is_file():
+            raise FileNotFoundError(f"--control {control}: no such file {rest}")
+        return control
+    raise ValueError(f"--control must be empty, frame, transform:NAME ({', '.join(TRANSFORMS)}) or file:PATH, "
+                     f"got {control!r}")
 
 
 def sweep_options(cfg: Any) -> None:

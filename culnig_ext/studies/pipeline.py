@@ -39,12 +39,10 @@ import torch
 
 from culnig_ext._utils.atomic import atomic_write_text
 from culnig_ext._utils.names import slug
-from culnig_ext.data import encode, encode_choices, load_items
+from culnig_ext.data import encode, encode_choices
 from culnig_ext.data.countries import BLEND_COUNTRIES
 from culnig_ext.data.defaults import Sources
-from culnig_ext.data.defaults import resolve as resolve_sources
 from culnig_ext.data.schema import MCItem
-from culnig_ext.data.splits import sample_items
 from culnig_ext.intervention.evaluate import EvalResult
 from culnig_ext.models.sites import neuron_sites
 from culnig_ext.reporting.analysis import kinship_matrix_encoded, layer_counts, positive_share
@@ -74,6 +72,7 @@ from culnig_ext.studies.config import (
 from culnig_ext.studies.format_probe import FormatProbe, probe_format
 from culnig_ext.studies.plan import RunPlan, cpu_threads, estimate_line, plan_run, size_section, warm_up
 from culnig_ext.studies.progress import RunProgress
+from culnig_ext.studies.recipes import recipe_hash, scoring_hash, scoring_hashes
 
 log = logging.getLogger("culnig")
 LogFn = Callable[[str], None]
@@ -113,6 +112,11 @@ class RunData:
     general_contrast: list[MCItem]  # non-cultural contrast items (``contrast_general``), disjoint from the above
     groups: list[str]  # groups of the scoring items, in order of first appearance
     study_tasks: Any = None  # the module study's tasks (``finetune``)
+    recipe: Any = None  # the resolved recipe (``studies.recipes``) the sets come from
+    ctrl: list[MCItem] | None = None  # control items made by a transform or read from a file (else a prompt variant)
+    surfaces: list[Any] = field(default_factory=list)  # every surface set (``recipes.sets.SurfaceItems``)
+    eval_sets: list[Any] = field(default_factory=list)  # every evaluation set with its tag (``EvalItems``)
+    test_name: str = "Cultural test (BLEnD-style)"  # the evaluation set holding ``test`` (kinship)
 
 
 @dataclass
@@ -122,8 +126,9 @@ class RunScores:
     parted: dict[str, ScoreTable]  # "neur" / "ctrl" with groups labelled by random part (stability)
     neur: ScoreTable
     ctrl: ScoreTable
-    crc: ScoreTable
+    crc: ScoreTable | None  # the first surface set's table (None without surface sets)
     contrast: ScoreTable | None
+    surfaces: dict[str, ScoreTable] = field(default_factory=dict)  # every surface set's table, by name
 
 
 @dataclass
@@ -148,41 +153,29 @@ class Evaluation:
 
 
 def load_data(cfg: RunConfig, log_fn: LogFn = log.info) -> RunData:
-    """Resolve ``auto`` sources, read every item set and sample it to the configured caps (seeded)."""
-    sources = resolve_sources(cfg.data, cfg.crc, cfg.crc_test)
-    per_q = dict(max_per_question=cfg.max_per_question)
-    neur = sample_items(load_items(sources.data, split="neur", seed=cfg.seed, **per_q), cfg.max_scoring_items,
-                        cfg.seed)
-    test = sample_items(load_items(sources.data, split="test", seed=cfg.seed, **per_q), cfg.max_test_items, cfg.seed)
-    # CountryRC only for the groups of the cultural set: its top neurons are removed per group. The paper's
-    # protocol scores its own 8 countries on the first half of the templates and evaluates on all of them.
-    groups = list(dict.fromkeys(it.group for it in neur))
-    if cfg.protocol == "paper":
-        crc_split = "neur" if sources.crc.startswith("paper:") else "all"
-        crc = sample_items(load_items(sources.crc, seed=cfg.seed, split=crc_split), cfg.max_scoring_items, cfg.seed)
-        crc_test = sample_items(load_items(sources.crc_test, seed=cfg.seed), cfg.max_test_items, cfg.seed)
-    else:
-        crc = sample_items(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
-        crc_test = sample_items(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items,
-                                cfg.seed)
-    general_eval: list[MCItem] = []
-    general_contrast: list[MCItem] = []
-    if cfg.general:
-        general_items = load_items(cfg.general, seed=cfg.seed)
-        if cfg.contrast_general:  # disjoint halves: never evaluate on the items used to pick the neurons
-            general_contrast, general_eval = general_items[0::2], general_items[1::2]
-        else:
-            general_eval = general_items
-        general_eval = sample_items(general_eval, cfg.max_test_items, cfg.seed)
+    """The run's recipe resolved against its options (``recipes.resolve``), and every item set it names read and
+    sampled to the configured caps (seeded; ``recipes.sets.load_sets``)."""
+    from culnig_ext.studies.recipes import load_recipe, resolve
+    from culnig_ext.studies.recipes.sets import load_sets
+
+    recipe = resolve(load_recipe(cfg.recipe), cfg)
+    sets = load_sets(cfg, recipe)
+    first = sets.surfaces[0] if sets.surfaces else None
+    general = next((e.items for e in sets.eval_sets if e.tag == "general"), [])
     study_tasks = None
     if cfg.finetune:  # the study's settings and task, read before the model like the rest
         from culnig_ext.studies.finetune.study import load_study_tasks
 
         study_tasks = load_study_tasks(cfg)
-    log_fn(f"data: {sources.note or 'as given'}")  # after the data read cleanly: an error stays the only line
-    log_fn(f"data: {len(neur)} scoring items, {len(test)} test items, {len(crc)} "
-           f"CountryRC scoring items, {len(crc_test)} CountryRC test items, {len(general_eval)} non-cultural items")
-    return RunData(sources, neur, test, crc, crc_test, general_eval, general_contrast, groups, study_tasks)
+    log_fn(f"data: {sets.sources.note or 'as given'}")  # after the data read cleanly: an error stays the only line
+    label = first.spec.label or first.spec.name if first else "surface"
+    log_fn(f"data: {len(sets.neur)} scoring items, {len(sets.test)} test items, {len(first.items) if first else 0} "
+           f"{label} scoring items, {len(first.test) if first else 0} {label} test items, {len(general)} "
+           "non-cultural items" + "".join(f", {len(s.items)} {s.spec.label or s.spec.name} scoring items"
+                                          for s in sets.surfaces[1:]))
+    return RunData(sets.sources, sets.neur, sets.test, first.items if first else [], first.test if first else [],
+                   general, sets.general_contrast, sets.groups, study_tasks, recipe=recipe, ctrl=sets.ctrl,
+                   surfaces=sets.surfaces, eval_sets=sets.eval_sets, test_name=sets.test_name)
 
 
 def load_run_model(cfg: RunConfig, log_fn: LogFn = log.info):
@@ -210,29 +203,45 @@ def score_tables(cfg: RunConfig, model, tokenizer, data: RunData, fmt: str, scor
     """Score (or reuse) the cultural, control, CountryRC and contrast tables into ``scores_dir``."""
     opts = dict(batch_size=cfg.batch_size, progress=cfg.progress, checkpoint=cfg.checkpoint,
                 checkpoint_every=cfg.checkpoint_every, checkpoint_activations=cfg.checkpoint_activations)
-    plain, controlled = {"prompt_format": fmt, "control": ""}, {"prompt_format": fmt, "control": cfg.control}
+    def provenance(role: str, control: str = "") -> dict[str, str]:
+        recipe = {"recipe": scoring_hash(data.recipe, role)} if data.recipe is not None else {}
+        return {"prompt_format": fmt, "control": control, **recipe}
+
+    plain = provenance("general")
     # Cultural and control items are scored with their groups labelled by a random part: the part tables add up
     # to the ordinary ones, and halves / resamples of the parts give the stability measure at no scoring cost.
     parted = {
         "neur": score_cached(scores_dir / "neur_parts.safetensors", model,
                              stability.label_parts(encode(data.neur, tokenizer, format=fmt), cfg.n_parts, cfg.seed),
-                             clamp_min=None, desc="culture items", provenance=plain, **opts),
+                             clamp_min=None, desc="culture items", provenance=provenance("neur"), **opts),
         "ctrl": score_cached(scores_dir / "ctrl_parts.safetensors", model,
-                             stability.label_parts(encode(data.neur, tokenizer, format=fmt, control=cfg.control),
-                                                   cfg.n_parts, cfg.seed),
-                             clamp_min=0.0, desc=f"control items ({cfg.control})", provenance=controlled, **opts),
+                             stability.label_parts(control_encoded(cfg, data, tokenizer, fmt), cfg.n_parts, cfg.seed),
+                             clamp_min=0.0, desc=f"control items ({cfg.control})",
+                             provenance=provenance("ctrl", cfg.control), **opts),
     }
     for role, table in parted.items():
         stability.collapse(table).save(scores_dir / f"{role}.safetensors")
-    crc = score_cached(scores_dir / "crc.safetensors", model, encode(data.crc, tokenizer, format=fmt),
-                       clamp_min=None, desc="CountryRC items", provenance=plain, **opts)
+    surfaces = {s.spec.name: score_cached(scores_dir / f"{s.spec.name}.safetensors", model,
+                                          encode(s.items, tokenizer, format=fmt), clamp_min=None,
+                                          desc=f"{s.spec.label or s.spec.name} items",
+                                          provenance=provenance(s.spec.name), **opts)
+                for s in data.surfaces}
+    crc = surfaces[data.surfaces[0].spec.name] if data.surfaces else None
     contrast = None
     if data.general_contrast:
         contrast = score_cached(scores_dir / "general.safetensors", model,
                                 encode(data.general_contrast, tokenizer, format=fmt), clamp_min=0.0,
                                 desc="general-ability contrast items", provenance=plain, **opts)
     return RunScores(parted, ScoreTable.load(scores_dir / "neur.safetensors"),
-                     ScoreTable.load(scores_dir / "ctrl.safetensors"), crc, contrast)
+                     ScoreTable.load(scores_dir / "ctrl.safetensors"), crc, contrast, surfaces)
+
+
+def control_encoded(cfg: RunConfig, data: RunData, tokenizer, fmt: str) -> list:
+    """The control items encoded: a prompt variant of the scoring items (``empty``/``frame``), or the items a
+    transform or a file made (``data.ctrl``), in the scoring items' order."""
+    if data.ctrl is not None:
+        return encode(data.ctrl, tokenizer, format=fmt)
+    return encode(data.neur, tokenizer, format=fmt, control=cfg.control)
 
 
 def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores, fmt: str, run_dir: Path,
@@ -241,8 +250,13 @@ def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores,
     items' parts, and the summary page (``run_dir/summary.md``, with the instance view when asked for)."""
 
     def general_of(tables) -> NeuronSet:
-        return select.general(tables["neur"], tables["ctrl"], scores.crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp,
-                              cfg.r_attn, normalize=cfg.normalize, contrast=scores.contrast)
+        ns = select.general(tables["neur"], tables["ctrl"], scores.crc, cfg.t_mlp, cfg.t_attn, cfg.r_mlp,
+                            cfg.r_attn, normalize=cfg.normalize, contrast=scores.contrast)
+        for s in data.surfaces[1:]:  # a recipe's further surface sets
+            ns = select.remove_surface(ns, scores.surfaces[s.spec.name], {k: getattr(s.spec.top, k)
+                                                                          for k in s.spec.kinds},
+                                       normalize=cfg.normalize, role=s.spec.name)
+        return ns
 
     general = general_of({"neur": scores.neur, "ctrl": scores.ctrl})
     general.save(run_dir / "neurons" / "general.json")
@@ -252,17 +266,9 @@ def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores,
     timings["stability"] = time.perf_counter() - t
     if stab.warning:
         log_fn(f"warning: {stab.warning}")
-    specific: dict[str, NeuronSet] = {}
-    crc = scores.crc
-    for group in scores.neur.groups:
-        if crc is not None and group not in crc.groups:
-            log_fn(f"no CountryRC items for group {group!r}: its specific neurons are not filtered by it")
-        # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
-        # group is divided by its own summed P, so groups answered with different confidence compare fairly.
-        ns = select.specific(scores.neur, scores.ctrl, crc if group in crc.groups else None, group, cfg.t_specific,
-                             cfg.r_specific, cfg.z_min, normalize="prob" if cfg.normalize == "prob" else "total")
+    specific = specific_sets(cfg, data, scores, log_fn)
+    for group, ns in specific.items():
         ns.save(run_dir / "neurons" / "specific" / f"{slug(group)}.json")
-        specific[group] = ns
     num_layers = len({s.layer for s in neuron_sites(model)})
     summary = summary_table(general, specific, num_layers)
     if cfg.instance_view and len(general):
@@ -273,9 +279,33 @@ def identify(cfg: RunConfig, model, tokenizer, data: RunData, scores: RunScores,
         write_instance(run_dir, top_items(general, per_item, data.neur))  # the explorer's neuron cards
         timings["instance_view"] = time.perf_counter() - t
     atomic_write_text(run_dir / "summary.md", summary)
-    log_fn(f"{len(general)} culture-general neurons; specific: "
+    log_fn(f"{len(general)} {study_name(data)}-general neurons; specific: "
            + ", ".join(f"{g} {len(s)}" for g, s in specific.items()))
     return Identified(general, specific, stab, summary)
+
+
+def specific_sets(cfg: RunConfig, data: RunData, scores: RunScores, log_fn: LogFn = log.info) -> dict[str, NeuronSet]:
+    """The group-specific neurons of every group: ``select.specific`` with the first surface set (when it filters
+    specific neurons), then each further surface set that does (``select.remove_surface``)."""
+    first = data.surfaces[0].spec if data.surfaces else None
+    crc = scores.crc if first is not None and first.specific is not None else None
+    # The paper divides every group's sums by the table's item count ("total"); with normalize="prob" each
+    # group is divided by its own summed P, so groups answered with different confidence compare fairly.
+    normalize = "prob" if cfg.normalize == "prob" else "total"
+    out: dict[str, NeuronSet] = {}
+    for group in scores.neur.groups:
+        if crc is not None and group not in crc.groups:
+            log_fn(f"no {first.label or first.name} items for group {group!r}: its specific neurons are not "
+                   "filtered by it")
+        ns = select.specific(scores.neur, scores.ctrl, crc if crc is not None and group in crc.groups else None,
+                             group, cfg.t_specific, cfg.r_specific, cfg.z_min, normalize=normalize)
+        for s in data.surfaces[1:]:
+            table = scores.surfaces[s.spec.name]
+            if s.spec.specific is not None and group in table.groups:
+                ns = select.remove_surface(ns, table, {"all": s.spec.specific}, normalize=normalize, group=group,
+                                           role=s.spec.name)
+        out[group] = ns
+    return out
 
 
 def evaluate_run(cfg: RunConfig, model, tokenizer, data: RunData, general: NeuronSet, fmt: str, run_dir: Path,
@@ -287,13 +317,12 @@ def evaluate_run(cfg: RunConfig, model, tokenizer, data: RunData, general: Neuro
                    for i in range(cfg.n_random)]
     conditions += [Condition(f"paper_random{i}", select.random_like(general, model, seed=cfg.seed + i, match="none"))
                    for i in range(cfg.n_random_paper)]
-    eval_sets = {"Cultural test (BLEnD-style)": data.test, "CountryRC test": data.crc_test}
-    if data.general_eval:
-        eval_sets["General knowledge"] = data.general_eval
+    eval_sets = {e.name: e.items for e in data.eval_sets if e.items}
     results = evaluate_conditions(model, tokenizer, eval_sets, conditions, fmt=fmt, batch_size=cfg.batch_size,
                                   progress=cfg.progress, save_dir=run_dir / "eval")
     rows = []
-    cultural = {name: name != "General knowledge" for name in results}
+    tags = {e.name: e.tag for e in data.eval_sets}
+    cultural = {name: tags[name] == "target" for name in results}
     for set_name, by_cond in results.items():
         rows += accuracy_rows(set_name, by_cond, "general", cultural=cultural[set_name], seed=cfg.seed)
     if cfg.saq:
@@ -361,11 +390,43 @@ def kinship_stage(cfg: RunConfig, model, tokenizer, data: RunData, specific: dic
             "matrix": run.result.matrix.tolist()}
 
 
-def method_notes(cfg: RunConfig) -> list[str]:
+def study_name(data: RunData) -> str:
+    """The study's name (its recipe's; ``culture`` without one): the report's "<name>-general neurons"."""
+    return data.recipe.name if data.recipe is not None else "culture"
+
+
+def surface_note(cfg: RunConfig, data: RunData | None) -> str:
+    """How the surface sets filtered the general neurons, for the report's method note."""
+    surfaces = data.surfaces if data is not None else None
+    if surfaces is None:
+        return f", minus the top {cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons."
+    if not surfaces:
+        return ", without a surface filter."
+    parts = [f"the top {cfg.r_mlp:g}/{cfg.r_attn:g} {surfaces[0].spec.label or surfaces[0].spec.name} neurons"]
+    parts += [f"the top {s.spec.top.mlp:g}/{s.spec.top.attn:g} {s.spec.label or s.spec.name} neurons "
+              f"({'/'.join(s.spec.kinds)})" for s in surfaces[1:]]
+    return ", minus " + " and ".join(parts) + "."
+
+
+def lape_stage(cfg: RunConfig, model, tokenizer, data: RunData, found: Identified, evaluation: Evaluation, fmt: str,
+               run_dir: Path, progress: RunProgress, timings: dict[str, float]) -> list[dict[str, str]]:
+    """The report section "CULNIG beside LAPE" (``studies.lape_side``) when the recipe asks for it, else none."""
+    if data.recipe is None or not data.recipe.compare_lape:
+        return []
+    from culnig_ext.studies.lape_side import side_by_side
+
+    t = time.perf_counter()
+    with progress.stage("lape"):
+        section = {"title": "CULNIG beside LAPE",
+                   "markdown": side_by_side(cfg, model, tokenizer, data, found, evaluation, fmt, run_dir)}
+    timings["lape_side_by_side"] = time.perf_counter() - t
+    return [section]
+
+
+def method_notes(cfg: RunConfig, data: RunData | None = None) -> list[str]:
     """The report's sentences on how the neurons and the random baselines were chosen, and the protocol."""
     notes = [f"Neurons: top {cfg.t_mlp:g} of MLP gate and {cfg.t_attn:g} of attention q/k/v neurons by "
-             f"neur/N - ctrl/N (normalize={cfg.normalize}, control={cfg.control}), minus the top "
-             f"{cfg.r_mlp:g}/{cfg.r_attn:g} CountryRC neurons.",
+             f"neur/N - ctrl/N (normalize={cfg.normalize}, control={cfg.control})" + surface_note(cfg, data),
              f"Random baselines: {cfg.n_random} sets with the same number of neurons per site (seeds "
              f"{cfg.seed}..{cfg.seed + cfg.n_random - 1}); p: paired bootstrap over items, one-sided."]
     if cfg.n_random_paper:
@@ -387,11 +448,14 @@ def method_notes(cfg: RunConfig) -> list[str]:
 
 def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identified, evaluation: Evaluation,
                  kin: dict[str, Any] | None, notes: list[str], timings: dict[str, float], run_dir: Path,
-                 plan: RunPlan | None = None, probe: FormatProbe | None = None) -> tuple[Path, ReportResults]:
+                 plan: RunPlan | None = None, probe: FormatProbe | None = None,
+                 extra: list[dict[str, str]] | None = None) -> tuple[Path, ReportResults]:
     """Write the report (``results.json``, ``report.md``, its figures and ``report.html``) into ``run_dir``; returns
-    its path and its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence."""
+    its path and its content. ``plan``: adds the study's size and power; ``probe``: the format test's evidence;
+    ``extra``: further sections (title, markdown), e.g. CULNIG beside LAPE."""
     num_layers = len({s.layer for s in neuron_sites(model)})
-    sections = [{"title": "Stability of the culture-general neurons", "markdown": found.stability.to_markdown()}]
+    sections = [{"title": f"Stability of the {study_name(data)}-general neurons",
+                 "markdown": found.stability.to_markdown()}, *(extra or [])]
     if plan is not None:
         sections.insert(0, {"title": "Study size and power", "markdown": size_section(plan, evaluation.rows)})
     evidence = {}
@@ -402,7 +466,7 @@ def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identifi
     results = ReportResults(
         title=f"CULNIG run: {model.config._name_or_path}",
         model=str(model.config._name_or_path),
-        neuron_set=f"culture-general neurons ({fmt} format)",
+        neuron_set=f"{study_name(data)}-general neurons ({fmt} format)",
         n_neurons=len(found.general),
         rows=evaluation.rows,
         kinship=kin,
@@ -412,6 +476,7 @@ def report_stage(cfg: RunConfig, model, data: RunData, fmt: str, found: Identifi
         sections=sections,
         metadata={"protocol": cfg.protocol, "study size": plan.size if plan is not None else "as configured",
                   "format": fmt, **evidence, "data": data.sources.data,
+                  **({"recipe": f"{data.recipe.name} ({recipe_hash(data.recipe)})"} if data.recipe else {}),
                   "seconds": f"{timings['total']:.0f}", **{f"time_{k}": f"{v:.1f}" for k, v in timings.items()}},
     )
     path = write_report(run_dir, results)
@@ -453,11 +518,15 @@ def summary_table(general: NeuronSet, specific: dict[str, NeuronSet], num_layers
     return "\n".join(lines) + "\n"
 
 
-def write_config(cfg: RunConfig, run_dir: Path, fmt: str | None = None, probe: FormatProbe | None = None
-                 ) -> dict[str, Any]:
-    """``run_dir/config.json``: the options, with the format the run used (once known) and the format test's
-    evidence (``RunConfig.RECORDS``; ``--config`` skips it); returns what it wrote."""
+def write_config(cfg: RunConfig, run_dir: Path, fmt: str | None = None, probe: FormatProbe | None = None,
+                 recipe: Any = None) -> dict[str, Any]:
+    """``run_dir/config.json``: the options, with the format the run used (once known), the format test's
+    evidence and the resolved recipe's hashes (``RunConfig.RECORDS``; ``--config`` skips them); returns what it
+    wrote."""
     config = asdict(cfg)
+    if recipe is not None:
+        config["recipe_hash"] = recipe_hash(recipe)
+        config["recipe_scoring_hash"] = scoring_hashes(recipe)
     if fmt is not None:
         config["format"] = fmt
     if probe is not None:
@@ -499,7 +568,7 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
     for line in plan.lines():
         say(line)
     (run_dir / "scores").mkdir(parents=True, exist_ok=True)
-    config = write_config(cfg, run_dir)
+    config = write_config(cfg, run_dir, recipe=data.recipe)
 
     model, tokenizer = load_run_model(cfg, log_fn)
     timings["load"] = time.perf_counter() - t0
@@ -512,7 +581,7 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
                 fmt, probe = pick_format(cfg, model, tokenizer, data, log_fn)
             timings["format"] = time.perf_counter() - t
             notes.append(f"Format chosen automatically: {probe.reason}.")
-            config = write_config(cfg, run_dir, fmt, probe)
+            config = write_config(cfg, run_dir, fmt, probe, data.recipe)
         else:
             fmt = cfg.format
         if cfg.progress:
@@ -539,16 +608,17 @@ def _run(cfg: RunConfig, run_dir: Path, t0: float, say: LogFn, log_fn: LogFn) ->
         if cfg.kinship:
             t = time.perf_counter()
             with progress.stage("kinship"):
-                original = evaluation.results.get("Cultural test (BLEnD-style)", {}).get("original")
+                original = evaluation.results.get(data.test_name, {}).get("original")
                 kin = kinship_stage(cfg, model, tokenizer, data, found.specific, fmt, original)
             if kin is not None:
                 timings["kinship"] = time.perf_counter() - t
 
-        notes += method_notes(cfg)
+        extra = lape_stage(cfg, model, tokenizer, data, found, evaluation, fmt, run_dir, progress, timings)
+        notes += method_notes(cfg, data)
         with progress.stage("report"):
             timings["total"] = time.perf_counter() - t0
             report, results = report_stage(cfg, model, data, fmt, found, evaluation, kin, notes, timings, run_dir,
-                                           plan, probe)
+                                           plan, probe, extra)
         if cfg.finetune:
             from culnig_ext.studies.finetune.study import run_finetune_step
 

@@ -96,10 +96,13 @@ def _count(n: int, what: str) -> str:
 
 def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
     """The stages of ``run_pipeline(cfg)`` on ``data`` (a ``RunData``), with the items each passes."""
-    n_neur, n_crc, n_contrast = len(data.neur), len(data.crc), len(data.general_contrast)
-    eval_sets = {"cultural test": len(data.test), "CountryRC test": len(data.crc_test)}
-    if data.general_eval:
-        eval_sets["non-cultural"] = len(data.general_eval)
+    n_neur, n_contrast = len(data.neur), len(data.general_contrast)
+    if getattr(data, "recipe", None) is not None:
+        surfaces = {(s.spec.label or s.spec.name): len(s.items) for s in data.surfaces}
+    else:  # sets made without a recipe: the culture study's CountryRC
+        surfaces = {"CountryRC": len(data.crc)}
+    n_crc = sum(surfaces.values())
+    eval_sets = plan_eval_sets(data)
     conditions = ["original", "ours"] + [f"random{i}" for i in range(cfg.n_random)]
     conditions += [f"paper_random{i}" for i in range(cfg.n_random_paper)]
     stages: list[Stage] = []
@@ -107,7 +110,7 @@ def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
         n = min(cfg.format_probe_max, n_neur)
         stages.append(Stage("format", "choose the format", f"sequential test on at most {n} scoring items "
                             "(letter format)", n, EVAL))
-    scored = [f"{n_neur} cultural", f"{n_neur} control ({cfg.control})", f"{n_crc} CountryRC"]
+    scored = [f"{n_neur} cultural", f"{n_neur} control ({cfg.control})", *(f"{n} {k}" for k, n in surfaces.items())]
     if n_contrast:
         scored.append(f"{n_contrast} general-ability contrast")
     stages.append(Stage("score", "score", " + ".join(scored) + " items, forward + backward",
@@ -132,14 +135,45 @@ def plan_run(cfg: RunConfig, data: Any) -> RunPlan:
         items = round(len(data.test) * k / groups) if groups else 0
         stages.append(Stage("kinship", "kinship", f"{k} of {groups} groups' specific sets x their ~{items} test "
                             "items (the original model's results reused)", k * items, EVAL))
+    recipe = getattr(data, "recipe", None)
+    if recipe is not None and recipe.compare_lape:
+        n_sets = 2 * (1 + cfg.n_random)
+        stages.append(Stage("lape", "beside LAPE", f"LAPE's activation probabilities ({n_neur} items); both methods' "
+                            f"sets with {_count(cfg.n_random, 'random set')} each x {sets} items; own vs other "
+                            "groups", n_sets * per_condition + n_neur, EVAL))
     stages.append(Stage("report", "report", "report.md, results.json, figures"))
     if cfg.finetune:
         stages.append(Stage("finetune", "module study", "fine-tuning on the culture-general neurons"))
-    sizes = {"scoring items": n_neur, "CountryRC scoring items": n_crc, **{f"{k} items": v for k, v in
-                                                                            eval_sets.items()},
+    sizes = {"scoring items": n_neur, **{f"{k} scoring items": n for k, n in surfaces.items()},
+             **{f"{k} items": v for k, v in eval_sets.items()},
              "random sets": cfg.n_random, "kinship groups": cfg.kinship_groups or "all",
              "stability parts": cfg.n_parts, "bootstrap resamples": cfg.n_boot}
     return RunPlan(stages, size_label(cfg), conditions, eval_sets, sizes, changed_sizes(cfg), cfg.max_test_items)
+
+
+def plan_eval_sets(data: Any) -> dict[str, int]:
+    """Items per evaluation set as the plan names them: the held-out target items ``cultural test`` (a study of
+    countries) or ``target test``, a surface set's ``<label> test``, the first general set ``non-cultural``, any
+    other by its name."""
+    recipe = getattr(data, "recipe", None)
+    if recipe is None:
+        return {"cultural test": len(data.test), "CountryRC test": len(data.crc_test),
+                **({"non-cultural": len(data.general_eval)} if data.general_eval else {})}
+    labels = {s.name: s.label or s.name for s in recipe.surface}
+    out: dict[str, int] = {}
+    general_seen = False
+    for spec, e in zip(recipe.evaluation, data.eval_sets):
+        if spec.source == "target":
+            name = "cultural test" if recipe.target.groups == "country" else "target test"
+        elif spec.source.startswith("surface:"):
+            name = f"{labels[spec.source[len('surface:'):]]} test"
+        elif spec.tag == "general" and not general_seen:
+            name, general_seen = "non-cultural", True
+        else:
+            name = e.name
+        if e.items or name != "non-cultural":
+            out[name] = len(e.items)
+    return out
 
 
 def changed_sizes(cfg: RunConfig) -> list[str]:

@@ -167,6 +167,22 @@ class SweepOutputs:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+def surface_items(cfg: SweepConfig, sources, neur_items: list[MCItem], groups: list[str]
+                  ) -> tuple[list[MCItem], list[MCItem]]:
+    """The surface (CountryRC) scoring and evaluation items: a ``transform:NAME`` of the scoring items (a recipe's
+    surface set, e.g. the language study's shuffled questions) or an item source of the groups; no evaluation
+    items for an empty ``crc_test``."""
+    from culnig_ext.data.transforms import transform_items
+
+    if sources.crc.startswith("transform:"):
+        crc = transform_items(neur_items, sources.crc[len("transform:"):], cfg.seed)
+    else:
+        crc = sample_items(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
+    test = sample_items(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items,
+                        cfg.seed) if sources.crc_test else []
+    return crc, test
+
+
 def run_sweep(cfg: SweepConfig) -> SweepOutputs:
     """Score once, choose a setting on validation data, evaluate it on test data, write the report."""
     from culnig_ext.models.loading import load_model
@@ -189,8 +205,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
     val_items = sample_items(val_items, cfg.max_val_items, cfg.seed)
     test_items = sample_items(test_items, cfg.max_test_items, cfg.seed)
     groups = list(dict.fromkeys(it.group for it in neur_items))
-    crc_items = sample_items(load_items(sources.crc, seed=cfg.seed, countries=groups), cfg.max_scoring_items, cfg.seed)
-    crc_test = sample_items(load_items(sources.crc_test, seed=cfg.seed, countries=groups), cfg.max_test_items, cfg.seed)
+    crc_items, crc_test = surface_items(cfg, sources, neur_items, groups)
     general = load_items(cfg.general, seed=cfg.seed)
     gen_contrast, gen_val, gen_test = general[0::3], general[1::3], general[2::3]
     split = {"scoring": [it.id for it in neur_items], "validation": [it.id for it in val_items],
@@ -249,6 +264,7 @@ def run_sweep(cfg: SweepConfig) -> SweepOutputs:
     conditions += [Condition(f"random{i}", select.random_like(neurons, model, seed=cfg.seed + i, match="site"))
                    for i in range(cfg.n_random)]
     test_sets = {"Cultural test (BLEnD-style)": test_items, "CountryRC test": crc_test, "General knowledge": gen_test}
+    test_sets = {name: items for name, items in test_sets.items() if items}
     results = {}
     for name, items in test_sets.items():
         results[name] = {c.name: evaluate_items(model, tokenizer, items, c.neurons, fmt=fmt, **opts)

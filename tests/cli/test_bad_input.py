@@ -95,6 +95,16 @@ def neuron_set_json(entries: list[dict] | None = None) -> str:
     return json.dumps(obj, indent=1)
 
 
+RECIPE = {"name": "r", "target": {"sets": ["ITEMS"], "split": "all"}, "thresholds": {"mlp": 0.1, "attn": 0.1},
+          "evaluation": [{"name": "held out", "source": "ITEMS", "tag": "target"}]}
+
+
+def recipe_file(i: "Inputs", name: str, edit) -> str:
+    raw = json.loads(i.recipe.read_text())
+    edit(raw)
+    return write(i.root / "in" / name, json.dumps(raw).encode())
+
+
 class Inputs:
     """The good inputs of every command, written into ``root``; slot name -> argv value."""
 
@@ -110,11 +120,14 @@ class Inputs:
         self.run_dir = root / "in" / "run"
         self.run_dir.mkdir()
         (self.run_dir / "results.json").write_text(json.dumps(RESULTS), encoding="utf-8")
+        self.recipe = root / "in" / "recipe.json"
+        self.recipe.write_text(json.dumps(RECIPE).replace("ITEMS", str(self.items)), encoding="utf-8")
         self.export_run = root / "in" / "finished"  # what culnig export reads: neuron sets and score tables
         (self.export_run / "neurons").mkdir(parents=True)
         (self.export_run / "neurons" / "general.json").write_text(neuron_set_json(), encoding="utf-8")
         table().save(self.export_run / "scores" / "neur.safetensors")
         self.slots = {
+            "recipe": str(self.recipe),
             "model": str(model_dir), "items": str(self.items), "table": str(self.table), "ctrl": str(self.ctrl),
             "neurons": str(self.neurons), "run_dir": str(self.run_dir), "out_file": str(root / "out" / "o.json"),
             "out_dir": str(root / "out" / "dir"), "batch": "2", "fraction": "0.1", "count": "1",
@@ -161,6 +174,7 @@ COMMANDS = {
                      "--kin-pairs 1 --batch-size {batch} --out {out_dir}"),
     "validate": Command("validate {planted} --random {count} --t-mlp {fraction} --batch-size {batch} --out {out_dir}",
                         loads_model=True),
+    "recipe check": Command("recipe check {recipe}"),
 }
 
 # Subcommands that read no file, data or number: nothing for the matrix to vary. (culnig build: its failures, a
@@ -356,6 +370,18 @@ BAD = [
     Bad("above_one", "fraction", lambda i: "1.5", ("must be a fraction in [0, 1], got 1.5",)),
     Bad("nan", "fraction", lambda i: "nan", ("must be a fraction in [0, 1], got nan",)),
     Bad("negative", "count", lambda i: "-1", ("--random must be a whole number >= 0, got -1",)),
+    # recipes ---------------------------------------------------------------------------------------------
+    Bad("missing", "recipe", lambda i: str(i.root / "in" / "none.yaml"), ("recipe '{value}': no such file",)),
+    Bad("truncated", "recipe", lambda i: truncated(i.recipe, i.root / "in" / "cut.json", cut=20),
+        ("{value}: line 1: not valid JSON",)),
+    Bad("unknown_key", "recipe", lambda i: recipe_file(i, "k.json", lambda r: r["target"].update(colour=1)),
+        ("{value}: target.colour: unknown key",)),
+    Bad("wrong_type", "recipe", lambda i: recipe_file(i, "t.json", lambda r: r["thresholds"].update(mlp="x")),
+        ("{value}: thresholds.mlp: expected a number, got str 'x'",)),
+    Bad("missing_set", "recipe", lambda i: recipe_file(i, "s.json", lambda r: r["evaluation"][0].update(
+        source="surface:none")), ("{value}: evaluation[0].source: missing set: no surface set named 'none'",)),
+    Bad("bad_threshold", "recipe", lambda i: recipe_file(i, "b.json", lambda r: r["thresholds"].update(attn=2)),
+        ("{value}: thresholds.attn: a threshold must be a fraction in [0, 1], got 2.0",)),
 ]
 
 # Rows that are one command's own: a run folder whose reused score table is unreadable.

@@ -125,7 +125,9 @@ def test_unknown_sources(tmp_path):
         load_items(str(tmp_path / "empty_dir"))
     table = tmp_path / "t.csv"
     table.write_text("a,b\n1,2\n")
-    with pytest.raises(ValueError, match="without BLEnD's MCQID column"):
+    with pytest.raises(ValueError, match=r"t\.csv, row 1 \(line 2\): field\(s\) \['id', 'question', 'choices', "
+                                         r"'answer_idx', 'group'\] missing; canonical items need .*BLEnD "
+                                         r"multiple-choice files have MCQID"):
         load_items(str(table))
     with pytest.raises(ValueError, match="unknown split"):
         load_items("builtin:cultural", split="dev")

@@ -273,7 +273,7 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
         raise Done()
 
     monkeypatch.setattr(pipeline, "run_pipeline", fake_run)
-    argv = ["run", "--out", str(tmp_path / "o"), "--model", "smollm2", "--data", "builtin:general",
+    argv = ["run", "--out", str(tmp_path / "o"), "--recipe", "language", "--model", "smollm2", "--data", "builtin:general",
             "--crc", "builtin:countryrc-test", "--crc-test", "builtin:countryrc", "--general", "builtin:cultural",
             "--format", "letter", "--control", "frame", "--normalize", "prob", "--contrast-general",
             "--t-mlp", "0.11", "--t-attn", "0.12", "--r-mlp", "0.13", "--r-attn", "0.14", "--t-specific", "0.15",
@@ -290,7 +290,7 @@ def test_every_run_option_lands_in_its_config_field(monkeypatch, tmp_path):
             "--kinship-groups", "3", "--threads", "2", "--no-full", "--deterministic"]
     with pytest.raises(Done):
         cli.main(argv)
-    want = RunConfig(out=str(tmp_path / "o"), model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
+    want = RunConfig(out=str(tmp_path / "o"), recipe="language", model="smollm2", data="builtin:general", crc="builtin:countryrc-test",
                      crc_test="builtin:countryrc", general="builtin:cultural", format="letter", control="frame",
                      normalize="prob", contrast_general=True, t_mlp=0.11, t_attn=0.12, r_mlp=0.13, r_attn=0.14,
                      t_specific=0.15, r_specific=0.16, z_min=0.17, n_random=4, kinship=False,

@@ -79,7 +79,7 @@ def test_bad_yaml_names_the_line(tmp_path):
 def non_default_run_config():
     from culnig_ext.studies.pipeline import RunConfig
 
-    return RunConfig(out="o", model="m", data="d", crc="c", crc_test="ct", general=None, format="cloze",
+    return RunConfig(out="o", recipe="language", model="m", data="d", crc="c", crc_test="ct", general=None, format="cloze",
                      control="frame", normalize="prob", contrast_general=True, t_mlp=0.02, t_attn=0.004, r_mlp=0.03,
                      r_attn=0.05, t_specific=0.006, r_specific=0.02, z_min=1.0, n_random=5, kinship=False,
                      instance_view=False, max_test_items=None, batch_size=4, dtype="bfloat16", device="cpu", seed=7,
@@ -115,7 +115,7 @@ def test_run_config_round_trips_through_a_config_file(tmp_path, suffix):
     args = cli.build_parser().parse_args(["run", "--config", str(path), "--random", "2", "--kinship", "--general", "g"])
     assert build(RunConfig, args, args.config) == dataclasses.replace(cfg, n_random=2, kinship=True, general="g")
     # the same options as flags give the same config
-    argv = ["run", "--out", "o", "--model", "m", "--data", "d", "--crc", "c", "--crc-test", "ct", "--general", "",
+    argv = ["run", "--out", "o", "--recipe", "language", "--model", "m", "--data", "d", "--crc", "c", "--crc-test", "ct", "--general", "",
             "--format", "cloze", "--control", "frame", "--normalize", "prob", "--contrast-general", "--t-mlp", "0.02",
             "--t-attn", "0.004", "--r-mlp", "0.03", "--r-attn", "0.05", "--t-specific", "0.006", "--r-specific",
             "0.02", "--z-min", "1", "--random", "5", "--no-kinship", "--no-instance-view", "--max-test-items",

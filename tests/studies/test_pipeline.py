@@ -214,8 +214,11 @@ def test_run_writes_every_file(run, model_dir):
     assert result.run_dir == run_dir and result.format == "cloze"
     assert result.report == run_dir / "report.md"
     config = json.loads((run_dir / "config.json").read_text())
+    hashes = {k: config.pop(k) for k in ("recipe_hash", "recipe_scoring_hash")}  # the recipe's (test_recipes.py)
+    assert hashes["recipe_hash"].startswith("sha256:") and len(hashes["recipe_hash"]) == 23
+    assert sorted(hashes["recipe_scoring_hash"]) == ["crc", "ctrl", "neur"]
     assert config == json.loads(json.dumps(asdict(cfg)))
-    assert config["model"] == str(model_dir) and config["t_mlp"] == 0.1
+    assert config["model"] == str(model_dir) and config["t_mlp"] == 0.1 and config["recipe"] == "culture"
 
     # Score tables: the builtin data's items (72 scoring items split off by topic, 120 CountryRC scoring items for
     # these countries, half of the 64 non-cultural items), the model's widths, and the clamp of control sets.
