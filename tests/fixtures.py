@@ -2,6 +2,7 @@
 fixtures of the tests (gated families first, then gate-less MLPs, mixtures of experts and Gemma 2)."""
 from __future__ import annotations
 
+import pytest
 import torch
 import transformers
 from transformers import (
@@ -135,3 +136,32 @@ def family_model(arch: str, dtype: torch.dtype = torch.float64, seed: int = 0):
             if p.dim() >= 2:
                 p.normal_(0.0, 0.3)
     return model.to(dtype).eval()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread while a module's tests run (import it into a test module to apply it there): the tiny
+    models are faster single-threaded, and very slow with threads on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def save_random_llama(path, tokenizer, *, hidden: int, intermediate: int, layers: int, heads: int, kv_heads: int,
+                      max_positions: int = 256, seed: int = 0):
+    """A random tiny Llama for ``tokenizer`` (weights N(0, 0.1): larger than the default init, so that scores and
+    accuracies vary), saved with the tokenizer into the folder ``path``, which is returned."""
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=max_positions,
+        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.1)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -6,12 +6,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from culnig_ext.data import load_items
 from culnig_ext.data import synthetic
 from culnig_ext.data.builtin import COUNTRYRC_PATH
 from culnig_ext.data.countryrc import read_templates
+from tests.fixtures import save_random_llama
 
 # 4 countries x 3 facts, 4 neurons each over both layers of a 2-layer model with 48 gate neurons per layer.
 TINY = dict(countries=4, facts_per_country=3, neurons_per_country=4, layers="all", kin_pairs=1, kin_share=0.5,
@@ -52,15 +53,5 @@ def bpe_tokenizer(seed: int = 0, vocab_size: int = 400) -> PreTrainedTokenizerFa
 def save_tiny_model(path: Path, seed: int = 0) -> Path:
     """A random tiny Llama (weights N(0, 0.1)) with the BPE tokenizer, saved into ``path``."""
     tokenizer = bpe_tokenizer(seed)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                         num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_llama(path, tokenizer, hidden=HIDDEN, intermediate=INTERMEDIATE, layers=LAYERS, heads=4,
+                             kv_heads=2, max_positions=512, seed=seed)

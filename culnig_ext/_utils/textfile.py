@@ -6,6 +6,7 @@ text stream decodes ahead in chunks, so the position inside the exception is not
 """
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,3 +35,14 @@ def utf8_errors(path: str | os.PathLike, error_class: type[Exception] = ValueErr
         yield
     except UnicodeDecodeError:
         raise error_class(describe_utf8_error(path)) from None
+
+
+def read_json(path: str | os.PathLike) -> object:
+    """The JSON document in the UTF-8 file ``path``; a file that is not UTF-8 or not valid JSON raises
+    ``ValueError`` naming the file and the line (``FileNotFoundError`` and other ``OSError``s pass through)."""
+    try:
+        with utf8_errors(path):
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc

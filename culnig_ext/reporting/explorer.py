@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from culnig_ext._utils.atomic import atomic_write_text
-from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext._utils.textfile import read_json
 from culnig_ext._utils.version import __version__
 from culnig_ext.reporting.analysis import layer_counts
 from culnig_ext.reporting.instance import read_instance
@@ -59,11 +59,7 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "config.json"
     if not path.is_file():
         return None
-    try:
-        with utf8_errors(path):
-            return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    return read_json(path)
 
 
 # ------------------------------------------------------------------------------------------ markdown bits

@@ -28,7 +28,7 @@ import torch
 
 from culnig_ext._utils.atomic import atomic_write, atomic_write_text
 from culnig_ext._utils.names import slug
-from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext._utils.textfile import read_json
 from culnig_ext.data.frames import COLUMNS
 from culnig_ext.models.sites import parse_site_name
 from culnig_ext.reporting.explorer import load_sets, load_tables
@@ -106,11 +106,7 @@ def read_tidy(path: str | os.PathLike) -> dict[str, ScoreTable | NeuronSet]:
     meta_path = sidecar(path)
     if not meta_path.is_file():
         raise FileNotFoundError(f"{meta_path}: the export's sidecar is missing (export_tidy writes it)")
-    try:
-        with utf8_errors(meta_path):
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{meta_path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    meta = read_json(meta_path)
     if not isinstance(meta, dict) or meta.get("format") != EXPORT_FORMAT:
         raise ValueError(f"{meta_path}: format: expected {EXPORT_FORMAT!r}")
     if path.suffix == ".csv":

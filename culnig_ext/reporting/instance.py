@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import torch
 
 from culnig_ext._utils.atomic import atomic_write_text
-from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext._utils.textfile import read_json
 
 INSTANCE_FORMAT = "culnig-instance/1"
 INSTANCE_FILE = "instance.json"
@@ -72,11 +72,7 @@ def read_instance(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(run_dir) / INSTANCE_FILE
     if not path.is_file():
         return None
-    try:
-        with utf8_errors(path):
-            obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
+    obj = read_json(path)
     if not isinstance(obj, dict) or obj.get("format") != INSTANCE_FORMAT:
         raise ValueError(f"{path}: format: expected {INSTANCE_FORMAT!r}")
     for key in ("items", "neurons"):

@@ -46,7 +46,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from culnig_ext._utils.atomic import atomic_write_bytes, atomic_write_text
-from culnig_ext._utils.textfile import utf8_errors
+from culnig_ext._utils.textfile import read_json
 from culnig_ext.reporting.explorer import DEFAULT_TOP_N, write_explorer
 from culnig_ext.reporting.plots import kinship_png, layers_png
 from culnig_ext.reporting.tables import accuracy_cells, accuracy_header, pct, verdict_markdown
@@ -348,10 +348,7 @@ def read_results(run_dir: str | os.PathLike) -> ReportResults:
     """Read and validate ``run_dir/results.json``; errors name the file, line or field."""
     path = Path(run_dir) / RESULTS_FILE
     try:
-        with utf8_errors(path):
-            obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = read_json(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no results to report (write_report writes it)") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
     return ReportResults.from_dict(obj, where=str(path))

@@ -61,6 +61,17 @@ def overlap(a: NeuronSet, b: NeuronSet, total: int) -> dict[str, float]:
             "expected_by_chance": len(pa) * len(pb) / total if total else 0.0}
 
 
+
+def overlap_table(overlaps: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown rows of the overlap of CULNIG's and LAPE's sets (``overlaps``: ``"all"`` and ``"mlp"`` entries of
+    :func:`overlap`'s shape), with their header."""
+    lines = ["| neurons | CULNIG | LAPE | shared | Jaccard | shared by chance |", "|---|---:|---:|---:|---:|---:|"]
+    for key, label in (("all", "all sites"), ("mlp", "MLP gates")):
+        o = overlaps[key]
+        lines.append(f"| {label} | {o['a']} | {o['b']} | {o['shared']} | {o['jaccard']:.3f} | "
+                     f"{o['expected_by_chance']:.2f} |")
+    return lines
+
 def _cached_table(path: Path, items, compute, model) -> ScoreTable:
     fingerprint = dataset_fingerprint(as_score_items(items))
     if path.is_file():
@@ -174,11 +185,7 @@ def compare_markdown(result: dict[str, Any]) -> str:
              f"{result['n_scoring_items']} scoring items in {len(result['groups'])} groups, "
              f"{result['n_test_items']} test items, {result['format']} format. Sets: the union over groups of each "
              "method's group-specific neurons.", "",
-             "| neurons | CULNIG | LAPE | shared | Jaccard | shared by chance |", "|---|---:|---:|---:|---:|---:|"]
-    for key, label in (("all", "all sites"), ("mlp", "MLP gates")):
-        o = result["overlap"][key]
-        lines.append(f"| {label} | {o['a']} | {o['b']} | {o['shared']} | {o['jaccard']:.3f} | "
-                     f"{o['expected_by_chance']:.2f} |")
+             *overlap_table(result["overlap"])]
     lines += ["", "| inhibited set | neurons | accuracy original | inhibited | random sets (mean) | "
               "effect vs random | p |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["inhibition"].items():

@@ -33,7 +33,7 @@ from culnig_ext.selection import lape
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.stats.rows import with_holm
 from culnig_ext.stats.verdict import from_results as verdict_from_results
-from culnig_ext.studies.compare import overlap, union
+from culnig_ext.studies.compare import overlap, overlap_table, union
 from culnig_ext.studies.conditions import Condition, accuracy_rows, evaluate_conditions
 
 METHODS = ("CULNIG", "LAPE")
@@ -194,11 +194,7 @@ def side_markdown(result: dict[str, Any], rows) -> str:
     lines = ["Group-specific neurons of each method on the same scoring items: CULNIG's (gradient x activation, "
              "contrast, surface filter, z-score) and LAPE's (activation probability entropy, the paper's rates). "
              "Sets: the union over groups.", "",
-             "| neurons | CULNIG | LAPE | shared | Jaccard | shared by chance |", "|---|---:|---:|---:|---:|---:|"]
-    for key, label in (("all", "all sites"), ("mlp", "MLP gates")):
-        o = result["overlap"][key]
-        lines.append(f"| {label} | {o['a']} | {o['b']} | {o['shared']} | {o['jaccard']:.3f} | "
-                     f"{o['expected_by_chance']:.2f} |")
+             *overlap_table(result["overlap"])]
     lines += ["", "| inhibited set: evaluation set | items | original | inhibited | random (mean) | inhibited − random "
                   "| MDE | p | Holm p |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:

@@ -16,15 +16,7 @@ from culnig_ext.selection.neurons import Neuron, NeuronSet
 from culnig_ext.scoring.table import ScoreTable
 from tests.studies.test_pipeline import WIDTHS as TINY_WIDTHS
 from tests.studies.test_pipeline import assert_same_neurons, save_tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only add overhead (and are very slow on a busy 2-core machine).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 def error_line(capsys, command: str) -> str:

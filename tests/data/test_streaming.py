@@ -19,15 +19,7 @@ from culnig_ext.data.streaming import (
     windowed_batches,
 )
 from tests.fixtures import random_items, tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: intra-op threads only add overhead on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 def item(i: int, length: int, group: str = "A") -> ScoreItem:

@@ -11,6 +11,7 @@ import torch
 from culnig_ext.cli import main as cli
 from culnig_ext.selection.neurons import NeuronSet
 from tests.plant_fixtures import save_tiny_model
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 METHODS = ["culnig", "prob", "no_control", "no_crc", "raw", "lape", "random"]
 PLANT = ["--countries", "4", "--facts-per-country", "3", "--neurons-per-country", "4", "--layers", "all",
@@ -20,14 +21,6 @@ PLANT = ["--countries", "4", "--facts-per-country", "3", "--neurons-per-country"
 VALIDATE = ["--n-boot", "20", "--sample-sizes", "4,8,16", "--sample-draws", "2", "--random", "2", "--t-mlp", "0.1",
             "--t-attn", "0.05", "--r-mlp", "0.05", "--r-attn", "0.03", "--t-specific", "0.05", "--r-specific",
             "0.02", "--max-general-items", "8", "--batch-size", "16", "--no-progress"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

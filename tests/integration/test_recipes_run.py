@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from culnig_ext.cli import main as cli
 from culnig_ext.data import FRAME_QUESTION, load_items
@@ -28,6 +28,7 @@ from culnig_ext.studies.recipes.load import BUILTIN_DIR
 from tests.data.test_languages import english_question, local_question, write_tiny_blend
 from tests.studies.test_pipeline import (ATTN_SITES, HEADS, HIDDEN, INTERMEDIATE, KV_HEADS, LAYERS, MLP_SITES,
                                          N_ATTN, N_MLP, pairs_of, top_positions)
+from tests.fixtures import save_random_llama
 
 SMALL = ["--format", "cloze", "--random", "2", "--max-test-items", "16", "--no-progress", "--n-parts", "2",
          "--n-boot", "0", "--kinship-groups", "none", "--t-mlp", "0.1", "--t-attn", "0.05", "--r-mlp", "0.05",
@@ -47,18 +48,8 @@ def save_model(path: Path, texts: list[str], seed: int = 0) -> Path:
     backend.pre_tokenizer = pre
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>",
                                         pad_token="<pad>", unk_token="<unk>")
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_llama(path, tokenizer, hidden=HIDDEN, intermediate=INTERMEDIATE, layers=LAYERS, heads=HEADS,
+                             kv_heads=KV_HEADS, seed=seed)
 
 
 def run(argv: list[str]) -> dict:

@@ -37,15 +37,7 @@ from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.studies.pipeline import QUICK_PRESET, RunConfig
 from culnig_ext.scoring.table import ScoreTable
 from tests.fixtures import random_items, tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only cost time on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 # ================================================================================== references (float64 autograd)

@@ -32,19 +32,11 @@ from culnig_ext.studies.conditions import Condition, evaluate_conditions
 from culnig_ext.studies.pipeline import RunConfig, run_pipeline
 from tests.studies.test_pipeline import FRACTIONS, GROUPS, save_tiny_model
 from tests.integration.test_seams import _assert_interrupted_write_keeps, bootstrap_p_less
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 MAX_TEST = 8
 EVAL_SLUGS = {"Cultural test (BLEnD-style)": "cultural_test__blend-style", "CountryRC test": "countryrc_test",
               "General knowledge": "general_knowledge"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models: intra-op threads only cost time on a busy machine.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ============================================================================== the pipeline's conditions

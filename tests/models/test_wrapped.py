@@ -13,6 +13,7 @@ from torch.nn import functional as F
 import culnig_ext
 from culnig_ext.models.wrapped import NotDifferentiableError
 from tests.fixtures import random_items, tiny_model
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 TARGETS = {
     "llama": ["gate_proj", "up_proj", "down_proj", "q_proj", "k_proj", "v_proj", "o_proj"],
@@ -85,15 +86,6 @@ class DetachedQuantLinear(FakeQuantLinear):
         with torch.no_grad():
             return F.linear(x, self.dequantised().to(x.dtype))
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def test_quantised_layer_with_a_backward_scores_as_its_dequantised_linear():
     model = tiny_model("llama")

@@ -18,18 +18,10 @@ from culnig_ext.scoring.distributed import assign
 from culnig_ext.scoring.table import ScoreTable
 from tests.scoring.test_scorer import reference_scores
 from tests.fixtures import random_items, tiny_model
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: intra-op threads only add overhead on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def free_port() -> int:

@@ -15,16 +15,8 @@ from culnig_ext.intervention.inhibit import inhibit
 from culnig_ext.models.sites import neuron_sites
 from tests.fixtures import FAMILIES, MOE, family_model
 from tests.fixtures import random_items
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def _cols(lo, hi):
     return torch.arange(lo, hi)

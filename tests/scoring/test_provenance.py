@@ -15,14 +15,7 @@ from culnig_ext.scoring.cache import score_cached
 from culnig_ext.scoring.provenance import weights_hash
 from culnig_ext.scoring.table import ScoreTable
 from tests.fixtures import random_items, tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 def error_line(capsys) -> str:

@@ -10,15 +10,7 @@ import culnig_ext
 from culnig_ext.data.items import ItemError
 from culnig_ext.scoring.table import ScoreTable
 from tests.fixtures import ARCHS, VOCAB, random_items, tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny models: intra-op threads only add overhead (and are very slow on a busy 2-core machine)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 def reference_site_modules(model, arch):

@@ -13,14 +13,7 @@ from culnig_ext.scoring.scorer import dataset_fingerprint
 from culnig_ext.data.items import as_score_items
 from culnig_ext.scoring.table import ScoreTable
 from tests.fixtures import random_items, tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,8 @@ from culnig_ext.scoring.table import ScoreTable
 from tests.scoring.test_families import _moe_reference_forward
 from tests.fixtures import family_model
 from tests.fixtures import random_items, tiny_model
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models' ops are far too small for intra-op threads; on a busy machine they only slow them down.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 def hand_counts(model, items, gate_modules, experts=None):
     """Per item, unbatched: count tokens with gate output > 0 per group (experts: over the routed tokens only)."""

@@ -14,14 +14,7 @@ from culnig_ext.scoring.table import ScoreTable
 from culnig_ext.selection import lape
 from tests.fixtures import family_model, random_items, tiny_model
 from tests.selection.test_lape import hand_counts, hand_table
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 def llama_gates(model):

@@ -24,17 +24,10 @@ from culnig_ext.studies.finetune.blocks import decoder_param_count, pick_modules
 from culnig_ext.selection.neurons import NeuronSet
 from culnig_ext.studies.pipeline import RunConfig, run_pipeline
 from culnig_ext.stats.bootstrap import paired_bootstrap
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 CHAT = ("{% for m in messages %}<s> user : {{ m['content'] }} </s>{% endfor %}"
         "{% if add_generation_prompt %}<s> assistant :{% endif %}")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def word_tokenizer(chat: bool = True) -> PreTrainedTokenizerFast:

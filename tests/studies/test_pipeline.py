@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from culnig_ext.cli import main as cli
 from culnig_ext.data import FRAME_QUESTION, load_items
@@ -25,6 +25,8 @@ from culnig_ext.models.loading import load_model
 from culnig_ext.studies.conditions import choose_format
 from culnig_ext.studies.pipeline import RunConfig, run_pipeline
 from culnig_ext.scoring.table import ScoreTable
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
+from tests.fixtures import save_random_llama
 
 # The tiny model: 2 layers, hidden 32, 4 heads of 8, 2 kv heads, intermediate 48.
 LAYERS, HIDDEN, HEADS, KV_HEADS, INTERMEDIATE = 2, 32, 4, 2, 48
@@ -54,15 +56,6 @@ FRACTIONS = dict(t_mlp=0.1, t_attn=0.05, r_mlp=0.05, r_attn=0.03, t_specific=0.0
 MAX_TEST = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # A tiny model's ops are far too small for intra-op threads; on a busy 2-core machine they make it ~20x slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def word_tokenizer(letters: bool = True) -> PreTrainedTokenizerFast:
     """One token per word or punctuation run of the builtin data (and the prompt frames); with ``letters`` also the
     single letters A-Z, so that the letter format's answers are tokens (without: B, C, D are unknown words).
@@ -87,20 +80,8 @@ def word_tokenizer(letters: bool = True) -> PreTrainedTokenizerFast:
 def save_tiny_model(path: Path, seed: int = 0, letters: bool = True) -> Path:
     """A random tiny Llama with the word tokenizer's vocabulary, saved with the tokenizer into ``path``."""
     tokenizer = word_tokenizer(letters)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=256, pad_token_id=0,
-        bos_token_id=1, eos_token_id=2,
-    )
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():  # larger weights than the default init, so that scores and accuracies vary
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return save_random_llama(path, tokenizer, hidden=HIDDEN, intermediate=INTERMEDIATE, layers=LAYERS, heads=HEADS,
+                             kv_heads=KV_HEADS, seed=seed)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
 from culnig_ext.cli import main as cli
 from culnig_ext.data import FRAME_QUESTION, load_items
@@ -19,16 +19,10 @@ from culnig_ext.studies.config import PAPER_PRESET, RunConfig, attn_implementati
 from culnig_ext.scoring.table import ScoreTable
 
 from tests.shared_data import BLEND, needs_shared_data
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
+from tests.fixtures import save_random_llama
 FRACTIONS = ["--t-mlp", "0.1", "--t-attn", "0.05", "--r-mlp", "0.05", "--r-attn", "0.03", "--t-specific", "0.05",
              "--r-specific", "0.02"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def paper_tokenizer() -> PreTrainedTokenizerFast:
@@ -50,18 +44,7 @@ def paper_tokenizer() -> PreTrainedTokenizerFast:
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_paper")
     tok = paper_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
-                         bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return save_random_llama(path, tok, hidden=32, intermediate=48, layers=2, heads=4, kv_heads=2, max_positions=512)
 
 
 def test_paper_preset():

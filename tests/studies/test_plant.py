@@ -26,14 +26,7 @@ from culnig_ext.studies.plant import (
 )
 from tests.fixtures import tiny_model
 from tests.plant_fixtures import TINY, save_tiny_model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from tests.fixtures import one_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
 
 
 GATE = "layers.{}.mlp.gate_proj"
