@@ -179,6 +179,8 @@ def measure(
         parted: ``{role: part-labelled table}`` (``label_parts``), all with the same number of parts.
         widths: ``{site: width}`` of the model (the universe of each scope, for the chance level).
         n_boot: bootstrap resamples (0: split-half only).
+        seed: seeds ``numpy.random.default_rng``, which draws each resample's part weights as
+            ``multinomial(n_parts, [1 / n_parts] * n_parts)`` in turn.
     """
     counts = {role: n_parts_of(t) for role, t in parted.items()}
     if len(set(counts.values())) != 1:
