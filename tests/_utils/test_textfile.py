@@ -61,3 +61,9 @@ def test_read_json_reads_a_document_and_names_the_line_of_an_error(tmp_path):
         read_json(latin)
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "missing.json")
+
+
+def test_a_bad_byte_right_after_a_leading_newline_is_on_line_two_column_one(tmp_path):
+    path = tmp_path / "lead.txt"
+    path.write_bytes(b"\n\xff")
+    assert describe_utf8_error(path) == f"{path}, line 2: not UTF-8 text (byte 0xff at column 1)"
