@@ -120,3 +120,12 @@ def test_the_old_folder_is_moved_aside_beside_the_target(tmp_path, monkeypatch):
     final.mkdir()
     publish_dir(partial_dir(final), final)
     assert made == [{"prefix": ".run.old.", "dir": tmp_path}]
+
+
+def test_an_os_error_subclass_keeps_its_class(tmp_path):
+    def write(tmp):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    with pytest.raises(PermissionError) as info:
+        atomic_write(tmp_path / "ro.txt", write)
+    assert info.value.errno == errno.EACCES and f"cannot write {tmp_path / 'ro.txt'}" in str(info.value)
