@@ -129,3 +129,14 @@ def test_an_os_error_subclass_keeps_its_class(tmp_path):
     with pytest.raises(PermissionError) as info:
         atomic_write(tmp_path / "ro.txt", write)
     assert info.value.errno == errno.EACCES and f"cannot write {tmp_path / 'ro.txt'}" in str(info.value)
+
+
+def test_an_os_error_subclass_without_an_errno_mapping_keeps_its_class(tmp_path):
+    class QuotaExceeded(OSError):  # OSError(errno, ...) would not make this class by itself
+        pass
+
+    def write(tmp):
+        raise QuotaExceeded(errno.EDQUOT, "Disk quota exceeded")
+
+    with pytest.raises(QuotaExceeded, match=r"cannot write .*q\.bin: Disk quota exceeded \(nothing was written\)"):
+        atomic_write(tmp_path / "q.bin", write)
