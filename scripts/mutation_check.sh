@@ -176,8 +176,13 @@ for m in "${modules[@]}"; do
       runs+=("$m=$dir.rerun/mutants")
     fi
   else
-    # shellcheck disable=SC2086
-    run_module "$m" "$dir" ${scope[$m]}
+    # the scope's patterns go to mutmut as they are: no glob expansion here (culnig_ext.* would match the
+    # culnig_ext.egg-info folder of an installed checkout)
+    set -f
+    # shellcheck disable=SC2206
+    patterns=(${scope[$m]})
+    set +f
+    run_module "$m" "$dir" "${patterns[@]}"
     rm -rf "$dir.rerun"
     runs+=("$m=$dir/mutants")
   fi

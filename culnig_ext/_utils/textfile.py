@@ -12,16 +12,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+ENCODING = "utf-8"
+
 
 def describe_utf8_error(path: str | os.PathLike) -> str:
     """``"<path>, line N: not UTF-8 text (byte 0xNN at column C)"``; without line when the file cannot be re-read."""
     path = Path(path)
     try:
         raw = path.read_bytes()
-        raw.decode("utf-8")
+        raw.decode(ENCODING)
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - before.rfind(b"\n")  # 1-based: the bad byte's offset after the last newline
         return f"{path}, line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {column})"
     except OSError:
         pass
@@ -42,7 +45,7 @@ def read_json(path: str | os.PathLike) -> object:
     ``ValueError`` naming the file and the line (``FileNotFoundError`` and other ``OSError``s pass through)."""
     try:
         with utf8_errors(path):
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding=ENCODING) as f:
                 return json.load(f)
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: line {exc.lineno}: not valid JSON ({exc.msg})") from exc
