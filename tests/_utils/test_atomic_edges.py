@@ -132,8 +132,8 @@ def test_an_os_error_subclass_keeps_its_class(tmp_path):
 
 
 def test_an_os_error_subclass_without_an_errno_mapping_keeps_its_class(tmp_path):
-    class QuotaExceeded(OSError):  # OSError(errno, ...) would not make this class by itself
-        pass
+    class QuotaExceeded(OSError):
+        """OSError(errno, ...) would not make this class by itself."""
 
     def write(tmp):
         raise QuotaExceeded(errno.EDQUOT, "Disk quota exceeded")

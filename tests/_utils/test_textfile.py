@@ -33,7 +33,7 @@ def test_utf8_errors_turns_a_decode_error_into_the_named_error(tmp_path):
     assert info.value.__cause__ is None and info.value.__suppress_context__
 
     class Refused(Exception):
-        pass
+        """A caller's own error class."""
 
     with pytest.raises(Refused, match=r"line 2: not UTF-8 text"):
         with utf8_errors(path, Refused):
